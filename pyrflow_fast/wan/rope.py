@@ -1,0 +1,116 @@
+"""Wan2.1's 3-axis rotary position embedding, with integer or full-resolution-scaled positions.
+
+Wan splits each head of width ``d`` into a frame part of ``d - 4 (d // 6)`` channels and a height and
+a width part of ``2 (d // 6)`` channels each (44 + 42 + 42 for ``d = 128``). Channels are rotated in
+adjacent pairs ``(x[2i], x[2i+1])`` (the interleaved form) by the angle ``pos * theta^(-2i/d_axis)``,
+where ``d_axis`` is that axis's own channel count.
+
+Two position modes exist. ``integer`` (Wan): token ``(f, h, w)`` of the patch grid sits at position ``(f, h, w)``.
+
+``scaled`` (coarse pyramid stages): positions are expressed in units of the *full-resolution* patch
+grid, so that a coarse stage sees the same geometry as the output stage. A coarse cell ``k`` that
+covers fine cells ``s k ... s k + s - 1`` (factor ``s``) is placed at their centre
+``s k + (s - 1) / 2``; for ``s = 2`` that is ``2k + 0.5``. On the frame axis the first-frame rule of
+the pyramid applies: frame 0 is never resampled and stays at position 0, frames ``k >= 1`` cover fine
+frames ``1 + s (k - 1) ... 1 + s k - 1`` and sit at ``1 + s (k - 1) + (s - 1) / 2``. The factors come
+from the full grid: ``s = (F_full - 1) / (F - 1)`` on frames (``1`` when ``F = 1``) and
+``s = H_full / H``, ``s = W_full / W`` in space. With factor 1 the scaled positions are exactly the
+integer ones.
+
+Because scaled positions are fractional, angles are computed as ``position * frequency`` in float64
+(for integer positions this equals Wan's float64 table entry exactly), then cos and sin are rounded
+to float32 and the rotation runs in float32, as in diffusers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["axis_dims", "rope_frequencies", "grid_positions", "rope_cos_sin", "apply_rope"]
+
+
+def axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Channels per axis (frames, height, width): ``(d - 4 (d // 6), 2 (d // 6), 2 (d // 6))``."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0, device: torch.device | None = None) -> list[torch.Tensor]:
+    """Per-axis float64 frequencies ``theta^(-arange(0, d_axis, 2) / d_axis)`` (22, 21, 21 for d=128)."""
+    out = []
+    for d in axis_dims(head_dim):
+        exponent = torch.arange(0, d, 2, dtype=torch.float64, device=device) / d
+        out.append(1.0 / torch.pow(torch.tensor(theta, dtype=torch.float64, device=device), exponent))
+    return out
+
+
+def _axis_positions(n: int, n_full: int | None, first_frame: bool, device: torch.device | None) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float64, device=device)
+    if n_full is None:
+        return k
+    if first_frame:
+        if n == 1:
+            return k
+        s = (n_full - 1) / (n - 1)
+        if s < 1:
+            raise ValueError(f"full frame count {n_full} is smaller than the stage's {n}")
+        return torch.where(k == 0, k, 1 + s * (k - 1) + (s - 1) / 2)
+    s = n_full / n
+    if s < 1:
+        raise ValueError(f"full size {n_full} is smaller than the stage's {n}")
+    return s * k + (s - 1) / 2
+
+
+def grid_positions(
+    grid: Sequence[int],
+    full_grid: Sequence[int] | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Float64 positions of the tokens of a patch grid, shape ``(F*H*W, 3)``, ordered (f, h, w).
+
+    :param grid: the stage's patch grid ``(F, H, W)``.
+    :param full_grid: the full-resolution patch grid; ``None`` gives Wan's integer positions,
+        otherwise the scaled positions described in the module docstring.
+    :param device: where to create the tensor.
+    """
+    f, h, w = (int(n) for n in grid)
+    full = (None, None, None) if full_grid is None else tuple(int(n) for n in full_grid)
+    pf = _axis_positions(f, full[0], True, device)
+    ph = _axis_positions(h, full[1], False, device)
+    pw = _axis_positions(w, full[2], False, device)
+    mesh = torch.meshgrid(pf, ph, pw, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], dim=-1)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float = 10000.0, max_positions: int | None = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles, float32, each ``(L, head_dim // 2)``.
+
+    :param positions: ``(L, 3)`` positions (any real dtype; computed in float64).
+    :param head_dim: per-head width.
+    :param theta: RoPE base.
+    :param max_positions: Wan's table length; a position ``>= max_positions`` raises ValueError
+        (``None`` disables the check).
+    """
+    if positions.ndim != 2 or positions.shape[-1] != 3:
+        raise ValueError(f"positions must have shape (L, 3), got {tuple(positions.shape)}")
+    pos = positions.to(torch.float64)
+    if max_positions is not None and pos.numel() and (pos.max() >= max_positions or pos.min() < 0):
+        raise ValueError(f"RoPE positions must lie in [0, {max_positions}), got [{pos.min()}, {pos.max()}]")
+    freqs = rope_frequencies(head_dim, theta, device=pos.device)
+    angles = torch.cat([pos[:, i : i + 1] * freqs[i] for i in range(3)], dim=-1)
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of ``x`` (``(B, L, heads, head_dim)``) in float32.
+
+    ``cos`` and ``sin`` are ``(L, head_dim // 2)``. Returns float32.
+    """
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    c = cos[:, None, :]
+    s = sin[:, None, :]
+    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)

@@ -1,0 +1,15 @@
+"""Test configuration shared by the whole suite (per-dtype tolerances live in tolerances.py)."""
+
+import os
+
+# Set before any @triton.jit is defined: kernels run in the interpreter on CPU.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", derandomize=True, max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=40, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

@@ -1,0 +1,23 @@
+"""Run the doctests of pyrflow_fast (pytest's --doctest-modules only covers tests/ and pyrflow_ref/)."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["pyrflow_fast.wan.keys", "pyrflow_fast.flops", "pyrflow_fast.wan.rope", "pyrflow_fast.contract"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+def test_package_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, pyrflow_fast; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

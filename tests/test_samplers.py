@@ -1,0 +1,120 @@
+"""Samplers: S = 1 is Wan's plain sampler, schedules, CFG, few-step sampling of a point mass."""
+
+import numpy as np
+import pytest
+
+from pyrflow_ref.gaussian import GaussianVideoModel, power_law_covariance
+from pyrflow_ref.resample import Pyramid
+from pyrflow_ref.samplers import cfg, model_velocity, sample_euler, sample_few_step, sample_plain, timesteps
+from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows, shift_sigma
+
+SHAPE = (1, 5, 4, 4)
+WINDOWS = StageWindows(WAN_DEFAULT_BOUNDARIES)
+
+
+def toy_model(x_nat, t, cond):
+    """A nonlinear natural-velocity model (only the contract matters here)."""
+    scale = 1.0 if cond is None else float(cond)
+    return scale * np.tanh(x_nat) * (t[:, None, :, None, None] / 1000.0) - 0.1 * x_nat
+
+
+def test_plain_sampler_is_wan_euler():
+    """S = 1: x <- x + (s_{k+1} - s_k) model(x, 1000 s_k) on Wan's shifted grid."""
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((2, *SHAPE))
+    ours = sample_plain(toy_model, noise, 12, shift=5.0)
+    grid = shift_sigma(np.linspace(1, 0, 13), 5.0)
+    x = noise.copy()
+    for k in range(12):
+        t = np.full((2, SHAPE[1]), 1000.0 * grid[k])
+        x = x + (grid[k + 1] - grid[k]) * toy_model(x, t, None)
+    np.testing.assert_allclose(ours, x, rtol=1e-13, atol=1e-13)
+
+
+def test_zero_step_coarse_stages_are_plain_sampling():
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal((1, *SHAPE))
+    pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
+    np.testing.assert_array_equal(
+        sample_euler(toy_model, noise, pyramid, WINDOWS, "0-0-7", shift=3.0), sample_plain(toy_model, noise, 7, shift=3.0)
+    )
+
+
+def test_model_sees_natural_scale_and_per_frame_timesteps():
+    pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
+    seen = []
+
+    def spy(x_nat, t, cond):
+        seen.append((x_nat.shape, t.copy()))
+        return np.zeros_like(x_nat)
+
+    sample_euler(spy, np.zeros((1, 1, 2, 1, 1)), pyramid, WINDOWS, "1-1-1", rng=np.random.default_rng(0))
+    shapes = [s for s, _ in seen]
+    assert shapes == [(1, 1, 2, 1, 1), (1, 1, 3, 2, 2), (1, 1, 5, 4, 4)]
+    t_coarse = seen[0][1][0]
+    assert t_coarse[0] == pytest.approx(1000.0) and t_coarse[1] == pytest.approx(1000.0)  # sigma = 1: pure noise
+    t_mid = seen[1][1][0]  # sigma = 15/17, gains 2 (frame 0) and 2 sqrt 2
+    s = 15 / 17
+    np.testing.assert_allclose(t_mid, 1000 * s / (s + np.array([2, 2 * np.sqrt(2), 2 * np.sqrt(2)]) * (1 - s)))
+    np.testing.assert_allclose(timesteps(0.5, np.ones(3), 2), 500.0)
+
+
+def test_cfg_combines_natural_velocities():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, *SHAPE))
+    t = np.full((2, SHAPE[1]), 400.0)
+    guided = cfg(toy_model, 5.0, uncond=None)
+    u, c = toy_model(x, t, None), toy_model(x, t, 2.0)
+    np.testing.assert_allclose(guided(x, t, 2.0), u + 5.0 * (c - u), atol=1e-15)
+    np.testing.assert_allclose(cfg(toy_model, 1.0)(x, t, 2.0), c, atol=1e-15)
+    g = np.ones(SHAPE[1])
+    # guidance on v_hat is guidance on dx/dsigma (the bridge is affine with a condition-free offset)
+    vu, vc = (model_velocity(toy_model, x, 0.4, g, cond) for cond in (None, 2.0))
+    np.testing.assert_allclose(model_velocity(guided, x, 0.4, g, 2.0), vu + 5.0 * (vc - vu), atol=1e-13)
+
+
+@pytest.mark.parametrize("family", ["haar", "dct"])
+@pytest.mark.parametrize("schedule", ["2-2-1", "1-1-1", "0-0-2", "0-1-1", "3-2-2"])
+def test_few_step_sampler_is_exact_for_a_point_mass(family, schedule):
+    """With the exact velocity of a point-mass data set, every few-step schedule returns the point."""
+    rng = np.random.default_rng(3)
+    pyramid = Pyramid.uniform(family, (2, 2, 2), 3)
+    point = rng.standard_normal(SHAPE)
+    steps = tuple(int(n) for n in schedule.split("-"))
+    eff = WINDOWS.for_schedule(steps)
+    sub = Pyramid(pyramid.levels[: eff.num_stages - 1])
+    model = GaussianVideoModel.latent(np.zeros((80, 80)), SHAPE, sub, eff, mean=point)
+    noise = rng.standard_normal((3, *model.shapes[-1]))
+    out = sample_few_step(model, noise, sub, eff, steps[3 - eff.num_stages :], rng=rng)
+    np.testing.assert_allclose(out, np.broadcast_to(point, out.shape), atol=1e-10)
+
+
+def test_euler_converges_to_a_point_mass():
+    rng = np.random.default_rng(4)
+    pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
+    point = rng.standard_normal(SHAPE)
+    model = GaussianVideoModel.latent(np.zeros((80, 80)), SHAPE, pyramid, WINDOWS, mean=point)
+    out = sample_euler(model, rng.standard_normal((2, *model.shapes[-1])), pyramid, WINDOWS, "20-20-10", shift=5.0, rng=rng)
+    np.testing.assert_allclose(out, np.broadcast_to(point, out.shape), atol=1e-10)
+
+
+def test_same_seed_same_sample_and_callback():
+    pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
+    model = GaussianVideoModel.latent(power_law_covariance(SHAPE), SHAPE, pyramid, WINDOWS)
+    calls = []
+
+    def run(seed):
+        rng = np.random.default_rng(seed)
+        return sample_euler(model, rng.standard_normal((1, *model.shapes[-1])), pyramid, WINDOWS, "2-2-1", rng=rng, callback=lambda *a: calls.append(a[:3]))
+
+    np.testing.assert_array_equal(run(7), run(7))
+    assert [c[:2] for c in calls[:5]] == [(2, 0), (2, 1), (1, 0), (1, 1), (0, 0)]
+    assert calls[4][2] == 0.0
+
+
+def test_bad_input():
+    pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
+    with pytest.raises(ValueError, match="has 2 stages, expected 3"):
+        sample_euler(toy_model, np.zeros((1, *SHAPE)), pyramid, WINDOWS, "2-2")
+    with pytest.raises(ValueError, match="pyramid has 2 stages but the windows have 3"):
+        sample_euler(toy_model, np.zeros((1, *SHAPE)), Pyramid.uniform("haar", (2, 2, 2), 2), WINDOWS, "2-2-2")
