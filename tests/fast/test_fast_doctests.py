@@ -8,7 +8,6 @@ import pytest
 MODULES = [
     "pyrflow_fast.wan.keys",
     "pyrflow_fast.flops",
-    "pyrflow_fast.wan.rope",
     "pyrflow_fast.contract",
     "pyrflow_fast.pipeline.t5_keys",
     "pyrflow_fast.pipeline.vae_keys",
