@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .gaussian import SpectralGaussianVideo
+from .media import to_uint8, write_gif, write_mp4, write_strip
 from .resample import Pyramid
 from .process import x0_from_velocity
 from .samplers import model_velocity, sample_euler
@@ -25,45 +25,6 @@ from .windows import WAN_DEFAULT_BOUNDARIES, StageWindows, parse_schedule
 
 # Colour covariance of the demo: strongly correlated channels with a warm tint.
 CHANNEL_COV = np.array([[1.0, 0.8, 0.6], [0.8, 1.0, 0.7], [0.6, 0.7, 1.0]])
-
-
-def to_uint8(video: np.ndarray) -> np.ndarray:
-    """``(3, F, H, W)`` roughly unit-variance video to ``(F, H, W, 3)`` uint8."""
-    return (np.clip(0.5 + 0.22 * video, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 3, 0)
-
-
-def write_gif(frames: np.ndarray, path: Path, scale: int, fps: int) -> None:
-    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-
-
-def write_mp4(frames: np.ndarray, path: Path, scale: int, fps: int) -> bool:
-    """Write an H.264 MP4 with PyAV; returns False when PyAV is not installed."""
-    try:
-        import av
-    except ImportError:
-        return False
-    big = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = big.shape[2], big.shape[1], "yuv420p"
-        for f in big:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        container.mux(stream.encode())
-    return True
-
-
-def write_strip(rows: list[np.ndarray], path: Path, columns: int, scale: int) -> None:
-    """One row per stage: ``columns`` evenly spaced frames, each stage nearest-upsampled to full size."""
-    f, h, w, _ = rows[-1].shape
-    tiles = []
-    for row in rows:
-        rf = row.shape[0]
-        picks = np.linspace(0, rf - 1, columns).round().astype(int)
-        up = row[picks].repeat(h // row.shape[1], axis=1).repeat(w // row.shape[2], axis=2)
-        tiles.append(np.concatenate(list(up), axis=1))
-    strip = np.concatenate(tiles, axis=0)
-    Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST).save(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
-    frames = to_uint8(video)
+    frames = to_uint8(video, -2.3, 2.3)  # the demo video has unit variance
     write_gif(frames, args.out / "sample.gif", args.scale, args.fps)
     wrote = ["sample.gif"]
     if write_mp4(frames, args.out / "sample.mp4", args.scale, args.fps):
         wrote.append("sample.mp4")
-    write_strip([to_uint8(stage_ends[i]) for i in sorted(stage_ends, reverse=True)], args.out / "stages.png", 8, args.scale)
+    write_strip([to_uint8(stage_ends[i], -2.3, 2.3) for i in sorted(stage_ends, reverse=True)], args.out / "stages.png", 8, args.scale)
     wrote.append("stages.png")
     print(
         f"sampled a {args.frames}x{args.size}x{args.size} Gaussian video with schedule {args.schedule} "
