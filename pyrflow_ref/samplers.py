@@ -67,8 +67,11 @@ def _noise_fn(rng: NoiseSource) -> Callable[[tuple[int, ...]], np.ndarray]:
     return rng
 
 
-def _plan(pyramid: Pyramid, windows: StageWindows, steps) -> tuple[tuple[int, ...], StageWindows, int]:
-    """(steps, effective windows, index of the coarsest stage with steps)."""
+def plan_schedule(pyramid: Pyramid, windows: StageWindows, steps) -> tuple[tuple[int, ...], StageWindows, int]:
+    """``(steps, effective windows, top)`` of a schedule; ``top`` is the coarsest stage with steps.
+
+    The noise a sampler starts from has the shape of stage ``top``.
+    """
     if pyramid.num_stages != windows.num_stages:
         raise ValueError(f"pyramid has {pyramid.num_stages} stages but the windows have {windows.num_stages}")
     if isinstance(steps, str):
@@ -99,7 +102,7 @@ def sample_euler(
         two implementations), for the high-band noise of each transition.
     :param callback: called as ``callback(stage, step, sigma, x)`` after every step.
     """
-    steps, eff, top = _plan(pyramid, windows, steps)
+    steps, eff, top = plan_schedule(pyramid, windows, steps)
     draw = _noise_fn(rng)
     x = np.asarray(noise, dtype=np.float64)
     for i in range(top, -1, -1):
@@ -149,7 +152,7 @@ def sample_few_step(
     boundary as the finer stage's :math:`y_n = (1 - \\sigma) \\mathrm{up}(x_0) + \\sigma \\epsilon`.
     Returns the last clean prediction.
     """
-    steps, eff, top = _plan(pyramid, windows, steps)
+    steps, eff, top = plan_schedule(pyramid, windows, steps)
     draw = _noise_fn(rng)
     x = np.asarray(noise, dtype=np.float64)
     for i in range(top, -1, -1):

@@ -12,6 +12,11 @@ MODULES = [
     "pyrflow_fast.pipeline.t5_keys",
     "pyrflow_fast.pipeline.vae_keys",
     "pyrflow_fast.pipeline.components",
+    "pyrflow_fast.resample",
+    "pyrflow_fast.natural",
+    "pyrflow_fast.process",
+    "pyrflow_fast.samplers",
+    "pyrflow_fast.kernels",
 ]
 
 
