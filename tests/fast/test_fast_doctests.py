@@ -17,6 +17,10 @@ MODULES = [
     "pyrflow_fast.process",
     "pyrflow_fast.samplers",
     "pyrflow_fast.kernels",
+    "pyrflow_fast.data.video",
+    "pyrflow_fast.data.dataset",
+    "pyrflow_fast.data.pyramid",
+    "pyrflow_fast.data.cache",
 ]
 
 
