@@ -21,6 +21,12 @@ MODULES = [
     "pyrflow_fast.data.dataset",
     "pyrflow_fast.data.pyramid",
     "pyrflow_fast.data.cache",
+    "pyrflow_fast.train.config",
+    "pyrflow_fast.train.loss",
+    "pyrflow_fast.train.lora",
+    "pyrflow_fast.train.synthetic",
+    "pyrflow_fast.train.cli",
+    "pyrflow_fast.train.evidence",
 ]
 
 

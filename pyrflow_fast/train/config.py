@@ -1,0 +1,276 @@
+r"""The training configuration: nested dataclasses, every field documented, read from JSON or TOML.
+
+``python -m pyrflow_fast.train --print-default-config`` prints the defaults as commented TOML
+(``--format json`` for JSON). A config file sets any subset of the fields; unknown sections or
+fields are an error.
+
+>>> cfg = TrainConfig.from_dict({"train": {"steps": 10}, "lora": {"rank": 4}})
+>>> cfg.train.steps, cfg.lora.rank, cfg.optim.lr
+(10, 4, 1e-05)
+>>> try:
+...     TrainConfig.from_dict({"train": {"stepz": 1}})
+... except ValueError as err:
+...     print(str(err).split(";")[0])
+unknown field 'train.stepz'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES
+
+__all__ = [
+    "CheckpointConfig",
+    "DataConfig",
+    "EMAConfig",
+    "LoRAConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PyramidConfig",
+    "TrainConfig",
+    "TrainSection",
+    "load_config",
+]
+
+
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    """A dataclass field with a documentation string (``metadata["doc"]``)."""
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc}, **kw)
+    return field(default=default, metadata={"doc": doc}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    """``[model]``: the backbone to finetune."""
+
+    path: str = _f("", "Pretrained WanDiT checkpoint (a Wan2.1 directory in the original or diffusers layout, or a weights file); empty: random initialisation of `config` (tests, from-scratch runs).")
+    config: str = _f("wan2.1-t2v-1.3b", "Named architecture (pyrflow_fast.wan.CONFIGS: wan2.1-t2v-1.3b, wan2.1-t2v-14b, tiny, tiny-3layer). With `path` set, the checkpoint's config.json must describe the same architecture, otherwise the run stops with an error; empty: take the architecture from the checkpoint.")
+    rope: str = _f("integer", "RoPE positions at coarse stages: `integer` (Wan's) or `scaled` (positions on the full-resolution grid).")
+    teacher_path: str = _f("", "Frozen teacher for the distillation term (`loss.distill_weight` > 0); empty: the initial model (with LoRA: the base model with adapters switched off, no extra memory).")
+
+
+@dataclass
+class PyramidConfig:
+    """``[pyramid]``: the pyramid the model is finetuned for (written to ``pyrflow.json``)."""
+
+    num_stages: int = _f(3, "Number of stages S (1 = plain flow matching, Wan's loss).")
+    boundaries: list = _f(list(WAN_DEFAULT_BOUNDARIES), "The S - 1 inner stage boundaries in global sigma, finest first (default: Wan's 50-step shift-5 grid at steps 40 and 20: 5/9, 15/17).")
+    resampler: str = _f("haar", "Resampler family of the latent pyramid: `haar` or `dct`.")
+    factors: list = _f([2, 2, 2], "Per-level factors (T, H, W) on the latent (the first-frame rule applies on T).")
+
+
+@dataclass
+class DataConfig:
+    """``[data]``: where the clean stage pyramids come from."""
+
+    kind: str = _f("cache", "`cache`: a latent cache written by `python -m pyrflow_fast.data.cache` (pyrflow_fast.data.cache.LatentCache); `synthetic`: the procedural latent videos of pyrflow_fast.train.synthetic (tests, evidence).")
+    path: str = _f("", "Cache directory (kind = cache).")
+    latent_size: list = _f([21, 56, 104], "Expected stage-0 latent size (F, H, W) of the cache (default: 81x448x832 pixels, the paper's training resolution); a cache of another size is an error; [] accepts any size (kind = cache).")
+    synthetic_samples: int = _f(256, "Number of synthetic videos (kind = synthetic).")
+    synthetic_classes: int = _f(4, "Number of synthetic text classes (kind = synthetic).")
+    synthetic_size: list = _f([5, 16, 16], "Stage-0 latent size (F, H, W) of the synthetic videos (kind = synthetic).")
+    synthetic_seed: int = _f(0, "Seed of the synthetic dataset (kind = synthetic).")
+    text_dropout: float = _f(0.0, "Probability of training a sample with an all-zero text context (the padding Wan uses); Pyramid Flow uses 0.1 from scratch, a finetune of Wan keeps its own unconditional branch, so 0.")
+
+
+@dataclass
+class LossConfig:
+    """``[loss]``: the pyramidal flow-matching loss (SPEC section 3)."""
+
+    weighting: str = _f("sigma", "`sigma`: MSE of dx/dsigma in orthonormal units (SPEC section 3); `natural`: the same error divided per frame by the bridge factor (1 - vs) + g vs, i.e. the MSE of the model's natural velocity (Pyramid Flow's natural-unit loss), so that coarse stages with gains up to 8 do not dominate the gradient. Both equal Wan's loss for S = 1.")
+    distill_weight: float = _f(0.0, "Weight of the distillation term: MSE between the student's and the frozen teacher's dx/dsigma on the same input (0: off).")
+
+
+@dataclass
+class OptimConfig:
+    """``[optim]``: AdamW, learning-rate schedule, clipping."""
+
+    lr: float = _f(1e-5, "Peak learning rate (full finetune; use about 1e-4 for LoRA).")
+    betas: list = _f([0.9, 0.95], "AdamW betas (Pyramid Flow's training script).")
+    weight_decay: float = _f(1e-4, "AdamW weight decay (Pyramid Flow's training script).")
+    eps: float = _f(1e-8, "AdamW epsilon.")
+    warmup_steps: int = _f(500, "Linear warm-up steps from 0 to `lr`.")
+    schedule: str = _f("constant", "After warm-up: `constant` (Pyramid Flow) or `cosine` (decay to `min_lr_ratio * lr` at the last step).")
+    min_lr_ratio: float = _f(0.0, "Final learning rate of the cosine schedule, relative to `lr`.")
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this value (0: no clipping; the norm is still logged).")
+
+
+@dataclass
+class LoRAConfig:
+    """``[lora]``: low-rank adapters on the attention and FFN Linear layers of every block."""
+
+    rank: int = _f(0, "Adapter rank; 0 = full finetune (all parameters trained).")
+    alpha: float = _f(0.0, "Adapter scale numerator: the update is (alpha / rank) B A; 0 means alpha = rank.")
+    per_stage: bool = _f(False, "One adapter set per stage (the set of the sub-batch's stage is active); false: one set shared by all stages.")
+
+
+@dataclass
+class EMAConfig:
+    """``[ema]``: exponential moving average of the trained parameters."""
+
+    decay: float = _f(0.0, "EMA decay per optimizer step (0: no EMA; 0.999 averages over about 1000 steps).")
+    export: bool = _f(True, "Export the EMA weights instead of the raw ones when EMA is on.")
+
+
+@dataclass
+class CheckpointConfig:
+    """``[checkpoint]``: resumable training state and the exported model."""
+
+    every: int = _f(500, "Write a training checkpoint every this many optimizer steps (and at the end).")
+    keep_last: int = _f(2, "Keep this many most recent training checkpoints.")
+    export: bool = _f(True, "At the end, export the model (WanDiT checkpoint + pyrflow.json) to `<output_dir>/export`.")
+    export_layout: str = _f("original", "Layout of the exported transformer: `original` (config.json + diffusion_pytorch_model.safetensors) or `diffusers` (transformer/ folder).")
+    link_components: bool = _f(True, "When `model.path` is a full Wan2.1 directory, symlink its VAE, text encoder and tokenizer into the export so that it is a complete model directory for pyrflow_fast.sample.")
+
+
+@dataclass
+class TrainSection:
+    """``[train]``: steps, batch, precision, parallelism."""
+
+    output_dir: str = _f("outputs/pyramidal", "Run directory: metrics.jsonl, checkpoints/, export/.")
+    steps: int = _f(5000, "Optimizer steps (the paper: 5K).")
+    samples_per_stage: int = _f(2, "Samples of each stage per device and micro-batch (the paper: 2, i.e. 6 per GPU for 3 stages).")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.")
+    seed: int = _f(0, "Seed of initialisation, data order, stage noise and rho; noise and rho of a sample depend only on (seed, step, global sample index), not on the number of processes.")
+    precision: str = _f("auto", "`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16` (autocast; weights, optimizer and loss stay fp32).")
+    gradient_checkpointing: bool = _f(True, "Recompute each transformer block in the backward pass (WanDiT.set_gradient_checkpointing).")
+    parallel: str = _f("none", "`none`, `ddp` (DistributedDataParallel) or `fsdp` (FSDP2 fully_shard per transformer block and at the root; with LoRA at the root only; bf16 precision shards bf16 parameters with float32 gradient reduction); launch with torchrun for ddp/fsdp.")
+    device: str = _f("auto", "`auto` (cuda:LOCAL_RANK when CUDA is available, else cpu), `cpu` or `cuda`.")
+    log_every: int = _f(1, "Append a metrics line to metrics.jsonl every this many steps.")
+    progress: bool = _f(True, "Show a tqdm progress bar (rank 0).")
+
+
+@dataclass
+class TrainConfig:
+    """The whole configuration of ``python -m pyrflow_fast.train``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ValueError on inconsistent values (names the field)."""
+        checks = [
+            (self.model.rope in ("integer", "scaled"), "model.rope must be 'integer' or 'scaled'"),
+            (self.pyramid.num_stages >= 1, "pyramid.num_stages must be >= 1"),
+            (len(self.pyramid.boundaries) == self.pyramid.num_stages - 1, f"pyramid.boundaries must have num_stages - 1 = {self.pyramid.num_stages - 1} values, got {list(self.pyramid.boundaries)}"),
+            (self.pyramid.resampler in ("haar", "dct"), "pyramid.resampler must be 'haar' or 'dct'"),
+            (len(self.pyramid.factors) == 3, "pyramid.factors must be three ints (T, H, W)"),
+            (self.data.kind in ("cache", "synthetic"), f"data.kind must be 'cache' or 'synthetic', got {self.data.kind!r}"),
+            (0.0 <= self.data.text_dropout < 1.0, "data.text_dropout must be in [0, 1)"),
+            (len(self.data.latent_size) in (0, 3), "data.latent_size must be [F, H, W] or []"),
+            (self.loss.weighting in ("sigma", "natural"), "loss.weighting must be 'sigma' or 'natural'"),
+            (self.loss.distill_weight >= 0, "loss.distill_weight must be >= 0"),
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.optim.schedule in ("constant", "cosine"), "optim.schedule must be 'constant' or 'cosine'"),
+            (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (self.lora.rank >= 0, "lora.rank must be >= 0"),
+            (0.0 <= self.ema.decay < 1.0, "ema.decay must be in [0, 1)"),
+            (self.checkpoint.every >= 1, "checkpoint.every must be >= 1"),
+            (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
+            (self.checkpoint.export_layout in ("original", "diffusers"), "checkpoint.export_layout must be 'original' or 'diffusers'"),
+            (self.train.steps >= 1, "train.steps must be >= 1"),
+            (self.train.samples_per_stage >= 1, "train.samples_per_stage must be >= 1"),
+            (self.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
+            (self.train.precision in ("auto", "fp32", "bf16"), "train.precision must be 'auto', 'fp32' or 'bf16'"),
+            (self.train.parallel in ("none", "ddp", "fsdp"), "train.parallel must be 'none', 'ddp' or 'fsdp'"),
+            (self.train.device in ("auto", "cpu", "cuda"), "train.device must be 'auto', 'cpu' or 'cuda'"),
+            (self.train.log_every >= 1, "train.log_every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid config: {message}")
+
+    # --------------------------------------------------------------------- (de)serialise
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from nested dicts; every section and field is optional, unknown ones are errors."""
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, values in data.items():
+            if name not in sections:
+                raise ValueError(f"unknown config section {name!r}; known: {', '.join(sections)}")
+            if not isinstance(values, dict):
+                raise ValueError(f"config section {name!r} must be a table/object, got {type(values).__name__}")
+            section_cls = sections[name].default_factory
+            known = {f.name: f for f in dataclasses.fields(section_cls)}
+            for key in values:
+                if key not in known:
+                    raise ValueError(f"unknown field '{name}.{key}'; known: {', '.join(known)}")
+            kwargs[name] = section_cls(**values)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def to_toml(self) -> str:
+        """Commented TOML (every field preceded by its documentation); parses back to the same config."""
+        lines = [f"# {TrainConfig.__doc__}", ""]
+        for section in dataclasses.fields(self):
+            obj = getattr(self, section.name)
+            lines.append(f"# {type(obj).__doc__}")
+            lines.append(f"[{section.name}]")
+            for f in dataclasses.fields(obj):
+                lines.append(f"# {f.metadata['doc']}")
+                lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+            lines.append("")
+        return "\n".join(lines)
+
+    @staticmethod
+    def reference_markdown() -> str:
+        """A Markdown table of every field (section, name, default, meaning) for the docs."""
+        rows = ["| field | default | meaning |", "|---|---|---|"]
+        for section in dataclasses.fields(TrainConfig):
+            obj = section.default_factory()
+            for f in dataclasses.fields(obj):
+                value = _toml_value(getattr(obj, f.name)).replace("|", "\\|")
+                rows.append(f"| `{section.name}.{f.name}` | `{value}` | {f.metadata['doc']} |")
+        return "\n".join(rows) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, int):
+        return str(v)
+    return json.dumps(str(v))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a ``.json`` or ``.toml`` config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        data = tomllib.loads(text)
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"config file {path} must end in .json or .toml")
+    return TrainConfig.from_dict(data)
