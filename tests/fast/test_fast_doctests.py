@@ -27,6 +27,10 @@ MODULES = [
     "pyrflow_fast.train.synthetic",
     "pyrflow_fast.train.cli",
     "pyrflow_fast.train.evidence",
+    "pyrflow_fast.distill.dmd",
+    "pyrflow_fast.distill.adversarial",
+    "pyrflow_fast.distill.lora",
+    "pyrflow_fast.ppf",
 ]
 
 

@@ -1,0 +1,400 @@
+r"""Pyramidal patchification (PPF): larger patches on the full-resolution latent at the noisier levels.
+
+PPF (SPEC section 4; Pyramidal Patchification Flow, arXiv 2506.23543) never resamples the latent.
+Level :math:`l` patchifies the full-resolution latent ``(B, C, F, H, W)`` with its own patch
+:math:`p_l` (default :data:`DEFAULT_PATCHES`: ``(1,2,2)``, ``(1,4,4)``, ``(1,8,8)``), so the shared
+transformer blocks see :math:`F \cdot \frac{H}{2 \cdot 2^l} \cdot \frac{W}{2 \cdot 2^l}` tokens.
+Each level has its own patch embedding and output projection and a learned level embedding
+added to the time conditioning; everything else is the wrapped :class:`~pyrflow_fast.wan.WanDiT`.
+
+Initialisation from the pretrained level-0 layers (PPF's ``initialize_layer_weights``), with
+:math:`r = p_l / p_0` per axis and :math:`|r| = r_t r_h r_w` pixels per *sub-patch*:
+
+.. math::
+
+    W^{emb}_l[\,\cdot\,, r \odot i + a] = \frac{1}{|r|} W^{emb}_0[\,\cdot\,, i], \qquad
+    W^{head}_l[(r \odot i + a, c), \cdot\,] = W^{head}_0[(i, c), \cdot\,]
+
+for every kernel tap :math:`i` of the fine patch and offset :math:`a` inside a sub-patch (biases
+copied). So the coarse embedding is the fine embedding of the sub-patch-averaged (``avgpool`` by
+:math:`r`) input, and the coarse head writes each fine output value to all pixels of its
+sub-patch. With the level embedding at zero and RoPE positions at the cell centres of the fine
+token grid (:mod:`pyrflow_fast.wan.rope`'s ``scaled`` mode), level :math:`l` at initialisation is
+exactly "the pretrained model on the :math:`r`-average-pooled latent, output nearest-upsampled"
+(tested), and level 0 is exactly the pretrained model.
+
+FLOPs: a level-:math:`l` forward is a Wan forward with patch :math:`p_l` on the full latent, so
+:func:`ppf_forward_flops` is :func:`pyrflow_fast.flops.forward_flops` with ``patch_size = p_l``
+(patch embedding :math:`2 N_l C |p_l| d`, head :math:`2 N_l d C_{out} |p_l|`, blocks on
+:math:`N_l` tokens). Run ``python -m pyrflow_fast.ppf`` to compare PPF schedules with the
+resolution pyramid on Wan2.1-T2V-1.3B.
+
+Sampling: PPF runs the plain process :math:`x = (1 - \sigma) x_0 + \sigma \epsilon` on the full
+latent; level :math:`l` serves the noise levels of window :math:`l` of a
+:class:`~pyrflow_ref.windows.StageWindows` (no transitions, no re-noising at boundaries).
+:func:`sample_ppf` runs a schedule such as ``"20-20-10"`` (Euler) or ``"2-2-1"`` (few-step
+x0 prediction); :class:`PPFModel` is the samplers' model contract with the level chosen from the
+timestep, e.g. as a DMD teacher or critic with :meth:`pyrflow_fast.distill.dmd.StageProcess.plain`.
+
+>>> from pyrflow_fast.wan import WanDiT
+>>> ppf = PPFWan(WanDiT("tiny"))
+>>> ppf.num_levels, ppf.patches[2], tuple(ppf.patch_embeddings[1].weight.shape)
+(3, (1, 8, 8), (32, 4, 1, 4, 4))
+>>> ppf_forward_flops("wan2.1-t2v-1.3b", (21, 56, 104), 1).tokens
+7644
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pyrflow_ref.windows import StageWindows, parse_schedule, step_grid
+
+from .contract import frame_timesteps
+from .flops import PAPER_STAGES, FlopsBreakdown, forward_flops, latent_size, schedule_flops
+from .wan.config import WanConfig, get_config
+from .wan.model import _layer_norm32, _linear32, sinusoidal_embedding
+from .wan.rope import grid_positions, rope_cos_sin
+
+__all__ = [
+    "DEFAULT_PATCHES",
+    "PAPER_LATENCY_MS",
+    "PPFModel",
+    "PPFWan",
+    "main",
+    "ppf_forward_flops",
+    "ppf_schedule_flops",
+    "sample_ppf",
+    "subpatch_factors",
+]
+
+DEFAULT_PATCHES: tuple[tuple[int, int, int], ...] = ((1, 2, 2), (1, 4, 4), (1, 8, 8))
+"""Patch per level, finest (level 0, the pretrained patch) first."""
+
+PAPER_LATENCY_MS: dict[str, float] = {"full_forward": 631.77, "pyramid_2-2-1": 714.5, "ppf_2-2-1": 810.0}
+"""The paper's latencies (SPEC section 6): one full-resolution forward, pyramidal and PPF 2-2-1."""
+
+
+def subpatch_factors(patch: Sequence[int], base: Sequence[int]) -> tuple[int, int, int]:
+    """Per-axis factor ``patch / base`` (ValueError unless every axis divides).
+
+    >>> subpatch_factors((1, 8, 8), (1, 2, 2))
+    (1, 4, 4)
+    """
+    if len(patch) != 3 or any(p % b or p < b for p, b in zip(patch, base, strict=True)):
+        raise ValueError(f"patch {tuple(patch)} is not a multiple of the base patch {tuple(base)} on every axis")
+    return tuple(p // b for p, b in zip(patch, base, strict=True))
+
+
+def _check_patches(patches: Sequence[Sequence[int]], base: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
+    out = tuple(tuple(int(v) for v in p) for p in patches)
+    if not out or out[0] != tuple(base):
+        raise ValueError(f"level 0 must use the pretrained patch {tuple(base)}, got {out[:1]}")
+    for p in out:
+        if p[0] != base[0]:
+            raise ValueError(f"PPF levels keep the temporal patch {base[0]} (per-frame timesteps), got {p}")
+        subpatch_factors(p, base)
+    return out
+
+
+class PPFWan(nn.Module):
+    """A :class:`~pyrflow_fast.wan.WanDiT` with one patch embedding, head projection and level embedding per level.
+
+    ``ppf(x, t, context, level)`` maps a full-resolution latent ``x`` ``(B, C, F, H, W)``,
+    timesteps ``t`` (a number, ``(B,)`` or per frame ``(B, F)``) and text ``(B, L, text_dim)`` to the
+    velocity ``(B, C_out, F, H, W)`` (float32). Level 0 uses the wrapped model's own
+    ``patch_embedding`` and ``head.head``; levels ``l >= 1`` use ``patch_embeddings[l]`` and
+    ``heads[l]`` (initialised from them, see the module docstring). ``level_embedding`` ``(L, dim)``
+    starts at zero. The blocks, the text and time MLPs and the head's modulation are shared.
+
+    :param model: the pretrained transformer (shared, not copied).
+    :param patches: patch per level, finest first; level 0 must be the model's patch, temporal
+        patches must equal it.
+    """
+
+    def __init__(self, model: nn.Module, patches: Sequence[Sequence[int]] = DEFAULT_PATCHES) -> None:
+        super().__init__()
+        cfg = model.config
+        self.model = model
+        self.patches = _check_patches(patches, cfg.patch_size)
+        self.patch_embeddings = nn.ModuleList([nn.Identity()])
+        self.heads = nn.ModuleList([nn.Identity()])
+        emb0, head0 = model.patch_embedding, model.head.head
+        for p in self.patches[1:]:
+            r = subpatch_factors(p, cfg.patch_size)
+            conv = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=p, stride=p, device=emb0.weight.device, dtype=emb0.weight.dtype)
+            lin = nn.Linear(cfg.dim, cfg.out_dim * p[0] * p[1] * p[2], device=head0.weight.device, dtype=head0.weight.dtype)
+            self.patch_embeddings.append(conv)
+            self.heads.append(lin)
+            self._init_level(conv, lin, emb0, head0, r)
+        self.level_embedding = nn.Parameter(torch.zeros(len(self.patches), cfg.dim, device=emb0.weight.device))
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.patches)
+
+    @property
+    def config(self) -> WanConfig:
+        return self.model.config
+
+    @torch.no_grad()
+    def _init_level(self, conv: nn.Conv3d, lin: nn.Linear, emb0: nn.Conv3d, head0: nn.Linear, r) -> None:
+        """Embedding averaged over each sub-patch, head copied to each pixel of its sub-patch."""
+        w = emb0.weight  # (dim, C, pt, ph, pw)
+        for axis, k in zip((2, 3, 4), r, strict=True):
+            w = w.repeat_interleave(k, dim=axis)
+        conv.weight.copy_(w / (r[0] * r[1] * r[2]))
+        conv.bias.copy_(emb0.bias)
+        pt, ph, pw = self.config.patch_size
+        c = self.config.out_dim
+        hw = head0.weight.reshape(pt, ph, pw, c, -1)  # rows ordered (pt, ph, pw, C), C fastest
+        hb = head0.bias.reshape(pt, ph, pw, c)
+        for axis, k in zip((0, 1, 2), r, strict=True):
+            hw = hw.repeat_interleave(k, dim=axis)
+            hb = hb.repeat_interleave(k, dim=axis)
+        lin.weight.copy_(hw.reshape(-1, hw.shape[-1]))
+        lin.bias.copy_(hb.reshape(-1))
+
+    def _check_level(self, level: int) -> int:
+        if not 0 <= level < self.num_levels:
+            raise ValueError(f"level {level} out of range for {self.num_levels} levels")
+        return level
+
+    def grid(self, size: Sequence[int], level: int) -> tuple[int, int, int]:
+        """Token grid ``(F', H', W')`` of a full-resolution latent of ``size`` at ``level``."""
+        p = self.patches[self._check_level(level)]
+        if any(n % q for n, q in zip(size, p, strict=True)):
+            raise ValueError(f"latent size {tuple(size)} is not divisible by level {level}'s patch {p}")
+        return tuple(n // q for n, q in zip(size, p, strict=True))
+
+    def rope_tables(self, size: Sequence[int], level: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin of ``level``'s grid; positions at the cell centres of the level-0 token grid."""
+        grid = self.grid(size, level)
+        fine = None if level == 0 else self.grid(size, 0)
+        cfg = self.config
+        return rope_cos_sin(grid_positions(grid, fine, device=device), cfg.head_dim, cfg.rope_theta, cfg.rope_max_positions)
+
+    def embed_time(self, t: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``WanDiT.embed_time`` with the level embedding added to ``e`` before the projection to ``e0``."""
+        m = self.model
+        with torch.autocast(device_type=t.device.type, enabled=False):
+            s = sinusoidal_embedding(t, self.config.freq_dim).float()
+            e = _linear32(m.time_embedding[2], F.silu(_linear32(m.time_embedding[0], s)))
+            e = e + self.level_embedding[level].float()
+            e0 = _linear32(m.time_projection[1], F.silu(e)).unflatten(-1, (6, self.config.dim))
+        return e, e0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor, level: int = 0) -> torch.Tensor:
+        """Velocity of the full-resolution latent ``x`` at ``level`` (float32, shape of ``x`` with ``out_dim`` channels)."""
+        cfg, m = self.config, self.model
+        if x.ndim != 5 or x.shape[1] != cfg.in_dim:
+            raise ValueError(f"x must be (B, {cfg.in_dim}, F, H, W), got {tuple(x.shape)}")
+        b, _, f, h, w = x.shape
+        grid = self.grid((f, h, w), level)
+        p = self.patches[level]
+        t = frame_timesteps(t, b, grid[0], x.device)
+
+        cos, sin = self.rope_tables((f, h, w), level, device=x.device)
+        e, e0 = self.embed_time(t, level)
+        ctx = m.embed_text(context)
+        embed = m.patch_embedding if level == 0 else self.patch_embeddings[level]
+        tokens = embed(x).flatten(3).permute(0, 2, 3, 1)  # (B, F', S, dim), tokens ordered (f, h, w)
+
+        use_ckpt = m.gradient_checkpointing and torch.is_grad_enabled()
+        for block in m.blocks:
+            if use_ckpt:
+                tokens = checkpoint(block, tokens, e0, ctx, cos, sin, use_reentrant=False)
+            else:
+                tokens = block(tokens, e0, ctx, cos, sin)
+
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            mod = (m.head.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unsqueeze(3)  # (B, F', 2, 1, dim)
+            shift, scale = mod.unbind(2)
+            hidden = _layer_norm32(tokens.float(), m.head.norm) * (1 + scale) + shift
+            out = _linear32(m.head.head if level == 0 else self.heads[level], hidden)
+        out = out.reshape(b, *grid, *p, cfg.out_dim).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, cfg.out_dim, f, h, w)
+
+
+# --------------------------------------------------------------------------------- sampling
+class PPFModel:
+    """The samplers' model contract ``model(x, t, context) -> v`` over a :class:`PPFWan`.
+
+    Each sample runs at the level whose window holds its noise level ``t / 1000`` (PPF uses the
+    plain process at gain 1, so ``t`` must be equal over frames; a window boundary belongs to the
+    finer level, as in :meth:`~pyrflow_ref.windows.StageWindows.stage_of`). Samples of one level
+    run as one batch.
+
+    :param ppf: the model.
+    :param windows: one window per level (finest first).
+    """
+
+    def __init__(self, ppf: PPFWan, windows: StageWindows) -> None:
+        if windows.num_stages != ppf.num_levels:
+            raise ValueError(f"{windows.num_stages} windows for {ppf.num_levels} PPF levels")
+        self.ppf = ppf
+        self.windows = windows
+
+    def levels(self, t: torch.Tensor, batch: int, frames: int) -> list[int]:
+        """Level of each sample from its timesteps."""
+        t = frame_timesteps(t, batch, frames, None)
+        if not bool((t == t[:, :1]).all()):
+            raise ValueError("PPF levels need one timestep per sample (equal over frames)")
+        return [self.windows.stage_of(min(max(float(v) / 1000.0, 0.0), 1.0)) for v in t[:, 0].tolist()]
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+        b, f = x.shape[0], x.shape[2]
+        levels = self.levels(t, b, f)
+        t = frame_timesteps(t, b, f, x.device)
+        out = None
+        for level in sorted(set(levels)):
+            idx = torch.tensor([i for i, lv in enumerate(levels) if lv == level], device=x.device)
+            v = self.ppf(x[idx], t[idx], context[idx], level=level)
+            if out is None:
+                out = v.new_empty((b,) + tuple(v.shape[1:]))
+            out[idx] = v
+        return out
+
+
+def sample_ppf(
+    ppf: PPFWan,
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    windows: StageWindows,
+    steps: str | Sequence[int],
+    *,
+    shift: float = 1.0,
+    few_step: bool = False,
+    guidance: float = 1.0,
+    uncond: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample with a PPF schedule (steps per level, coarsest first; only the coarsest levels may take 0).
+
+    Level ``l`` takes ``n_l`` steps on its window's grid (:func:`~pyrflow_ref.windows.step_grid`,
+    shifted by ``shift``; a skipped coarse window joins the next finer one). Euler steps
+    ``x += (s' - s) v``; with ``few_step`` every evaluation predicts ``x0 = x - s v`` and re-noises it
+    to the next level ``(1 - s') x0 + s' eps`` (fresh noise from ``generator``), returning the last
+    ``x0``. ``guidance != 1`` applies CFG ``u + w (c - u)`` with the ``uncond`` context.
+    """
+    if windows.num_stages != ppf.num_levels:
+        raise ValueError(f"{windows.num_stages} windows for {ppf.num_levels} PPF levels")
+    steps = parse_schedule(steps, ppf.num_levels) if isinstance(steps, str) else tuple(int(n) for n in steps)
+    eff = windows.for_schedule(steps)
+    x = torch.as_tensor(noise)
+    for level in range(eff.num_stages - 1, -1, -1):
+        n = steps[ppf.num_levels - 1 - level]
+        grid = step_grid(eff.sigma_n(level), eff.sigma_c(level), n, shift)
+        for k in range(n):
+            s, s_next = float(grid[k]), float(grid[k + 1])
+            t = torch.full((x.shape[0],), 1000.0 * s, device=x.device)
+            v = ppf(x, t, context, level=level)
+            if guidance != 1.0:
+                u = ppf(x, t, uncond, level=level)
+                v = u + guidance * (v - u)
+            v = v.to(x.dtype)
+            if not few_step:
+                x = x + (s_next - s) * v
+                continue
+            x0 = x - s * v
+            if s_next > 0.0:
+                eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                x = (1 - s_next) * x0 + s_next * eps
+            else:
+                x = x0
+    return x
+
+
+# ------------------------------------------------------------------------------------ FLOPs
+def ppf_forward_flops(
+    config: WanConfig | str,
+    size: Sequence[int],
+    level: int,
+    patches: Sequence[Sequence[int]] = DEFAULT_PATCHES,
+    batch: int = 1,
+    text_len: int | None = None,
+) -> FlopsBreakdown:
+    """FLOPs of one :class:`PPFWan` forward at ``level`` on a full-resolution latent ``(F, H, W)``.
+
+    It is :func:`pyrflow_fast.flops.forward_flops` with the level's patch: tokens
+    ``F/pt * H/ph * W/pw`` (``F * H/(2 * 2^l) * W/(2 * 2^l)`` for the default patches), patch
+    embedding and head priced with the larger patch. The level-embedding add is elementwise
+    (not counted, like every bias).
+    """
+    cfg = get_config(config)
+    pats = _check_patches(patches, cfg.patch_size)
+    if not 0 <= level < len(pats):
+        raise ValueError(f"level {level} out of range for {len(pats)} levels")
+    return forward_flops(cfg.replace(patch_size=pats[level]), size, batch=batch, text_len=text_len)
+
+
+def ppf_schedule_flops(
+    schedule: str | Sequence[int],
+    config: WanConfig | str,
+    size: Sequence[int],
+    patches: Sequence[Sequence[int]] = DEFAULT_PATCHES,
+    cfg: int = 1,
+) -> float:
+    """FLOPs of a PPF schedule (steps per level, coarsest first, e.g. ``"2-2-1"``) on a latent ``(F, H, W)``.
+
+    >>> a = ppf_schedule_flops("0-0-1", "tiny", (1, 8, 8))
+    >>> a == ppf_forward_flops("tiny", (1, 8, 8), 0).total
+    True
+    """
+    per_level = [ppf_forward_flops(config, size, lvl, patches).total for lvl in range(len(patches))]
+    return schedule_flops(schedule, per_level, cfg=cfg)
+
+
+def _comparison(config: str = "wan2.1-t2v-1.3b") -> dict:
+    """PPF 2-2-1 against the resolution pyramid's 2-2-1 and plain 0-0-2 (TFLOPs and implied latency)."""
+    full = latent_size(PAPER_STAGES[0])
+    pyramid = [forward_flops(config, latent_size(p)).total for p in PAPER_STAGES]
+    ppf = [ppf_forward_flops(config, full, lvl).total for lvl in range(len(DEFAULT_PATCHES))]
+    ms_per_flop = PAPER_LATENCY_MS["full_forward"] / pyramid[0]  # the paper's full forward calibrates the rate
+    rows = {
+        "ppf 2-2-1": schedule_flops("2-2-1", ppf),
+        "pyramid 2-2-1": schedule_flops("2-2-1", pyramid),
+        "plain 0-0-2": schedule_flops("0-0-2", pyramid),
+    }
+    return {
+        "config": config,
+        "latent": list(full),
+        "ppf_tokens": [ppf_forward_flops(config, full, lvl).tokens for lvl in range(len(DEFAULT_PATCHES))],
+        "ppf_tflops_per_forward": [c / 1e12 for c in ppf],
+        "pyramid_tflops_per_forward": [c / 1e12 for c in pyramid],
+        "schedules": {k: {"tflops": v / 1e12, "latency_ms": v * ms_per_flop} for k, v in rows.items()},
+        "paper_latency_ms": {"ppf 2-2-1": PAPER_LATENCY_MS["ppf_2-2-1"], "pyramid 2-2-1": PAPER_LATENCY_MS["pyramid_2-2-1"]},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m pyrflow_fast.ppf``: PPF 2-2-1 vs pyramidal 2-2-1 and 0-0-2."""
+    parser = argparse.ArgumentParser(prog="python -m pyrflow_fast.ppf", description=main.__doc__)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    rep = _comparison()
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(f"{rep['config']}, latent {'x'.join(map(str, rep['latent']))}, patches {DEFAULT_PATCHES}")
+    print(f"PPF tokens per level: {rep['ppf_tokens']}")
+    print("TFLOPs per forward, level/stage 0..2: PPF "
+          + ", ".join(f"{v:.2f}" for v in rep["ppf_tflops_per_forward"]) + "; pyramid "
+          + ", ".join(f"{v:.2f}" for v in rep["pyramid_tflops_per_forward"]))
+    print(f"{'schedule':>14}  {'TFLOPs':>8}  {'ms (paper rate)':>15}  {'paper ms':>8}")
+    for name, row in rep["schedules"].items():
+        paper = rep["paper_latency_ms"].get(name)
+        print(f"{name:>14}  {row['tflops']:>8.1f}  {row['latency_ms']:>15.1f}  {'-' if paper is None else f'{paper:.1f}':>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
