@@ -226,7 +226,7 @@ class TrainConfig:
 
     def to_toml(self) -> str:
         """Commented TOML (every field preceded by its documentation); parses back to the same config."""
-        lines = [f"# {TrainConfig.__doc__}", ""]
+        lines = [f"# {type(self).__doc__}", ""]
         for section in dataclasses.fields(self):
             obj = getattr(self, section.name)
             lines.append(f"# {type(obj).__doc__}")

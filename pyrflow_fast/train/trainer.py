@@ -14,7 +14,7 @@ step only (``no_sync`` for DDP, ``set_requires_gradient_sync`` for FSDP2). The l
 the sum of its per-sample MSEs divided by the local samples of the step, so the accumulated
 gradient is the gradient of the batch mean (DDP and FSDP average over ranks).
 
-Checkpoints (``<output_dir>/checkpoints/step_XXXXXXX``) hold the trained parameters, optimizer,
+Checkpoints (``<output_dir>/checkpoints/step_<7-digit step>``) hold the trained parameters, optimizer,
 scheduler, EMA, RNG states of every rank and the data position; they are written into a
 temporary directory and moved into place with ``os.replace``, then the ``latest`` pointer file is
 replaced the same way, so a run killed while writing leaves the previous checkpoint loadable.
@@ -48,7 +48,7 @@ from .config import TrainConfig
 from .lora import LoRA
 from .loss import PyramidalLoss, collate, draw, stage_of_slot
 
-__all__ = ["ConfigMismatchError", "TrainModule", "Trainer", "build_dataset", "latest_checkpoint"]
+__all__ = ["ConfigMismatchError", "TrainModule", "Trainer", "build_dataset", "latest_checkpoint", "write_model_dir"]
 
 CKPT_SLEEP_ENV = "PYRFLOW_TRAIN_CKPT_SLEEP"
 """Testing hook: ``"STEP:SECONDS"`` makes rank 0 sleep between writing the temporary checkpoint of
@@ -215,6 +215,39 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     if hasattr(t, "full_tensor"):
         t = t.full_tensor()
     return t.detach().cpu().clone()
+
+
+def write_model_dir(folder: Path, sd: dict[str, torch.Tensor], card, model_cfg, source_path: str = "", layout: str = "original", link_components: bool = True) -> None:
+    """Write a WanDiT state dict ``sd`` of architecture ``model_cfg`` and its ModelCard ``card`` to ``folder``.
+
+    When ``source_path`` is a full Wan2.1 directory and ``link_components`` is set, its layout is
+    used and its VAE, text encoder and tokenizer are symlinked, so ``folder`` is a complete model
+    directory for :mod:`pyrflow_fast.sample`.
+    """
+    with torch.device("meta"):
+        model = WanDiT(model_cfg)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
+    source = Path(source_path) if source_path else None
+    src_layout = None
+    if link_components and source is not None and source.is_dir():
+        from ..pipeline.layout import MissingFilesError, find_layout
+
+        try:
+            src_layout = find_layout(source, transformer=False)
+        except MissingFilesError:
+            src_layout = None
+    if src_layout is not None:
+        layout = src_layout
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, layout=layout)
+    card.save(folder)
+    if src_layout is not None:
+        from ..pipeline.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG
+
+        names = ["text_encoder", "tokenizer", "vae", "model_index.json"] if src_layout == "diffusers" else [ORIGINAL_VAE, ORIGINAL_VAE_CONFIG, ORIGINAL_T5, ORIGINAL_TOKENIZER.split("/")[0]]
+        for n in names:
+            if (source / n).exists() and not (folder / n).exists():
+                os.symlink((source / n).resolve(), folder / n)
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -509,7 +542,7 @@ class Trainer:
         return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step_XXXXXXX`` atomically and point ``latest`` at it."""
+        """Write ``checkpoints/step_<7-digit step>`` atomically and point ``latest`` at it."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
         opts = self._state_options()
@@ -647,31 +680,7 @@ class Trainer:
         return out
 
     def _write_model(self, folder: Path, sd: dict[str, torch.Tensor], card) -> None:
-        with torch.device("meta"):
-            model = WanDiT(self.model_cfg)
-        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
-        layout = self.cfg.checkpoint.export_layout
-        source = Path(self.cfg.model.path) if self.cfg.model.path else None
-        src_layout = None
-        if self.cfg.checkpoint.link_components and source is not None and source.is_dir():
-            from ..pipeline.layout import MissingFilesError, find_layout
-
-            try:
-                src_layout = find_layout(source, transformer=False)
-            except MissingFilesError:
-                src_layout = None
-        if src_layout is not None:
-            layout = src_layout
-        folder.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(folder, layout=layout)
-        card.save(folder)
-        if src_layout is not None:
-            from ..pipeline.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG
-
-            names = ["text_encoder", "tokenizer", "vae", "model_index.json"] if src_layout == "diffusers" else [ORIGINAL_VAE, ORIGINAL_VAE_CONFIG, ORIGINAL_T5, ORIGINAL_TOKENIZER.split("/")[0]]
-            for n in names:
-                if (source / n).exists() and not (folder / n).exists():
-                    os.symlink((source / n).resolve(), folder / n)
+        write_model_dir(folder, sd, card, self.model_cfg, self.cfg.model.path, self.cfg.checkpoint.export_layout, self.cfg.checkpoint.link_components)
 
     def close(self) -> None:
         """Tear down the process group this trainer created."""
