@@ -37,6 +37,7 @@ from .samplers import cfg, sample_euler, sample_few_step
 KINDS = ("base", "pyramidal", "distilled")
 SAMPLERS = ("auto", "euler", "few-step")
 CARD_FILE = "pyrflow.json"
+PPF_FILE = "ppf_levels.safetensors"
 DEFAULT_SCHEDULE = {"base": "0-0-50", "pyramidal": "20-20-10", "distilled": "2-2-1"}
 
 
@@ -52,6 +53,9 @@ class ModelCard:
     :param factors: per-level factors ``(T, H, W)`` on the latent.
     :param rope: ``integer`` or ``scaled`` RoPE positions at coarse stages.
     :param schedule: default schedule.
+    :param ppf_patches: per-level patches ``(T, H, W)`` of a pyramidal-patchification checkpoint
+        (finest first, one per stage; :mod:`pyrflow_fast.ppf`), whose per-level layers are in
+        ``ppf_levels.safetensors``; empty: a resolution-pyramid checkpoint.
     """
 
     kind: str = "base"
@@ -61,6 +65,7 @@ class ModelCard:
     factors: tuple[int, int, int] = (2, 2, 2)
     rope: str = "integer"
     schedule: str | None = None
+    ppf_patches: tuple[tuple[int, int, int], ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -76,6 +81,9 @@ class ModelCard:
             default = DEFAULT_SCHEDULE[self.kind]
             object.__setattr__(self, "schedule", default if self.num_stages == 3 else "-".join(["0"] * (self.num_stages - 1) + [default.split("-")[-1]]))
         parse_schedule(self.schedule, self.num_stages)
+        object.__setattr__(self, "ppf_patches", tuple(tuple(int(v) for v in p) for p in self.ppf_patches))
+        if self.ppf_patches and len(self.ppf_patches) != self.num_stages:
+            raise ValueError(f"{self.num_stages} stages need {self.num_stages} PPF patches, got {list(self.ppf_patches)}")
 
     @classmethod
     def load(cls, model_dir: str | Path) -> ModelCard:
@@ -97,6 +105,24 @@ class ModelCard:
     def pyramid(self) -> Pyramid:
         """The latent pyramid of the checkpoint (first-frame rule, as Wan's causal VAE needs)."""
         return Pyramid.uniform(self.resampler, self.factors, self.num_stages, first_frame=True)
+
+
+def load_ppf(model_dir: str | Path, transformer: torch.nn.Module, card: ModelCard):
+    """The :class:`~pyrflow_fast.ppf.PPFWan` of a PPF checkpoint: ``transformer`` plus the per-level layers of ``ppf_levels.safetensors``."""
+    from safetensors.torch import load_file
+
+    from .ppf import PPFWan
+
+    path = Path(model_dir) / PPF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is a PPF checkpoint ({CARD_FILE}) but has no {PPF_FILE}")
+    ppf = PPFWan(transformer, card.ppf_patches)
+    state = load_file(str(path), device=str(next(transformer.parameters()).device))
+    missing = ppf.load_state_dict(state, strict=False)
+    extra = [k for k in missing.missing_keys if not k.startswith("model.")]
+    if extra or missing.unexpected_keys:
+        raise ValueError(f"{path}: missing {extra}, unexpected {missing.unexpected_keys}")
+    return ppf.eval()
 
 
 @dataclass
@@ -187,6 +213,7 @@ def generate(
     resampler: str | None = None,
     compile: bool = False,
     progress: bool = True,
+    ppf=None,
 ) -> Generation:
     """Generate videos for ``prompts`` with the components' transformer.
 
@@ -196,6 +223,8 @@ def generate(
     :param cfg_scale: guidance scale (default 5.0; distilled checkpoints: none).
     :param resampler: override the card's resampler family.
     :param compile: wrap the backbone in ``torch.compile`` (one static graph per stage).
+    :param ppf: for a PPF checkpoint (``card.ppf_patches``), its model (:func:`load_ppf`); it is
+        sampled on the full-resolution latent with :func:`pyrflow_fast.ppf.sample_ppf`.
     """
     if components.transformer is None:
         raise ValueError("the components were loaded without a transformer (load_components(..., transformer=True))")
@@ -224,6 +253,18 @@ def generate(
         guided = cfg(model, scale, uncond=components.encode_prompt([negative_prompt] * len(prompts)).to(device))
 
     gen = torch.Generator(device=device).manual_seed(int(seed))
+    if card.ppf_patches:
+        from .ppf import sample_ppf
+
+        if ppf is None:
+            raise ValueError(f"a PPF checkpoint ({CARD_FILE} has ppf_patches) needs ppf=load_ppf(model_dir, transformer, card)")
+        noise = torch.randn((len(prompts), *shape), generator=gen, device=device, dtype=torch.float32)
+        uncond = components.encode_prompt([negative_prompt] * len(prompts)).to(device) if scale != 1.0 else None
+        start = time.perf_counter()
+        latents = sample_ppf(ppf, noise, cond, windows, steps, shift=shift, few_step=sampler == "few-step", guidance=scale, uncond=uncond, generator=gen)
+        seconds = time.perf_counter() - start
+        video = components.decode_latents(latents)
+        return Generation(video, latents, format_schedule(steps), sampler, seconds, {"cfg_scale": scale, "card": asdict(card)})
     coarse = pyramid.shapes((len(prompts), *shape))[top]
     noise = torch.randn(coarse, generator=gen, device=device, dtype=torch.float32)
     bar = _Progress(steps, progress)
@@ -290,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         card = ModelCard.load(args.model_dir)
         resolve_sampler(card, args.sampler, args.cfg)
         components = load_components(args.model_dir, device=device, dtype=getattr(torch, args.dtype))
+        ppf = load_ppf(args.model_dir, components.transformer, card) if card.ppf_patches else None
         result = generate(
             components,
             args.prompt,
@@ -306,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             resampler=args.resampler,
             compile=args.compile,
             progress=not args.no_progress,
+            ppf=ppf,
         )
         written = save(result, args.out, fps=args.fps, latents=args.save_latents)
     except (ValueError, FileNotFoundError) as err:

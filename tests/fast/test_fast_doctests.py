@@ -31,6 +31,10 @@ MODULES = [
     "pyrflow_fast.distill.adversarial",
     "pyrflow_fast.distill.lora",
     "pyrflow_fast.ppf",
+    "pyrflow_fast.distill.config",
+    "pyrflow_fast.distill.loop",
+    "pyrflow_fast.distill.cli",
+    "pyrflow_fast.distill.evidence",
 ]
 
 

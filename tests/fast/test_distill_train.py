@@ -1,0 +1,297 @@
+"""The distillation loop, CLI, export and evidence (pyrflow_fast.distill.loop / cli / config / evidence)."""
+
+import json
+
+import pytest
+import torch
+from wan_fixtures import random_wan
+
+from pyrflow_fast.distill.cli import main as distill_main
+from pyrflow_fast.distill.config import VARIANTS, DistillConfig
+from pyrflow_fast.distill.loop import Distiller, InferenceModel, ppf_finetune, ppf_rollout, rollout
+from pyrflow_fast.resample import Pyramid
+from pyrflow_fast.sample import ModelCard
+from pyrflow_fast.samplers import sample_few_step
+from pyrflow_fast.wan import WanDiT
+from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
+
+PYRAMID = Pyramid.uniform("haar", (2, 2, 2), 3)
+WINDOWS = StageWindows(WAN_DEFAULT_BOUNDARIES)
+
+
+def affine_model(x_nat, t, cond):
+    """A cheap stand-in backbone: affine in the input and the timestep."""
+    return 0.7 * x_nat - 0.3 + 1e-3 * t[:, None, :, None, None]
+
+
+# -------------------------------------------------------------------------------- rollout
+@pytest.mark.parametrize("schedule", ["2-2-1", "1-1-1", "0-0-2"])
+def test_rollout_to_the_last_step_is_the_few_step_sampler(schedule):
+    steps = tuple(int(n) for n in schedule.split("-"))
+    top = 2 - next(k for k, n in enumerate(steps) if n > 0)
+    noise = torch.randn(PYRAMID.shapes((2, 4, 5, 8, 8))[top], generator=torch.Generator().manual_seed(0))
+    ref = sample_few_step(affine_model, noise, PYRAMID, WINDOWS, schedule, shift=5.0, rng=torch.Generator().manual_seed(1))
+    x0, stage, _ = rollout(affine_model, noise, PYRAMID, WINDOWS, schedule, sum(steps) - 1, shift=5.0, generator=torch.Generator().manual_seed(1))
+    assert stage == 0
+    torch.testing.assert_close(x0, ref)
+
+
+def test_rollout_stages_and_gradient():
+    noise = torch.randn(PYRAMID.shapes((1, 4, 5, 8, 8))[2])
+    w = torch.tensor(0.7, requires_grad=True)
+
+    def model(x_nat, t, cond):
+        return w * x_nat
+
+    stages = []
+    for k in range(5):
+        x0, stage, process = rollout(model, noise, PYRAMID, WINDOWS, "2-2-1", k, generator=torch.Generator().manual_seed(0))
+        stages.append(stage)
+        assert process.sigma_c == WINDOWS.sigma_c(stage) and process.sigma_n == WINDOWS.sigma_n(stage)
+        assert x0.requires_grad
+    assert stages == [2, 2, 1, 1, 0]
+    x0, _, _ = rollout(model, noise, PYRAMID, WINDOWS, "2-2-1", 3, grad=False)
+    assert not x0.requires_grad
+    with pytest.raises(ValueError, match="outside"):
+        rollout(model, noise, PYRAMID, WINDOWS, "2-2-1", 5)
+
+
+def test_ppf_rollout_to_the_last_step_is_sample_ppf(tiny_model):
+    from pyrflow_fast.ppf import PPFWan, sample_ppf
+
+    ppf = PPFWan(tiny_model)
+    noise = torch.randn(2, 4, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    ctx = torch.randn(2, 3, tiny_model.config.text_dim)
+    with torch.no_grad():
+        ref = sample_ppf(ppf, noise, ctx, WINDOWS, "2-2-1", shift=5.0, few_step=True, generator=torch.Generator().manual_seed(1))
+    x0, level, process = ppf_rollout(ppf, noise, WINDOWS, "2-2-1", 4, cond=ctx, shift=5.0, generator=torch.Generator().manual_seed(1))
+    assert level == 0 and process.sigma_c == 0.0 and process.sigma_n == 1.0 and x0.requires_grad
+    torch.testing.assert_close(x0, ref)
+    assert [ppf_rollout(ppf, noise, WINDOWS, "2-2-1", k, cond=ctx, grad=False)[1] for k in range(5)] == [2, 2, 1, 1, 0]
+
+
+def test_ppf_diffusion_finetune_lowers_the_per_level_loss():
+    from pyrflow_fast.ppf import PPFWan
+
+    ppf = PPFWan(random_wan("tiny", seed=1, std=0.05))
+    gen = torch.Generator().manual_seed(0)
+    batch = ([torch.randn(2, 4, 2, 16, 16, generator=gen)], torch.randn(2, 3, 16, generator=gen))
+    emb = ppf.level_embedding.detach().clone()
+    losses = ppf_finetune(ppf, lambda n: batch, WINDOWS, 15, 3e-3)
+    assert len(losses) == 15 and losses[-1] < losses[0]
+    assert not torch.equal(emb, ppf.level_embedding)
+
+
+def test_inference_model_returns_ordinary_tensors():
+    lin = torch.nn.Linear(2, 2)
+    out = InferenceModel(lin)(torch.ones(1, 2))
+    assert not out.is_inference() and not out.requires_grad
+    (torch.ones(1, 2, requires_grad=True) * out).sum().backward()  # usable in autograd
+
+
+# --------------------------------------------------------------------------------- config
+def test_config_round_trips_and_documents_every_field():
+    import tomllib
+
+    cfg = DistillConfig()
+    assert DistillConfig.from_dict(tomllib.loads(cfg.to_toml())) == cfg
+    text = cfg.to_toml()
+    for section in ("model", "pyramid", "data", "distill", "optim", "checkpoint", "train"):
+        assert f"[{section}]" in text
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        if " = " in line and not line.startswith("#"):
+            assert lines[n - 1].startswith("# ") and len(lines[n - 1]) > 10
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"distill": {"variant": "dmd-xyz"}}, "unknown distillation variant 'dmd-xyz'"),
+        ({"distill": {"variant": "PPF"}}, "unknown distillation variant 'PPF'"),
+        ({"distill": {"schedule": "2-1"}}, "do not fit the model's 3 pyramid stages"),
+        ({"pyramid": {"num_stages": 2, "boundaries": [0.5]}}, "do not fit the model's 2 pyramid stages"),
+        ({"distill": {"schedule": "0-0-0"}}, "at least one step"),
+        ({"distill": {"critic_ratio": 0}}, "critic_ratio"),
+        ({"distill": {"variant": "ppf", "ppf_patches": [[1, 2, 2], [1, 4, 4]]}}, "one patch per pyramid stage"),
+        ({"distill": {"lr": 1}}, "unknown field 'distill.lr'"),
+    ],
+)
+def test_config_errors(override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        DistillConfig.from_dict(override)
+
+
+def test_cli_errors_and_default_config(capsys):
+    assert distill_main(["--print-default-config"]) == 0
+    printed = capsys.readouterr().out
+    assert 'variant = "dmd-pt*"' in printed and "critic_ratio = 5" in printed
+    for args, message in [(["--variant", "dmd-foo"], "unknown distillation variant"), (["--variant", "dmd-pt", "--schedule", "2-2"], "do not fit")]:
+        with pytest.raises(SystemExit) as err:
+            distill_main(args)
+        assert err.value.code == 2
+        assert message in capsys.readouterr().err
+    assert set(VARIANTS) == {"dmd-ot", "dmd-pt", "dmd-pt*", "adv-od", "adv-pd", "ppf"}
+
+
+# ---------------------------------------------------------------------------- end to end
+def tiny_cfg(out, path, **sections):
+    data = {
+        "model": {"config": "tiny", "path": str(path)},
+        "data": {"kind": "synthetic", "synthetic_samples": 4, "synthetic_size": [5, 8, 8]},
+        "distill": {"lora_rank": 2, "critic_ratio": 2, "guidance": 2.0, "regression_schedule": "1-1-1", "teacher_finetune_steps": 2, "disc_hidden": 8},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "train": {"output_dir": str(out), "steps": 3, "batch_size": 2, "progress": False},
+        "checkpoint": {"every": 2, "export": False},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return DistillConfig.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    random_wan("tiny", seed=3, std=0.1).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_trains_the_student_only(tmp_path, model_path, variant):
+    d = Distiller(tiny_cfg(tmp_path, model_path, distill={"variant": variant}))
+    base = {k: v.clone() for k, v in d.student.state_dict().items()}
+    lora = {k: v.clone() for k, v in d.lora.state_dict().items()}
+    teacher = WanDiT.from_pretrained(model_path).state_dict()  # what the original teacher was loaded from
+    critic = d.disc.features.model if d.disc is not None else (d.critic_model.model if variant == "ppf" else d.critic_model)
+    assert d.student.gradient_checkpointing and critic.gradient_checkpointing  # train.gradient_checkpointing default
+    history = d.fit()
+    assert [("generator_loss" in m) for m in history] == [True, False, True]  # critic ratio 2
+    assert all(m["grad_norm"] > 0 for m in history if "grad_norm" in m)
+    assert all(torch.equal(v, d.student.state_dict()[k]) for k, v in base.items())  # LoRA: base frozen
+    assert any(not torch.equal(v, d.lora.state_dict()[k]) for k, v in lora.items())
+    if variant == "dmd-ot":  # the original teacher was finetuned (multi-resolution FM), then frozen
+        assert d.teacher_losses and all(torch.isfinite(torch.tensor(d.teacher_losses)))
+        assert any(not torch.equal(v, d.original.state_dict()[k]) for k, v in teacher.items())
+        assert not any(p.requires_grad for p in d.original.parameters())
+    if variant == "ppf":  # PPF diffusion finetune of the teacher, then DMD with PPF student / teacher / critic
+        assert d.teacher_losses and d.ppf_student is not None
+        assert d.ppf_student.level_embedding.requires_grad and not d.ppf_teacher.level_embedding.requires_grad
+        assert "dmd" in history[0] and "regression" in history[0]
+    elif variant.startswith("dmd"):
+        assert "dmd" in history[0] and "regression" in history[0]
+        if variant != "dmd-ot":
+            assert d.teacher_model is None  # PT / PT* with LoRA: the teacher is the base, adapters off
+    else:
+        assert "adversarial" in history[0] and "reconstruction" in history[0]
+        assert not any(p.requires_grad for p in d.disc.features.model.parameters())
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3]
+
+
+def test_full_finetune_student_and_bit_exact_resume(tmp_path, model_path):
+    kw = dict(distill={"variant": "dmd-pt", "lora_rank": 0}, train={"steps": 4})
+    straight = Distiller(tiny_cfg(tmp_path / "a", model_path, **kw))
+    straight.fit()
+    first = Distiller(tiny_cfg(tmp_path / "b", model_path, distill=kw["distill"], train={"steps": 2}))
+    first.fit()
+    resumed = Distiller(tiny_cfg(tmp_path / "b", model_path, **kw))
+    resumed.fit(resume=True)
+    assert resumed.step == 4
+    for (k, a), b in zip(straight.student.state_dict().items(), resumed.student.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    for a, b in zip(straight.critic_model.parameters(), resumed.critic_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+
+
+def test_schedule_must_fit_the_checkpoint_stage_count(tmp_path, model_path):
+    import shutil
+
+    path = tmp_path / "two_stage"
+    shutil.copytree(model_path, path)
+    ModelCard(kind="pyramidal", num_stages=2, boundaries=(0.5,)).save(path)
+    with pytest.raises(ValueError, match="2-stage checkpoint"):
+        Distiller(tiny_cfg(tmp_path / "run", path))
+
+
+@pytest.mark.parametrize("variant", ["dmd-pt*", "adv-od", "ppf"])
+def test_distilled_export_samples_through_pyrflow_sample(tmp_path, variant, capsys):
+    from pipeline_fixtures import write_tiny_wan_dir
+
+    from pyrflow_fast.pipeline import load_components
+    from pyrflow_fast.sample import generate, load_ppf
+    from pyrflow_fast.sample import main as sample_main
+
+    source = write_tiny_wan_dir(tmp_path / "wan", layout="diffusers")
+    out = tmp_path / "run"
+    args = ["--variant", variant, "--set", f'model.path="{source}"', "--set", 'model.config=""',
+            "--set", "data.kind=synthetic", "--set", "data.synthetic_samples=2", "--set", "data.synthetic_size=[5, 8, 8]",
+            "--set", f'train.output_dir="{out}"', "--set", "train.steps=2", "--set", "train.progress=false",
+            "--set", "distill.lora_rank=2", "--set", "distill.regression_schedule=\"1-1-1\"", "--set", "distill.disc_hidden=8",
+            "--set", "distill.teacher_finetune_steps=1"]
+    assert distill_main(args) == 0
+    export = out / "export"
+    card = ModelCard.load(export)
+    assert card.kind == "distilled" and card.schedule == "2-2-1"
+    components = load_components(export)
+    ppf = None
+    if variant == "ppf":
+        assert card.ppf_patches == ((1, 2, 2), (1, 4, 4), (1, 8, 8))
+        with pytest.raises(ValueError, match="PPF checkpoint"):
+            generate(components, "a red car", card=card, frames=17, height=64, width=64, progress=False)
+        ppf = load_ppf(export, components.transformer, card)
+    res = generate(components, "a red car", card=card, frames=17, height=64, width=64, progress=False, ppf=ppf)
+    assert res.sampler == "few-step" and res.schedule == "2-2-1" and res.info["cfg_scale"] == 1.0
+    assert torch.isfinite(res.video).all()
+    capsys.readouterr()
+    sample_args = ["--model-dir", str(export), "--prompt", "a dog", "--out", str(tmp_path / "v.gif"),
+                   "--frames", "17", "--height", "64", "--width", "64", "--no-progress"]
+    assert sample_main(sample_args) == 0
+    assert "few-step 2-2-1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- evidence
+@pytest.mark.slow
+def test_evidence_distilled_student_matches_the_teacher_better_than_the_undistilled_model(tmp_path):
+    from pyrflow_fast.distill.evidence import run
+
+    res = run(300, 100, num=32, out_dir=tmp_path, log=lambda *a: None)
+    assert res["fd_student_few_step_2-2-1"] < res["fd_teacher_euler_2-2-1"]
+    assert res["fd_student_few_step_2-2-1"] < res["fd_teacher_few_step_2-2-1"]
+
+
+def test_model_card_ppf_patches_round_trip(tmp_path):
+    card = ModelCard(kind="distilled", ppf_patches=([1, 2, 2], [1, 4, 4], [1, 8, 8]))
+    card.save(tmp_path)
+    assert ModelCard.load(tmp_path) == card and card.ppf_patches[2] == (1, 8, 8)
+    assert ModelCard.load(tmp_path.parent).ppf_patches == ()  # no card: a base checkpoint, no PPF
+    with pytest.raises(ValueError, match="PPF patches"):
+        ModelCard(ppf_patches=((1, 2, 2),))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["dmd-pt*", "ppf"])
+def test_ddp_two_processes_on_gloo(tmp_path, model_path, variant):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = tiny_cfg(tmp_path / "run", model_path, distill={"variant": variant}, train={"parallel": "ddp", "device": "cpu", "steps": 2},
+                   checkpoint={"every": 1, "export": True})
+    path = tmp_path / "cfg.json"
+    path.write_text(cfg.to_json())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyrflow_fast.distill", "--config", str(path)]
+    proc = subprocess.run(cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [1, 2]
+    assert ModelCard.load(tmp_path / "run" / "export").kind == "distilled"
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
+
+
+def test_parallel_none_refuses_a_multi_process_launch(tmp_path, model_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="WORLD_SIZE = 2"):
+        Distiller(tiny_cfg(tmp_path, model_path))
