@@ -7,6 +7,7 @@ r"""Command line of distillation: ``python -m pyrflow_fast.distill`` / ``pyrflow
     pyrflow-distill --config distill.toml --variant dmd-ot     # another route
     pyrflow-distill --config distill.toml --resume             # continue from the latest checkpoint
     torchrun --nproc_per_node 2 -m pyrflow_fast.distill --config distill.toml --set train.parallel=\"ddp\"
+    torchrun --nproc_per_node 2 -m pyrflow_fast.distill --config distill.toml --set train.parallel=\"fsdp\"
     pyrflow-sample --model-dir outputs/distill/export --prompt "..."   # few-step sampling, no CFG
 
 Variants (``distill.variant`` or ``--variant``): ``dmd-ot``, ``dmd-pt``, ``dmd-pt*``, ``adv-od``,

@@ -86,10 +86,10 @@ class DistillRunConfig:
     output_dir: str = _f("outputs/distill", "Run directory: metrics.jsonl, checkpoints/, export/.")
     steps: int = _f(2000, "Training iterations; every iteration updates the critic once and every `critic_ratio`-th (from 0) also the generator.")
     batch_size: int = _f(1, "Samples (prompts) per iteration.")
-    seed: int = _f(0, "Seed; all draws of an iteration (prompts, rolled-out step, noise, score levels) depend only on (seed, iteration), so a resumed run continues bit-exactly.")
+    seed: int = _f(0, "Seed; all draws of an iteration (prompts, rolled-out step, noise, score levels) depend only on (seed, iteration, global sample slot), so a resumed run continues bit-exactly.")
     gradient_checkpointing: bool = _f(True, "Recompute the transformer blocks of the student, the critic and the discriminator backbone in the backward pass.")
     device: str = _f("auto", "`auto` (cuda:LOCAL_RANK when CUDA is available, else cpu), `cpu` or `cuda`.")
-    parallel: str = _f("none", "`none` or `ddp`: data parallel over processes launched with torchrun (gloo on CPU, nccl on CUDA); every rank draws its own batch (seeded by (seed, iteration, rank)), the gradients of the generator and the critic are averaged over the ranks before clipping (global batch world_size * batch_size), a finetuned teacher (dmd-ot, ppf) is broadcast from rank 0, and rank 0 writes metrics (its own values), checkpoints and the export. FSDP sharding is not implemented for distillation.")
+    parallel: str = _f("none", "`none`, `ddp` or `fsdp`: data parallel over processes launched with torchrun (gloo on CPU, nccl on CUDA) with global batch world_size * batch_size; every sample draws from (seed, iteration, global slot rank * batch_size + b) and the rolled-out step is shared, so runs with the same global batch match for any world size, and the logged losses are global means. `ddp`: full replicas, the gradients of the generator and the critic are averaged over the ranks before clipping. `fsdp`: FSDP2 fully_shard of the student, the critic or discriminator head (PPF: their transformer blocks); frozen teachers stay replicated, LoRA adapters are replicated and averaged. A finetuned teacher (dmd-ot, ppf) is broadcast from rank 0; checkpoints and the export are gathered to rank 0, which writes them and the metrics.")
     log_every: int = _f(1, "Append a metrics line to metrics.jsonl every this many iterations.")
     progress: bool = _f(True, "Show a tqdm progress bar.")
 
@@ -136,7 +136,7 @@ class DistillConfig:
             (self.train.steps >= 1, "train.steps must be >= 1"),
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
             (self.train.device in ("auto", "cpu", "cuda"), "train.device must be 'auto', 'cpu' or 'cuda'"),
-            (self.train.parallel in ("none", "ddp"), f"train.parallel must be 'none' or 'ddp', got {self.train.parallel!r}"),
+            (self.train.parallel in ("none", "ddp", "fsdp"), f"train.parallel must be 'none', 'ddp' or 'fsdp', got {self.train.parallel!r}"),
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
         ]
         for ok, message in checks:

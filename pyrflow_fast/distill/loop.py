@@ -1,7 +1,7 @@
 r"""The distillation loop: :class:`Distiller` (DMD OT / PT / PT*, adversarial OD / PD, PPF).
 
-One **iteration** (``train.steps`` of them) draws, from a generator seeded by ``(seed, iteration)``,
-a batch of prompts (contexts of dataset items; with ``data.text_dropout`` some are all-zero),
+One **iteration** (``train.steps`` of them) draws, from generators seeded by ``(seed, iteration,
+global sample slot)`` (so the world size does not change the samples; :meth:`Distiller.draws`), a batch of prompts (contexts of dataset items; with ``data.text_dropout`` some are all-zero),
 full-resolution white noise :math:`\epsilon_0` and a step :math:`k` of the student's schedule.
 The student's initial noise is :math:`\mathrm{down}^{top}(\epsilon_0)` (orthonormal resampling
 keeps it white). The **generator rollout** (:func:`rollout`, backward simulation) runs the
@@ -51,6 +51,7 @@ with the few-step sampler.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -76,6 +77,7 @@ from ..samplers import model_velocity, sample_euler, sample_plain
 from ..train.loss import sample_seed
 from ..train.trainer import (
     _atomic_write_text,
+    _full,
     build_dataset,
     check_item,
     latest_checkpoint,
@@ -88,6 +90,9 @@ from . import adversarial
 from .config import DistillConfig
 from .dmd import DMD, DMDConfig, StageProcess, critic_loss
 from .lora import AdaptersOff, student_lora
+
+K_SLOT = 1 << 40
+"""The ``sample_seed`` slot of an iteration's rolled-out step ``k`` (shared by every sample and rank)."""
 
 __all__ = ["Distiller", "InferenceModel", "count_steps", "multires_finetune", "ppf_finetune", "ppf_rollout", "rollout", "velocity_model"]
 
@@ -358,6 +363,10 @@ class Distiller:
             self.teacher_model = self._load(cfg.model.teacher_path)
         elif self.lora is None and self.variant != "ppf":
             self.teacher_model = copy.deepcopy(self.student)
+        elif tc.parallel == "fsdp" and self.variant not in ("ppf", "dmd-ot"):  # a plain replicated teacher, not the sharded student's base
+            # global RNG use as in an unsharded run (whose adv-pd copies the base for the discriminator's backbone)
+            with contextlib.nullcontext() if self.variant == "adv-pd" else torch.random.fork_rng(devices=[]):
+                self.teacher_model = self._load_state_copy(self.student)
         if self.teacher_model is not None:
             self.teacher_model.requires_grad_(False).eval()
             pyr_teacher = velocity_model(WanBackbone(self.teacher_model, rope=cfg.model.rope))
@@ -436,6 +445,9 @@ class Distiller:
             self.disc = adversarial.Discriminator(backbone, blocks, d.disc_hidden).to(self.device)
             self.critic_params = list(self.disc.head.parameters())
 
+        if tc.parallel == "fsdp":
+            self._shard()
+            self.critic_params = [p for p in self.critic_model.parameters() if p.requires_grad] if self.dmd is not None else list(self.disc.head.parameters())
         self.gen_params = (list(self.lora.parameters()) if self.lora is not None else []) + [p for p in self.gen_module.parameters() if p.requires_grad]
         o = cfg.optim
         kw = dict(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
@@ -455,7 +467,7 @@ class Distiller:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if self.cfg.train.parallel == "none":
             if world > 1:
-                raise ValueError(f"train.parallel = 'none' but WORLD_SIZE = {world}; set train.parallel = 'ddp'")
+                raise ValueError(f"train.parallel = 'none' but WORLD_SIZE = {world}; set train.parallel = 'ddp' or 'fsdp'")
             self.rank, self.world, self.local_rank = 0, 1, 0
             return
         if not dist.is_initialized():
@@ -468,6 +480,33 @@ class Distiller:
         if self.world > 1:
             dist.barrier()
 
+    @property
+    def fsdp(self) -> bool:
+        return self.cfg.train.parallel == "fsdp"
+
+    def _shard(self) -> None:
+        """FSDP2 ``fully_shard`` of the trained modules (student / PPF student, critic or discriminator head);
+        the frozen teachers stay plain replicated modules. LoRA adapters (a separate module) stay replicated and
+        their gradients are averaged by hand."""
+        from torch.distributed.fsdp import fully_shard
+
+        if self.ppf_student is not None:
+            # PPFWan runs the wrapped model's pieces and only the current level's layers: shard the transformer
+            # blocks (used at every level, the bulk of the weights); the rest stays replicated, averaged by hand
+            for block in list(self.student.blocks) + list(self.critic_model.model.blocks):
+                fully_shard(block)
+            return
+        if self.lora is None:
+            for block in self.student.blocks:
+                fully_shard(block)
+        fully_shard(self.student)
+        if self.dmd is not None:
+            for block in self.critic_model.blocks:
+                fully_shard(block)
+            fully_shard(self.critic_model)
+        else:
+            fully_shard(self.disc.head)
+
     def _broadcast(self, module: nn.Module) -> None:
         """Make every rank hold rank 0's parameters and buffers of ``module``."""
         if self.world > 1:
@@ -479,6 +518,8 @@ class Distiller:
         """All-reduce the gradients over the ranks (a missing gradient counts as zero)."""
         if self.world > 1:
             for p in params:
+                if hasattr(p, "device_mesh"):  # FSDP: reduce-scattered (averaged) in the backward pass
+                    continue
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
@@ -525,7 +566,8 @@ class Distiller:
         return ctx.to(self.device)
 
     def _items(self, gen: torch.Generator) -> list[dict]:
-        idx = torch.randint(len(self.dataset), (self.cfg.train.batch_size,), generator=gen)
+        """A teacher-finetune batch: the global batch (``world_size * batch_size``), the same on every rank."""
+        idx = torch.randint(len(self.dataset), (self.cfg.train.batch_size * self.world,), generator=gen)
         return [self.dataset[int(i)] for i in idx]
 
     def _finetune_batch(self, n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -535,15 +577,23 @@ class Distiller:
         return x0s, self._contexts(items, gen)
 
     # ---------------------------------------------------------------------------- draws
-    def draws(self, step: int) -> dict[str, Any]:
-        """Everything random of iteration ``step``: items, contexts, noise, rolled-out step and a generator for the rest."""
-        gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, step, 4 * self.rank))
-        items = self._items(gen)
-        ctx = self._contexts(items, gen)
-        shape = (len(items), self.model_cfg.in_dim, *items[0]["x0s"][0].shape[-3:])
-        eps0 = torch.randn(shape, generator=gen)
-        k = int(torch.randint(self.num_evals, (), generator=gen))
-        return {"items": items, "ctx": ctx, "eps0": eps0.to(self.device), "k": k, "gen": gen}
+    def draws(self, step: int) -> list[dict[str, Any]]:
+        """Everything random of iteration ``step``, one dict per local sample: item, context, noise, the
+        rolled-out step ``k`` (one per iteration, shared by all samples and ranks) and a generator for the rest.
+        Sample ``b`` of rank ``r`` is global slot ``j = r * batch_size + b`` and draws from ``(seed, step, 4 j)``
+        only, so any world size with the same global batch sees the same samples."""
+        seed, batch = self.cfg.train.seed, self.cfg.train.batch_size
+        k = int(torch.randint(self.num_evals, (), generator=torch.Generator().manual_seed(sample_seed(seed, step, K_SLOT))))
+        out = []
+        for b in range(batch):
+            slot = self.rank * batch + b
+            gen = torch.Generator().manual_seed(sample_seed(seed, step, 4 * slot))
+            items = [self.dataset[int(torch.randint(len(self.dataset), (), generator=gen))]]
+            ctx = self._contexts(items, gen)
+            shape = (1, self.model_cfg.in_dim, *items[0]["x0s"][0].shape[-3:])
+            eps0 = torch.randn(shape, generator=gen)
+            out.append({"items": items, "ctx": ctx, "eps0": eps0.to(self.device), "k": k, "gen": gen, "slot": slot})
+        return out
 
     def initial_noise(self, eps0: torch.Tensor) -> torch.Tensor:
         """The student's noise at its top stage: ``down^top(eps0)``."""
@@ -567,7 +617,7 @@ class Distiller:
         """The teacher's multi-step sample from the iteration's noise, at ``stage`` (Definition 1; PPF: full resolution)."""
         d = self.cfg.distill
         steps = parse_schedule(d.regression_schedule, self.S)
-        gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step, 4 * self.rank + 1))
+        gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step, 4 * dr["slot"] + 1))
         uncond = torch.zeros_like(dr["ctx"])
         if self.ppf_teacher is not None:  # PPF: no resampling, the full-resolution sample at every level
             from ..ppf import sample_ppf
@@ -593,7 +643,26 @@ class Distiller:
     def _clip_step(self, params, opt, sched) -> float:
         self._average_gradients(params)
         clip = self.cfg.optim.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        if self.fsdp:  # sharded DTensors and replicated adapters: the global norm by hand
+            sq = torch.zeros((), dtype=torch.float64)
+            local = torch.zeros((), dtype=torch.float64)
+            for p in params:
+                if p.grad is None:
+                    continue
+                if hasattr(p.grad, "to_local"):
+                    local += p.grad.to_local().double().pow(2).sum().cpu()
+                else:
+                    sq += p.grad.double().pow(2).sum().cpu()
+            dist.all_reduce(local)
+            norm = (sq + local).sqrt()
+            if clip > 0:
+                coef = min(clip / (float(norm) + 1e-6), 1.0)
+                if coef < 1.0:
+                    for p in params:
+                        if p.grad is not None:
+                            p.grad.mul_(coef)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -611,54 +680,75 @@ class Distiller:
         d = self.cfg.distill
         return score_sigmas(batch, shift=d.score_shift, window=(process.sigma_c, process.sigma_n), clamp=(d.sigma_min, d.sigma_max), generator=gen)
 
+    def _global_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average per-rank metric values over the ranks (every rank has the same number of samples)."""
+        if self.world == 1 or not values:
+            return values
+        t = torch.tensor(list(values.values()), dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(values, t.tolist())}
+
     def train_step(self) -> dict[str, Any]:
-        """One iteration: a critic update and, every ``critic_ratio``-th, a generator update."""
+        """One iteration: a critic update and, every ``critic_ratio``-th, a generator update.
+
+        The local samples run one at a time (each with its own generators, see :meth:`draws`), their losses
+        divided by the batch size and their gradients accumulated; the logged losses are global batch means.
+        """
         d = self.cfg.distill
-        dr = self.draws(self.step)
+        drs = self.draws(self.step)
+        nb = len(drs)
         is_gen = self.step % d.critic_ratio == 0
-        metrics: dict[str, Any] = {"step": self.step + 1, "k": dr["k"]}
+        metrics: dict[str, Any] = {"step": self.step + 1, "k": drs[0]["k"]}
         # ---- critic
-        x0, stage, process = self.rollout(dr, grad=False)
+        sums = {"critic_loss": 0.0}
+        for dr in drs:
+            x0, stage, process = self.rollout(dr, grad=False)
+            if self.dmd is not None:
+                loss = self.dmd.critic_loss(x0.detach(), self._score_process(process), dr["ctx"], generator=dr["gen"])
+            else:
+                real = torch.stack([torch.as_tensor(it["x0s"][stage], dtype=torch.float32) for it in dr["items"]]).to(self.device)
+                with torch.no_grad():
+                    xr, tr = self._adv_inputs(real, process, dr)
+                    xf, tf = self._adv_inputs(x0.detach(), process, dr)
+                loss = adversarial.hinge_loss(self.disc(xr, tr, dr["ctx"]), self.disc(xf, tf, dr["ctx"]))
+            (loss / nb).backward()
+            sums["critic_loss"] += float(loss.detach()) / nb
         metrics["stage"] = stage
-        if self.dmd is not None:
-            loss = self.dmd.critic_loss(x0.detach(), self._score_process(process), dr["ctx"], generator=dr["gen"])
-        else:
-            real = torch.stack([torch.as_tensor(it["x0s"][stage], dtype=torch.float32) for it in dr["items"]]).to(self.device)
-            with torch.no_grad():
-                xr, tr = self._adv_inputs(real, process, dr)
-                xf, tf = self._adv_inputs(x0.detach(), process, dr)
-            loss = adversarial.hinge_loss(self.disc(xr, tr, dr["ctx"]), self.disc(xf, tf, dr["ctx"]))
-        loss.backward()
-        metrics["critic_loss"] = float(loss.detach())
         metrics["critic_grad_norm"] = self._clip_step(self.critic_params, self.critic_opt, self.critic_sched)
         # ---- generator
         if is_gen:
-            x0, stage, process = self.rollout(dr, grad=True)
-            if self.dmd is not None:
-                self.dmd.uncond = torch.zeros_like(dr["ctx"])  # CFG's unconditional branch: the all-zero context
-                target = self.teacher_target(dr, stage) if d.regression_weight > 0 else None
-                out = self.dmd.generator_loss(x0, self._score_process(process), dr["ctx"], x_teacher=target, generator=dr["gen"])
-                loss = out.total
-                metrics["dmd"] = float(out.dmd.detach())
-                if out.regression is not None:
-                    metrics["regression"] = float(out.regression.detach())
-            else:
-                target = self.teacher_target(dr, stage)
-                for p in self.critic_params:
-                    p.requires_grad_(False)
-                try:
-                    xf, tf = self._adv_inputs(x0, process, dr)
-                    out = adversarial.generator_loss(self.disc(xf, tf, dr["ctx"]), x0, target, d.adv_weight, d.rec_weight)
-                finally:
+            sums["generator_loss"] = 0.0
+            for dr in drs:
+                x0, stage, process = self.rollout(dr, grad=True)
+                parts: dict[str, torch.Tensor] = {}
+                if self.dmd is not None:
+                    self.dmd.uncond = torch.zeros_like(dr["ctx"])  # CFG's unconditional branch: the all-zero context
+                    target = self.teacher_target(dr, stage) if d.regression_weight > 0 else None
+                    out = self.dmd.generator_loss(x0, self._score_process(process), dr["ctx"], x_teacher=target, generator=dr["gen"])
+                    loss = out.total
+                    parts["dmd"] = out.dmd
+                    if out.regression is not None:
+                        parts["regression"] = out.regression
+                else:
+                    target = self.teacher_target(dr, stage)
                     for p in self.critic_params:
-                        p.requires_grad_(True)
-                loss = out.total
-                metrics["adversarial"] = float(out.adversarial.detach())
-                metrics["reconstruction"] = float(out.reconstruction.detach())
-            loss.backward()
-            metrics["generator_loss"] = float(loss.detach())
+                        p.requires_grad_(False)
+                    try:
+                        xf, tf = self._adv_inputs(x0, process, dr)
+                        out = adversarial.generator_loss(self.disc(xf, tf, dr["ctx"]), x0, target, d.adv_weight, d.rec_weight)
+                    finally:
+                        for p in self.critic_params:
+                            p.requires_grad_(True)
+                    loss = out.total
+                    parts["adversarial"] = out.adversarial
+                    parts["reconstruction"] = out.reconstruction
+                (loss / nb).backward()
+                sums["generator_loss"] += float(loss.detach()) / nb
+                for name, v in parts.items():
+                    sums[name] = sums.get(name, 0.0) + float(v.detach()) / nb
             metrics["lr"] = self.gen_opt.param_groups[0]["lr"]
             metrics["grad_norm"] = self._clip_step(self.gen_params, self.gen_opt, self.gen_sched)
+        metrics.update(self._global_mean(sums))
         self.step += 1
         return metrics
 
@@ -702,17 +792,49 @@ class Distiller:
         return history
 
     # ----------------------------------------------------------------------- checkpoints
+    @staticmethod
+    def _full_optim(opt: torch.optim.Optimizer) -> dict[str, Any]:
+        """``opt.state_dict()`` with sharded DTensor states gathered (a collective under FSDP: every rank calls it)."""
+        sd = opt.state_dict()
+        sd["state"] = {i: {k: _full(v) if hasattr(v, "full_tensor") else v for k, v in st.items()} for i, st in sd["state"].items()}
+        return sd
+
+    @staticmethod
+    def _distribute_like(full: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full tensors of ``full`` sharded like the DTensors of ``targets`` (others unchanged)."""
+        from torch.distributed.tensor import distribute_tensor
+
+        out = {}
+        for k, v in full.items():
+            t = targets.get(k)
+            out[k] = distribute_tensor(v.to(t.device), t.device_mesh, t.placements) if t is not None and hasattr(t, "device_mesh") else v
+        return out
+
+    def _load_optim(self, opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+        if self.fsdp:
+            from torch.distributed.tensor import distribute_tensor
+
+            params = [p for g in opt.param_groups for p in g["params"]]
+            for i, st in sd["state"].items():
+                p = params[int(i)]
+                if hasattr(p, "device_mesh"):
+                    for k, v in st.items():
+                        if torch.is_tensor(v) and k != "step" and tuple(v.shape) == tuple(p.shape):
+                            st[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+        opt.load_state_dict(sd)
+
     def _state(self) -> dict[str, Any]:
+        """The checkpoint state with full (gathered) tensors; under FSDP every rank must call it."""
         gen = {f"module.{n}": p for n, p in self.gen_module.named_parameters() if p.requires_grad}
         if self.lora is not None:
             gen.update({f"lora.{k}": v for k, v in self.lora.state_dict().items()})
         critic = self.critic_model.state_dict() if self.dmd is not None else self.disc.head.state_dict()
         state = {
             "step": self.step,
-            "generator": {k: v.detach().cpu().clone() for k, v in gen.items()},
-            "critic": {k: v.detach().cpu().clone() for k, v in critic.items()},
-            "gen_opt": self.gen_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
+            "generator": {k: _full(v) for k, v in gen.items()},
+            "critic": {k: _full(v) for k, v in critic.items()},
+            "gen_opt": self._full_optim(self.gen_opt),
+            "critic_opt": self._full_optim(self.critic_opt),
             "gen_sched": self.gen_sched.state_dict(),
             "critic_sched": self.critic_sched.state_dict(),
             "config": self.cfg.to_json(),
@@ -726,6 +848,7 @@ class Distiller:
         """Write ``checkpoints/step_<7-digit step>`` atomically (temporary directory + ``os.replace``) and point ``latest`` at it (rank 0)."""
         root = self.out / "checkpoints"
         name = f"step_{self.step:07d}"
+        state = self._state() if self.fsdp else None  # FSDP: gathering the shards is a collective
         if self.rank != 0:
             self._barrier()
             return root / name
@@ -734,7 +857,7 @@ class Distiller:
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-        torch.save(self._state(), tmp / "state.pt")
+        torch.save(state if state is not None else self._state(), tmp / "state.pt")
         (tmp / "COMPLETE").write_text(name + "\n")
         final = root / name
         if final.exists():
@@ -756,16 +879,18 @@ class Distiller:
                 raise ValueError(f"checkpoint {path} was trained with {section}.{key} = {saved[section][key]!r}, the config says {getattr(getattr(self.cfg, section), key)!r}")
         gen = state["generator"]
         module = {k[len("module."):]: v for k, v in gen.items() if k.startswith("module.")}
+        module = self._distribute_like(module, dict(self.gen_module.named_parameters()))
         result = self.gen_module.load_state_dict(module, strict=False)
         if result.unexpected_keys or len(module) != sum(1 for p in self.gen_module.parameters() if p.requires_grad):
             raise ValueError(f"checkpoint {path}: the generator's trained parameters do not match this run")
         if self.lora is not None:
             self.lora.load_state_dict({k[len("lora."):]: v for k, v in gen.items() if k.startswith("lora.")})
-        (self.critic_model if self.dmd is not None else self.disc.head).load_state_dict(state["critic"])
+        critic = self.critic_model if self.dmd is not None else self.disc.head
+        critic.load_state_dict(self._distribute_like(state["critic"], critic.state_dict()))
         if "teacher" in state:
             (self.original if self.variant == "dmd-ot" else self.ppf_teacher).load_state_dict(state["teacher"])
-        self.gen_opt.load_state_dict(state["gen_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        self._load_optim(self.gen_opt, state["gen_opt"])
+        self._load_optim(self.critic_opt, state["critic_opt"])
         self.gen_sched.load_state_dict(state["gen_sched"])
         self.critic_sched.load_state_dict(state["critic_sched"])
         self.step = int(state["step"])
@@ -774,7 +899,7 @@ class Distiller:
     # ---------------------------------------------------------------------------- export
     def student_state_dict(self) -> dict[str, torch.Tensor]:
         """The student's WanDiT weights (LoRA merged)."""
-        base = {k: v.detach().cpu() for k, v in self.student.state_dict().items()}
+        base = {k: _full(v) if hasattr(v, "full_tensor") else v.detach().cpu() for k, v in self.student.state_dict().items()}
         return self.lora.merged_state_dict(base, 0) if self.lora is not None else base
 
     def export(self) -> Path:
@@ -793,18 +918,21 @@ class Distiller:
             ppf_patches=self.ppf_student.patches if self.ppf_student is not None else (),
         )
         out, tmp = self.out / "export", self.out / ".tmp-export"
+        sd = self.student_state_dict()  # every rank: gathering FSDP shards is a collective
+        levels = None
+        if self.ppf_student is not None:
+            levels = {k: _full(v).contiguous() for k, v in self.ppf_student.state_dict().items() if not k.startswith("model.")}
         if self.rank != 0:
             self._barrier()
             return out
         shutil.rmtree(tmp, ignore_errors=True)
         ck = self.cfg.checkpoint
-        write_model_dir(tmp, self.student_state_dict(), card, self.model_cfg, self.cfg.model.path, ck.export_layout, ck.link_components)
-        if self.ppf_student is not None:  # the per-level layers (pyrflow_fast.sample.load_ppf)
+        write_model_dir(tmp, sd, card, self.model_cfg, self.cfg.model.path, ck.export_layout, ck.link_components)
+        if levels is not None:  # the per-level layers (pyrflow_fast.sample.load_ppf)
             from safetensors.torch import save_file
 
             from ..sample import PPF_FILE
 
-            levels = {k: v.detach().cpu().contiguous() for k, v in self.ppf_student.state_dict().items() if not k.startswith("model.")}
             save_file(levels, str(tmp / PPF_FILE))
         if out.exists():
             shutil.rmtree(out)
