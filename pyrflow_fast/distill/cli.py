@@ -70,20 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
     except (ValueError, FileNotFoundError) as err:
         ap.error(str(err))
+    from ..train.cli import run_fit
     from .loop import Distiller
 
-    try:
-        distiller = Distiller(cfg)
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
-        print(f"pyrflow-distill: error: {err}", file=sys.stderr)
+    done = run_fit(lambda: Distiller(cfg), args.resume, "pyrflow-distill")
+    if done is None:
         return 2
-    try:
-        history = distiller.fit(resume=args.resume)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"pyrflow-distill: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        distiller.close()
+    distiller, history = done
     if distiller.rank == 0:
         last = history[-1] if history else {"step": distiller.step}
         print(f"done: {cfg.distill.variant}, iteration {last['step']}; run directory {distiller.out}", file=sys.stderr)

@@ -60,6 +60,27 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
+def run_fit(make, resume: bool, prog: str):
+    """Build a runner (``Trainer``, ``Distiller``) with ``make()`` and fit it.
+
+    Returns ``(runner, history)``, or ``None`` after printing ``prog: error: ...`` when building or
+    fitting fails with a user-facing error.
+    """
+    try:
+        runner = make()
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return None
+    try:
+        history = runner.fit(resume=resume)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return None
+    finally:
+        runner.close()
+    return runner, history
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -75,18 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(err))
     from .trainer import Trainer
 
-    try:
-        trainer = Trainer(cfg)
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
-        print(f"pyrflow-train: error: {err}", file=sys.stderr)
+    done = run_fit(lambda: Trainer(cfg), args.resume, "pyrflow-train")
+    if done is None:
         return 2
-    try:
-        history = trainer.fit(resume=args.resume)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"pyrflow-train: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        trainer.close()
+    trainer, history = done
     if trainer.rank == 0:
         last = history[-1] if history else {"step": trainer.step}
         print(f"done: step {last['step']}" + (f", loss {last['loss']:.6f}" if "loss" in last else "") + f"; run directory {trainer.out}", file=sys.stderr)
