@@ -83,6 +83,7 @@ from ..train.trainer import (
     latest_checkpoint,
     load_backbone,
     resolve_model_config,
+    trim_metrics,
     write_model_dir,
 )
 from ..wan import WanDiT
@@ -761,9 +762,8 @@ class Distiller:
                 raise FileNotFoundError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
             self.load_checkpoint(path)
         metrics_path = self.out / "metrics.jsonl"
-        if self.rank == 0 and metrics_path.is_file():
-            lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
-            _atomic_write_text(metrics_path, "".join(ln + "\n" for ln in lines))
+        if self.rank == 0:
+            trim_metrics(metrics_path, self.step)
         self._barrier()
         bar = None
         if tc.progress and self.rank == 0:

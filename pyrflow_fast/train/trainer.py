@@ -217,6 +217,13 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.detach().cpu().clone()
 
 
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop the lines of a JSONL metrics file past ``step`` (a resumed run rewrites them)."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        _atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
 def write_model_dir(folder: Path, sd: dict[str, torch.Tensor], card, model_cfg, source_path: str = "", layout: str = "original", link_components: bool = True) -> None:
     """Write a WanDiT state dict ``sd`` of architecture ``model_cfg`` and its ModelCard ``card`` to ``folder``.
 
@@ -528,11 +535,8 @@ class Trainer:
         return history
 
     def _trim_metrics(self) -> None:
-        """Drop metric lines past the current step (a resumed run rewrites them)."""
-        path = self.out / "metrics.jsonl"
-        if self.rank == 0 and path.is_file():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
-            _atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+        if self.rank == 0:
+            trim_metrics(self.out / "metrics.jsonl", self.step)
         self._barrier()
 
     # ----------------------------------------------------------------------- checkpoints
