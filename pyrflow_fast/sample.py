@@ -36,6 +36,7 @@ from .samplers import cfg, sample_euler, sample_few_step
 
 KINDS = ("base", "pyramidal", "distilled")
 SAMPLERS = ("auto", "euler", "few-step")
+UNCONDS = ("prompt", "zeros")
 CARD_FILE = "pyrflow.json"
 PPF_FILE = "ppf_levels.safetensors"
 DEFAULT_SCHEDULE = {"base": "0-0-50", "pyramidal": "20-20-10", "distilled": "2-2-1"}
@@ -56,6 +57,9 @@ class ModelCard:
     :param ppf_patches: per-level patches ``(T, H, W)`` of a pyramidal-patchification checkpoint
         (finest first, one per stage; :mod:`pyrflow_fast.ppf`), whose per-level layers are in
         ``ppf_levels.safetensors``; empty: a resolution-pyramid checkpoint.
+    :param uncond: unconditional branch of CFG: ``prompt`` (the negative prompt's embedding, as
+        Wan) or ``zeros`` (the all-zero context, for models trained with ``data.text_dropout``).
+    :param guidance: default CFG scale (``base`` and ``pyramidal`` checkpoints).
     """
 
     kind: str = "base"
@@ -66,6 +70,8 @@ class ModelCard:
     rope: str = "integer"
     schedule: str | None = None
     ppf_patches: tuple[tuple[int, int, int], ...] = ()
+    uncond: str = "prompt"
+    guidance: float = 5.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -82,6 +88,8 @@ class ModelCard:
             object.__setattr__(self, "schedule", default if self.num_stages == 3 else "-".join(["0"] * (self.num_stages - 1) + [default.split("-")[-1]]))
         parse_schedule(self.schedule, self.num_stages)
         object.__setattr__(self, "ppf_patches", tuple(tuple(int(v) for v in p) for p in self.ppf_patches))
+        if self.uncond not in UNCONDS:
+            raise ValueError(f"unknown uncond {self.uncond!r}; expected one of {UNCONDS}")
         if self.ppf_patches and len(self.ppf_patches) != self.num_stages:
             raise ValueError(f"{self.num_stages} stages need {self.num_stages} PPF patches, got {list(self.ppf_patches)}")
 
@@ -169,7 +177,7 @@ def resolve_sampler(card: ModelCard, sampler: str, cfg_scale: float | None) -> t
         if cfg_scale not in (None, 1.0):
             raise ValueError(f"distilled checkpoints run without CFG; got cfg scale {cfg_scale}")
         return sampler, 1.0
-    return sampler, 5.0 if cfg_scale is None else float(cfg_scale)
+    return sampler, card.guidance if cfg_scale is None else float(cfg_scale)
 
 
 class _Progress:
@@ -220,7 +228,8 @@ def generate(
     :param card: the checkpoint's card (``ModelCard()``: a plain Wan checkpoint).
     :param schedule: steps per stage, coarsest first (default: the card's).
     :param sampler: ``auto`` (by checkpoint kind), ``euler`` or ``few-step``.
-    :param cfg_scale: guidance scale (default 5.0; distilled checkpoints: none).
+    :param cfg_scale: guidance scale (default: the card's, 5.0 unless it says otherwise; distilled
+        checkpoints: none).
     :param resampler: override the card's resampler family.
     :param compile: wrap the backbone in ``torch.compile`` (one static graph per stage).
     :param ppf: for a PPF checkpoint (``card.ppf_patches``), its model (:func:`load_ppf`); it is
@@ -248,9 +257,11 @@ def generate(
         return net(x_nat.float(), t, context, full_size=full_size)
 
     cond = components.encode_prompt(prompts).to(device)
-    guided = model
-    if scale != 1.0:
-        guided = cfg(model, scale, uncond=components.encode_prompt([negative_prompt] * len(prompts)).to(device))
+    if card.uncond == "zeros":
+        uncond = torch.zeros_like(cond)
+    else:
+        uncond = components.encode_prompt([negative_prompt] * len(prompts)).to(device)
+    guided = model if scale == 1.0 else cfg(model, scale, uncond=uncond)
 
     gen = torch.Generator(device=device).manual_seed(int(seed))
     if card.ppf_patches:
@@ -259,9 +270,8 @@ def generate(
         if ppf is None:
             raise ValueError(f"a PPF checkpoint ({CARD_FILE} has ppf_patches) needs ppf=load_ppf(model_dir, transformer, card)")
         noise = torch.randn((len(prompts), *shape), generator=gen, device=device, dtype=torch.float32)
-        uncond = components.encode_prompt([negative_prompt] * len(prompts)).to(device) if scale != 1.0 else None
         start = time.perf_counter()
-        latents = sample_ppf(ppf, noise, cond, windows, steps, shift=shift, few_step=sampler == "few-step", guidance=scale, uncond=uncond, generator=gen)
+        latents = sample_ppf(ppf, noise, cond, windows, steps, shift=shift, few_step=sampler == "few-step", guidance=scale, uncond=uncond if scale != 1.0 else None, generator=gen)
         seconds = time.perf_counter() - start
         video = components.decode_latents(latents)
         return Generation(video, latents, format_schedule(steps), sampler, seconds, {"cfg_scale": scale, "card": asdict(card)})
@@ -303,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--negative-prompt", default="", help="negative prompt for CFG")
     ap.add_argument("--schedule", default=None, help="steps per stage, coarsest first, e.g. 20-20-10, 0-0-50, 2-2-1 (default: the checkpoint's)")
     ap.add_argument("--sampler", default="auto", choices=SAMPLERS, help="auto picks few-step for distilled checkpoints")
-    ap.add_argument("--cfg", type=float, default=None, help="CFG scale (default 5.0; none for distilled checkpoints)")
+    ap.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the checkpoint card's, 5.0 for Wan; none for distilled checkpoints)")
     ap.add_argument("--shift", type=float, default=5.0, help="timestep shift of the stage grids")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", type=int, default=81, help="pixel frames, 16k+1 for 3 stages")

@@ -35,6 +35,7 @@ import torch
 from ..wan import WanDiT
 from ..wan.checkpoint import CheckpointError, check_state_dict, read_state_dict
 from .layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG, find_layout
+from .pixel import PixelSpace, is_pixel_space
 from .t5_keys import TIED_EMBEDDING, infer_umt5_config, to_hf_t5_state_dict, to_wan_t5_state_dict
 from .vae_keys import (
     WAN_LATENTS_MEAN,
@@ -175,10 +176,15 @@ def load_vae(
     :param path: ``layout="diffusers"``: the ``vae`` folder (config.json + safetensors);
         ``layout="original"``: Wan's ``Wan2.1_VAE.pth`` (with an optional sidecar
         ``Wan2.1_VAE.config.json`` next to it; see the module docstring).
+
+    A diffusers ``vae`` folder whose config names ``PixelSpace`` gives a
+    :class:`~pyrflow_fast.pipeline.pixel.PixelSpace` (pixel-space models; always float32).
     """
+    path = Path(path)
+    if layout == "diffusers" and is_pixel_space(path):
+        return PixelSpace.from_pretrained(path).to(device=torch.device(device)).eval()
     from diffusers import AutoencoderKLWan
 
-    path = Path(path)
     if layout == "diffusers":
         config = dict(AutoencoderKLWan.load_config(str(path), local_files_only=True))
         sd = read_state_dict(_weights_file(path, _DIFF_WEIGHTS))
@@ -394,7 +400,8 @@ def load_components(
     :param dtype: floating dtype of the weights (Wan itself runs umT5 in bfloat16, the VAE in
         float32 and the transformer with bfloat16 autocast).
     :param transformer: also load the :class:`~pyrflow_fast.wan.WanDiT`.
-    :param text_len: prompt length in tokens (Wan: 512).
+    :param text_len: prompt length in tokens (Wan: 512); at most the transformer's ``text_len``
+        (it zero-pads shorter contexts to that length itself).
     :param text_encoder_dtype: dtype of the text encoder instead of ``dtype``.
     :param vae_dtype: dtype of the VAE instead of ``dtype``.
     :raises ValueError: for an invalid or unavailable device, or components that do not fit together.
@@ -422,4 +429,5 @@ def load_components(
             problems.append(f"transformer in_dim {dit.config.in_dim} != VAE z_dim {vae.config.z_dim}")
         if problems:
             raise ValueError(f"{root}: components do not fit together: " + "; ".join(problems))
+        text_len = min(text_len, dit.config.text_len)  # the transformer zero-pads to its own length
     return WanComponents(tokenizer, text_encoder, vae, dit, layout, text_len)

@@ -7,7 +7,8 @@
     text_encoder/model.safetensors    or model.safetensors.index.json + shards
     tokenizer/                        tokenizer.json (or spiece.model) + tokenizer_config.json
     vae/config.json                   AutoencoderKLWan config
-    vae/diffusion_pytorch_model.safetensors   (or .index.json + shards)
+    vae/diffusion_pytorch_model.safetensors   (or .index.json + shards; none for pixel space,
+                                      whose vae/config.json names PixelSpace: pyrflow_fast.pipeline.pixel)
     transformer/config.json + diffusion_pytorch_model*.safetensors
 
 **original layout** (e.g. ``Wan-AI/Wan2.1-T2V-1.3B``)::
@@ -25,6 +26,8 @@ completely raises :class:`MissingFilesError` (a ``FileNotFoundError``) listing w
 from __future__ import annotations
 
 from pathlib import Path
+
+from .pixel import is_pixel_space
 
 __all__ = [
     "MissingFilesError",
@@ -76,7 +79,10 @@ def missing_files(model_dir: str | Path, layout: str, *, transformer: bool = Tru
             ("text_encoder/model.safetensors[.index.json]", _any_file(root / "text_encoder", _HF_WEIGHTS)),
             ("tokenizer/ (tokenizer.json or spiece.model)", _any_file(root / "tokenizer", _TOKENIZER_FILES)),
             ("vae/config.json", (root / "vae/config.json").is_file()),
-            ("vae/diffusion_pytorch_model.safetensors[.index.json]", _any_file(root / "vae", _DIFF_WEIGHTS)),
+            (
+                "vae/diffusion_pytorch_model.safetensors[.index.json]",
+                _any_file(root / "vae", _DIFF_WEIGHTS) or is_pixel_space(root / "vae"),
+            ),
         ]
         if transformer:
             need += [

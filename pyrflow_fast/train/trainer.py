@@ -660,6 +660,7 @@ class Trainer:
             resampler=self.cfg.pyramid.resampler,
             factors=tuple(self.cfg.pyramid.factors),
             rope=self.cfg.model.rope,
+            uncond="zeros" if self.cfg.data.text_dropout > 0 else "prompt",
         )
         targets: list[tuple[Path, dict]] = []
         if self.lora is None:

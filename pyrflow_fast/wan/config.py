@@ -120,7 +120,13 @@ class WanConfig:
         return cls(**kwargs)
 
     def to_diffusers_dict(self) -> dict[str, Any]:
-        """The ``transformer/config.json`` of diffusers' ``WanTransformer3DModel``."""
+        """The ``transformer/config.json`` of diffusers' ``WanTransformer3DModel``.
+
+        diffusers has no ``text_len`` (its pipeline pads prompts to 512 tokens); a ``text_len``
+        other than 512 is recorded under that key, which diffusers ignores and
+        :meth:`from_diffusers_dict` reads.
+        """
+        extra = {} if self.text_len == 512 else {"text_len": self.text_len}
         return {
             "_class_name": "WanTransformer3DModel",
             "patch_size": list(self.patch_size),
@@ -139,11 +145,13 @@ class WanConfig:
             "added_kv_proj_dim": None,
             "rope_max_seq_len": self.rope_max_positions,
             "pos_embed_seq_len": None,
+            **extra,
         }
 
     @classmethod
     def from_diffusers_dict(cls, d: dict[str, Any], text_len: int = 512) -> WanConfig:
-        """Parse a diffusers ``WanTransformer3DModel`` config (diffusers has no ``text_len``)."""
+        """Parse a diffusers ``WanTransformer3DModel`` config; ``text_len`` (not a diffusers key) is
+        taken from the config when it records one, else from the argument."""
         for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
             if d.get(key) is not None:
                 raise ValueError(f"only text-to-video Wan2.1 is supported, config has {key}={d[key]!r}")
@@ -160,17 +168,22 @@ class WanConfig:
             in_dim=d.get("in_channels", 16),
             out_dim=d.get("out_channels") or d.get("in_channels", 16),
             text_dim=d.get("text_dim", 4096),
-            text_len=text_len,
+            text_len=d.get("text_len", text_len),
             eps=d.get("eps", 1e-6),
             rope_max_positions=d.get("rope_max_seq_len", 1024),
         )
 
 
-#: Named configurations. ``tiny`` and ``tiny-3layer`` are for CPU tests.
+#: Named configurations. ``tiny`` and ``tiny-3layer`` are for CPU tests; ``shapes`` is the shipped
+#: pixel-space model of :mod:`pyrflow_fast.shapes` (RGB in, 4 x 4 pixel patches, 1.2M parameters).
 CONFIGS: dict[str, WanConfig] = {
     "wan2.1-t2v-1.3b": WanConfig(),
     "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     "tiny": WanConfig(dim=32, ffn_dim=64, freq_dim=32, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16, text_len=8),
+    "shapes": WanConfig(
+        dim=128, ffn_dim=512, freq_dim=64, num_heads=4, num_layers=4, in_dim=3, out_dim=3, text_dim=32, text_len=16,
+        patch_size=(1, 4, 4),
+    ),
     "tiny-3layer": WanConfig(
         dim=48, ffn_dim=96, freq_dim=16, num_heads=2, num_layers=3, in_dim=4, out_dim=6, text_dim=12, text_len=6
     ),

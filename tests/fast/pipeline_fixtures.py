@@ -19,6 +19,7 @@ import torch
 
 from pyrflow_fast.pipeline import write_original_text_encoder, write_original_vae
 from pyrflow_fast.pipeline.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE
+from pyrflow_fast.pipeline.tokenizer import word_tokenizer
 from pyrflow_fast.pipeline.vae_keys import WAN_LATENTS_MEAN, WAN_LATENTS_STD
 from pyrflow_fast.wan import WanConfig, WanDiT
 
@@ -34,22 +35,8 @@ TINY_TEXT_DIM = 16
 
 
 def tiny_tokenizer():
-    """A word-level fast tokenizer with umT5's special ids (pad 0, eos 1, unk 2), ``</s>`` appended."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for word in TINY_WORDS:
-        vocab.setdefault(word, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
-    )
+    """A word-level fast tokenizer over :data:`TINY_WORDS` with umT5's special ids (pad 0, eos 1, unk 2)."""
+    return word_tokenizer(TINY_WORDS)
 
 
 def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:

@@ -125,7 +125,7 @@ def test_diffusers_layout_loads_into_diffusers(model, tmp_path):
     diffusers = pytest.importorskip("diffusers")
     folder = save_wan(model, tmp_path / "repo", layout="diffusers")
     cfg = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
-    theirs = diffusers.WanTransformer3DModel(**cfg)
+    theirs = diffusers.WanTransformer3DModel.from_config(cfg)  # as diffusers reads config.json: extra keys ignored
     theirs.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
     x = torch.randn(1, 4, 2, 4, 4)
     ctx = torch.randn(1, model.config.text_len, model.config.text_dim)
@@ -220,3 +220,14 @@ def test_convert_runs_as_module(model, tmp_path):
     assert res.returncode == 0, res.stderr
     loaded = load_wan(tmp_path / "d", text_len=model.config.text_len)
     assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())
+
+
+def test_diffusers_config_keeps_a_non_default_text_len():
+    from pyrflow_fast.wan import get_config
+
+    shapes = get_config("shapes")
+    d = shapes.to_diffusers_dict()
+    assert d["text_len"] == 16 and type(shapes).from_diffusers_dict(d) == shapes
+    wan = get_config("wan2.1-t2v-1.3b")
+    assert "text_len" not in wan.to_diffusers_dict()
+    assert type(wan).from_diffusers_dict(wan.to_diffusers_dict(), text_len=77).text_len == 77

@@ -23,7 +23,7 @@ def _pair(name, seed=0):
     ours = random_wan(name, seed=seed)
     cfg = ours.config
     kwargs = {k: v for k, v in cfg.to_diffusers_dict().items() if not k.startswith("_")}
-    theirs = diffusers.WanTransformer3DModel(**kwargs).eval()
+    theirs = diffusers.WanTransformer3DModel.from_config(kwargs).eval()  # as diffusers reads config.json
     theirs.load_state_dict(to_diffusers_state_dict(ours.state_dict()), strict=True)
     return ours, theirs
 
