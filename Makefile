@@ -2,7 +2,11 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: venv sample test proofs docs bench clean
+.PHONY: venv sample demo test proofs docs bench clean
+
+# make sample MODEL=pyramidal PROMPT="a blue square moving up over coffee"
+MODEL ?= distilled
+PROMPT ?= a red circle moving right over grass
 
 $(VENV_STAMP): requirements/dev.txt requirements/constraints.txt pyproject.toml
 	python3 -m venv .venv
@@ -13,8 +17,12 @@ $(VENV_STAMP): requirements/dev.txt requirements/constraints.txt pyproject.toml
 
 venv: $(VENV_STAMP)
 
-# The main job: pyramidal generation (for now: the analytic Gaussian video model).
+# The main job: a video from the shipped shapes model (default: DMD-distilled pyramidal, 2-2-1).
 sample: $(VENV_STAMP)
+	$(PY) -m pyrflow_fast.shapes --model $(MODEL) --prompt "$(PROMPT)" --out outputs
+
+# Pyramidal sampling of the analytic Gaussian video model (exact velocities; NumPy reference).
+demo: $(VENV_STAMP)
 	$(PY) -m pyrflow_ref.demo --out outputs
 
 # Every test: docs build (warnings are errors), then unit, property, distribution and proof tests.

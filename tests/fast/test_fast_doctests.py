@@ -35,6 +35,11 @@ MODULES = [
     "pyrflow_fast.distill.loop",
     "pyrflow_fast.distill.cli",
     "pyrflow_fast.distill.evidence",
+    "pyrflow_fast.pipeline.pixel",
+    "pyrflow_fast.pipeline.tokenizer",
+    "pyrflow_fast.shapes.data",
+    "pyrflow_fast.shapes.analyze",
+    "pyrflow_fast.shapes.components",
 ]
 
 

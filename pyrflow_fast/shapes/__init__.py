@@ -1,0 +1,38 @@
+r"""The shipped default model: a small Wan-architecture text-to-video model trained here on *shapes*.
+
+- :mod:`~pyrflow_fast.shapes.data`: the procedural dataset (coloured shapes moving over photos);
+- :mod:`~pyrflow_fast.shapes.analyze`: prompt adherence and temporal consistency from pixels;
+- :mod:`~pyrflow_fast.shapes.components`: the frozen tokenizer, text encoder and pixel space;
+- :mod:`~pyrflow_fast.shapes.recipe`: reproduces the shipped checkpoints through the project's CLIs;
+- :mod:`~pyrflow_fast.shapes.results`: the quality / speed table;
+- ``python -m pyrflow_fast.shapes``: generate a video with a shipped checkpoint (``make sample``).
+
+The checkpoints live in ``pyrflow_fast/shapes/models/<name>`` (complete model directories that
+:func:`pyrflow_fast.pipeline.load_components` and ``pyrflow-sample`` load), with ``recipe.json``
+recording the commands, configurations and run times that produced them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["MODELS", "SHIPPED", "model_dir"]
+
+SHIPPED = Path(__file__).parent / "models"
+#: Shipped checkpoints: name -> what it is.
+MODELS: dict[str, str] = {
+    "conventional": "trained with Wan's flow-matching loss; samples 0-0-50 (plain Euler, CFG)",
+    "pyramidal": "the conventional model finetuned pyramidally; samples 20-20-10 (pyramidal Euler, CFG)",
+    "distilled": "the pyramidal model distilled with DMD (dmd-pt*) to 2-2-1 (few-step, no CFG)",
+    "distilled-plain": "the conventional model distilled with DMD (dmd-ot) to 0-0-2 at full resolution (few-step, no CFG)",
+}
+
+
+def model_dir(name: str, root: str | Path = SHIPPED) -> Path:
+    """The model directory ``name`` (one of :data:`MODELS`) under ``root`` (default: the shipped ones)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown shapes model {name!r}; expected one of {', '.join(MODELS)}")
+    path = Path(root) / name
+    if not (path / "pyrflow.json").is_file():
+        raise FileNotFoundError(f"{path} is missing: rebuild the shipped checkpoints with python -m pyrflow_fast.shapes.recipe")
+    return path

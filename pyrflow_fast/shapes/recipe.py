@@ -1,0 +1,226 @@
+r"""Reproduce the shipped shapes checkpoints from scratch: ``python -m pyrflow_fast.shapes.recipe``.
+
+Every step is one of the project's command-line tools, run as a subprocess (the commands are
+printed and written to the model card):
+
+1. ``python -m pyrflow_fast.shapes.data`` writes the training split (seed 0) as lossless clips
+   with captions; :func:`~pyrflow_fast.shapes.components.write_components` writes the frozen
+   tokenizer, text encoder and pixel space;
+2. ``pyrflow-cache`` encodes it into a latent cache (pixel space: the normalised pixels);
+3. ``pyrflow-train`` trains the ``shapes`` WanDiT **conventionally** (``pyramid.num_stages = 1``:
+   Wan's flow-matching loss) from random initialisation, with 10% all-zero contexts for CFG;
+4. ``pyrflow-train`` finetunes it **pyramidally** (3 stages, Haar 2x2x2, Wan's boundaries,
+   ``loss.weighting = "natural"``);
+5. ``pyrflow-distill`` distils the pyramidal model with DMD (``dmd-pt*``) to ``2-2-1``;
+6. ``pyrflow-distill`` distils the conventional model with DMD (``dmd-ot``, the conventional
+   model as teacher, plain re-noising) to ``0-0-2`` at full resolution: the baseline of the table;
+7. the four transformers are assembled with the frozen components into complete model
+   directories (:data:`pyrflow_fast.shapes.MODELS`) with their ``pyrflow.json`` cards.
+
+``--quick`` runs every step with a handful of optimizer steps (tests); the defaults are the
+shipped recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, parse_schedule
+
+from ..sample import ModelCard
+from ..wan import WanDiT
+from . import MODELS, SHIPPED
+from .components import TEXT_LEN, write_components
+from .data import FPS, FRAMES, SIZE
+
+__all__ = ["STEPS", "Recipe", "main", "run"]
+
+GUIDANCE = 3.0
+#: The recipe's steps in order; ``--steps`` runs a subset in an existing working folder.
+STEPS = ("data", "conventional", "pyramidal", "distilled", "distilled-plain")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Sizes and steps of the recipe (the defaults are the shipped one)."""
+
+    videos: int = 3000
+    conventional_steps: int = 2500
+    conventional_batch: int = 16
+    conventional_lr: float = 1e-3
+    pyramidal_steps: int = 1200
+    pyramidal_per_stage: int = 6
+    pyramidal_lr: float = 3e-4
+    distill_steps: int = 500
+    distill_batch: int = 8
+    distill_lr: float = 2e-4
+    guidance: float = GUIDANCE
+    seed: int = 0
+
+
+QUICK = Recipe(videos=24, conventional_steps=3, conventional_batch=2, pyramidal_steps=2, pyramidal_per_stage=1, distill_steps=2, distill_batch=1)
+
+
+def _common(cache: Path) -> dict:
+    return {
+        "data": {"kind": "cache", "path": str(cache), "latent_size": [FRAMES, SIZE, SIZE], "text_dropout": 0.1},
+        "checkpoint": {"every": 10_000, "keep_last": 1, "link_components": False},
+    }
+
+
+def train_config(r: Recipe, work: Path, stage: str) -> dict:
+    """The ``pyrflow-train`` config of the ``conventional`` or ``pyramidal`` step."""
+    cache = work / "cache"
+    conventional = stage == "conventional"
+    steps = r.conventional_steps if conventional else r.pyramidal_steps
+    cfg = _common(cache)
+    cfg.update(
+        {
+            "model": {"config": "shapes", "path": "" if conventional else str(work / "conventional" / "export")},
+            "pyramid": {"num_stages": 1 if conventional else 3, "boundaries": [] if conventional else list(WAN_DEFAULT_BOUNDARIES)},
+            "optim": {
+                "lr": r.conventional_lr if conventional else r.pyramidal_lr,
+                "warmup_steps": min(100, steps // 10),
+                "weight_decay": 0.0,
+                "schedule": "cosine",
+                "min_lr_ratio": 0.1,
+            },
+            # natural weighting: the coarse stages (gains up to 8) would otherwise dominate the gradient
+            "loss": {"weighting": "sigma" if conventional else "natural"},
+            "ema": {"decay": 0.995 if steps >= 400 else 0.0},
+            "train": {
+                "output_dir": str(work / stage),
+                "steps": steps,
+                "samples_per_stage": r.conventional_batch if conventional else r.pyramidal_per_stage,
+                "seed": r.seed,
+                "gradient_checkpointing": False,
+                "precision": "fp32",
+                "device": "cpu",
+                "log_every": 10,
+            },
+        }
+    )
+    return cfg
+
+
+def distill_config(r: Recipe, work: Path, stage: str = "distilled") -> dict:
+    """The ``pyrflow-distill`` config of the ``distilled`` (dmd-pt*, 2-2-1 from the pyramidal
+    model) or ``distilled-plain`` (dmd-ot, 0-0-2 from the conventional model) step."""
+    cfg = _common(work / "cache")
+    if stage == "distilled":
+        source, stages, distill = "pyramidal", 3, {"variant": "dmd-pt*", "schedule": "2-2-1", "regression_schedule": "10-10-10"}
+    else:  # one stage (0-0-2 is the same grid); its teacher needs no multi-resolution finetune
+        source, stages, distill = "conventional", 1, {"variant": "dmd-ot", "schedule": "2", "regression_schedule": "20", "teacher_finetune_steps": 0}
+    cfg.update(
+        {
+            "model": {"config": "shapes", "path": str(work / source / "export")},
+            "pyramid": {"num_stages": stages, "boundaries": list(WAN_DEFAULT_BOUNDARIES)[: stages - 1]},
+            "distill": {**distill, "guidance": r.guidance, "lora_rank": 0},
+            "optim": {"lr": r.distill_lr, "warmup_steps": 0, "weight_decay": 0.0},
+            "train": {
+                "output_dir": str(work / stage),
+                "steps": r.distill_steps,
+                "batch_size": r.distill_batch,
+                "seed": r.seed,
+                "gradient_checkpointing": False,
+                "device": "cpu",
+                "log_every": 10,
+            },
+        }
+    )
+    return cfg
+
+
+def _run(cmd: list[str], log, commands: list[str]) -> None:
+    shown = " ".join(c if " " not in c else repr(c) for c in cmd)
+    commands.append(shown.replace(sys.executable, "python"))
+    log(f"$ {commands[-1]}")
+    subprocess.run(cmd, check=True)
+
+
+def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
+    """Copy each exported transformer and the frozen components into ``out/<model>`` with its card."""
+    components = work / "components"
+    cards = {
+        "conventional": ModelCard(kind="base", boundaries=WAN_DEFAULT_BOUNDARIES, schedule="0-0-50", uncond="zeros", guidance=r.guidance),
+        "pyramidal": ModelCard(kind="pyramidal", schedule="20-20-10", uncond="zeros", guidance=r.guidance),
+        "distilled": ModelCard(kind="distilled", schedule="2-2-1", uncond="zeros", guidance=r.guidance),
+        "distilled-plain": ModelCard(kind="distilled", schedule="0-0-2", uncond="zeros", guidance=r.guidance),
+    }
+    for name in MODELS:
+        target = out / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(components, target)
+        export = work / name / "export"
+        WanDiT.from_pretrained(export).save_pretrained(target, layout="diffusers")
+        exported = ModelCard.load(export)
+        if exported.kind != cards[name].kind or parse_schedule(exported.schedule)[-1] != parse_schedule(cards[name].schedule)[-1]:
+            raise RuntimeError(f"{export}: unexpected card {exported}")
+        cards[name].save(target)
+    (out / "recipe.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def run(work: str | Path, out: str | Path = SHIPPED, recipe: Recipe = Recipe(), steps: tuple[str, ...] = STEPS, log=print) -> dict:
+    """Run ``steps`` of the recipe in ``work`` and write the model directories to ``out``.
+
+    Steps left out must have run before in ``work`` (their exports are reused); the commands and
+    times of earlier runs are kept in ``work/recipe.json``.
+    """
+    work, out = Path(work), Path(out)
+    work.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        raise ValueError(f"unknown recipe steps {unknown}; expected some of {STEPS}")
+    state = work / "recipe.json"
+    info = json.loads(state.read_text()) if state.is_file() else {"commands": {}, "seconds": {}}
+    py = sys.executable
+    start = time.perf_counter()
+    for step in (s for s in STEPS if s in steps):
+        t0 = time.perf_counter()
+        commands: list[str] = []
+        if step == "data":
+            _run([py, "-m", "pyrflow_fast.shapes.data", "--out", str(work / "data"), "--num", str(recipe.videos), "--seed", str(recipe.seed), "--no-progress"], log, commands)
+            write_components(work / "components", seed=recipe.seed)
+            commands.append(f"python -c 'from pyrflow_fast.shapes.components import write_components; write_components(\"{work / 'components'}\", seed={recipe.seed})'")
+            _run([py, "-m", "pyrflow_fast.data.cache", "--data", str(work / "data"), "--model-dir", str(work / "components"), "--out", str(work / "cache"), "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE), "--fps", str(FPS), "--text-len", str(TEXT_LEN), "--shard-size", "1000", "--batch-size", "50", "--overwrite", "--no-progress"], log, commands)
+        else:
+            path = work / f"{step}.json"
+            trains = step in ("conventional", "pyramidal")
+            cfg = train_config(recipe, work, step) if trains else distill_config(recipe, work, step)
+            path.write_text(json.dumps(cfg, indent=2) + "\n")
+            shutil.rmtree(work / step, ignore_errors=True)
+            _run([py, "-m", "pyrflow_fast.train" if trains else "pyrflow_fast.distill", "--config", str(path), "--set", "train.progress=false"], log, commands)
+        info["commands"][step] = [c.replace(str(work), "WORK") for c in commands]
+        info["seconds"][step] = round(time.perf_counter() - t0, 1)
+        log(f"[{time.perf_counter() - start:7.1f} s] {step} done in {info['seconds'][step]} s")
+        state.write_text(json.dumps(info, indent=2) + "\n")
+    info["recipe"] = asdict(recipe)
+    info["configs"] = {m: json.loads((work / f"{m}.json").read_text().replace(str(work), "WORK")) for m in MODELS}
+    info["total_seconds"] = round(sum(info["seconds"].values()), 1)
+    state.write_text(json.dumps(info, indent=2) + "\n")
+    assemble(work, out, recipe, info)
+    log(f"wrote {', '.join(str(out / m) for m in MODELS)}")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pyrflow_fast.shapes.recipe", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("outputs/shapes-recipe"), help="working folder (data, cache, runs)")
+    ap.add_argument("--out", type=Path, default=SHIPPED, help="where the three model directories go (default: the shipped ones)")
+    ap.add_argument("--quick", action="store_true", help="a few steps per stage (a smoke test, not a model)")
+    ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="run only these steps (the others must have run in --work before)")
+    args = ap.parse_args(argv)
+    info = run(args.work, args.out, QUICK if args.quick else Recipe(), tuple(args.steps))
+    print(json.dumps(info["seconds"]), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

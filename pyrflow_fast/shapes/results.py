@@ -1,0 +1,186 @@
+r"""The quality / speed table of the shipped shapes models: ``python -m pyrflow_fast.shapes.results``.
+
+Rows: held-out data (the measurement floor), conventional ``0-0-50``, pyramidal ``20-20-10``, DMD
+``0-0-2`` (the conventional model distilled at full resolution) and DMD ``2-2-1`` (the pyramidal
+model distilled). Each model generates one video per evaluation prompt
+(:func:`~pyrflow_fast.shapes.data.prompt_grid`: every colour x shape x direction ``--repeats``
+times, backgrounds in turn; seeds fixed). Columns:
+
+- **colour / shape / direction / all**: accuracy of the pixel analyzers against the prompt
+  (:mod:`pyrflow_fast.shapes.analyze`); **subject**: subject consistency; **flicker**: background
+  flicker in 8-bit levels (lower is better);
+- **FD**: Fréchet distance between Gaussians fitted to per-video features
+  (:func:`pyrflow_fast.train.evidence.features`: per-channel mean and spread, radial power
+  spectrum bands, frame-difference energy) of the generated videos and of 1000 held-out videos
+  (split 2); the data row is another held-out split (1) with the same prompts;
+- **GFLOPs**: analytic FLOPs of the transformer per video (:mod:`pyrflow_fast.flops`; CFG counts
+  two forwards per step) and their ratio to conventional ``0-0-50``;
+- **CPU s**: median wall time of :func:`pyrflow_fast.sample.generate` for one video (batch 1,
+  after a warm-up, three runs) on this machine.
+
+``±`` is one standard error: per-video values over ``sqrt(n)``; for FD the standard deviation of
+100 bootstrap resamples of the generated videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..flops import forward_flops, schedule_flops
+from ..pipeline import load_components
+from ..sample import ModelCard, generate
+from ..train.evidence import features, frechet_distance
+from . import SHIPPED, model_dir
+from .analyze import analyze_batch
+from .data import FRAMES, SIZE, draw, prompt_grid, render
+
+__all__ = ["ROWS", "main", "reference_videos", "run", "to_markdown"]
+
+#: (row label, shipped model, schedule)
+ROWS = (
+    ("conventional 0-0-50", "conventional", "0-0-50"),
+    ("pyramidal 20-20-10", "pyramidal", "20-20-10"),
+    ("DMD 0-0-2", "distilled-plain", "0-0-2"),
+    ("DMD 2-2-1", "distilled", "2-2-1"),
+)
+REFERENCE_SPLIT, DATA_SPLIT, NUM_REFERENCE = 2, 1, 1000
+
+
+def _quantised(videos: np.ndarray) -> torch.Tensor:
+    """Videos as the dataset stores them (8-bit), back in [-1, 1]."""
+    return torch.from_numpy(np.round((videos + 1) * 127.5) / 127.5 - 1).float()
+
+
+def reference_videos(split: int = REFERENCE_SPLIT, num: int = NUM_REFERENCE) -> torch.Tensor:
+    """``num`` held-out videos of ``split``, 8-bit quantised."""
+    return _quantised(np.stack([render(draw(split, i)) for i in range(num)]))
+
+
+def _fd(generated: torch.Tensor, ref_features: torch.Tensor, rng: np.random.Generator, boots: int = 100) -> tuple[float, float]:
+    gen = features(generated)
+    value = frechet_distance(gen, ref_features)
+    resampled = [frechet_distance(gen[rng.integers(0, len(gen), len(gen))], ref_features) for _ in range(boots)]
+    return value, float(np.std(resampled))
+
+
+def _summary(videos: torch.Tensor, prompts: list[tuple[str, str, str]], ref_features: torch.Tensor, seed: int) -> dict:
+    found = analyze_batch(videos, prompts)
+    n = len(found["videos"])
+    out = {"n": n}
+    for key in ("color_ok", "shape_ok", "direction_ok", "all_ok", "subject", "flicker"):
+        values = np.array([row[key] for row in found["videos"]], dtype=np.float64)
+        out[key] = (float(values.mean()), float(values.std(ddof=1) / np.sqrt(n)))
+    out["fd"] = _fd(videos, ref_features, np.random.default_rng(seed))
+    return out
+
+
+def _cost(card: ModelCard, config, schedule: str, guided: bool) -> float:
+    sizes = card.pyramid().shapes((1, config.in_dim, FRAMES, SIZE, SIZE))
+    per_forward = [forward_flops(config, s[2:]).total for s in sizes]
+    return schedule_flops(schedule, per_forward, cfg=2 if guided else 1)
+
+
+def run(
+    repeats: int = 3,
+    batch: int = 48,
+    timing_runs: int = 3,
+    seed: int = 0,
+    *,
+    rows: tuple[tuple[str, str, str], ...] = ROWS,
+    models: str | Path = SHIPPED,
+    num_reference: int = NUM_REFERENCE,
+    log=print,
+) -> dict:
+    """Measure every row of the table; returns ``{"rows": {label: {...}}, "setup": {...}}``.
+
+    :param rows: ``(label, model, schedule)`` per row; the first is the FLOPs baseline.
+    :param models: folder of the model directories (default: the shipped ones).
+    """
+    grid = prompt_grid(repeats)
+    texts = [f"a {c} {s} moving {d} over {b}" for c, s, d, b in grid]
+    asked = [(c, s, d) for c, s, d, _ in grid]
+    ref_features = features(reference_videos(num=num_reference))
+    measured: dict[str, dict] = {}
+    start = time.perf_counter()
+    data = _quantised(np.stack([render(draw(DATA_SPLIT, i, color=c, shape=s, direction=d, background=b)) for i, (c, s, d, b) in enumerate(grid)]))
+    measured["held-out data"] = _summary(data, asked, ref_features, seed)
+    log(f"[{time.perf_counter() - start:6.1f} s] held-out data")
+    for label, name, schedule in rows:
+        path = model_dir(name, models)
+        card = ModelCard.load(path)
+        components = load_components(path)
+        videos = []
+        for k in range(0, len(texts), batch):
+            result = generate(components, texts[k : k + batch], card=card, schedule=schedule, seed=seed + k, frames=FRAMES, height=SIZE, width=SIZE, progress=False)
+            videos.append(result.video)
+        row = _summary(torch.cat(videos), asked, ref_features, seed)
+        guided = result.info["cfg_scale"] != 1.0
+        row["gflops"] = _cost(card, components.transformer.config, schedule, guided) / 1e9
+        row["cfg"] = result.info["cfg_scale"]
+        times = []
+        for r in range(timing_runs + 1):  # the first run warms up
+            one = generate(components, texts[r % len(texts)], card=card, schedule=schedule, seed=seed + r, frames=FRAMES, height=SIZE, width=SIZE, progress=False)
+            times.append(one.seconds)
+        row["cpu_s"] = float(np.median(times[1:]))
+        measured[label] = row
+        log(f"[{time.perf_counter() - start:6.1f} s] {label}: all {row['all_ok'][0]:.3f}, FD {row['fd'][0]:.3f}, {row['gflops']:.1f} GFLOPs, {row['cpu_s']:.3f} s")
+    base = measured[rows[0][0]]["gflops"]
+    for label, *_ in rows:
+        measured[label]["flops_ratio"] = measured[label]["gflops"] / base
+    setup = {
+        "repeats": repeats,
+        "videos_per_row": len(texts),
+        "reference_videos": num_reference,
+        "seed": seed,
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return {"rows": measured, "setup": setup}
+
+
+def to_markdown(results: dict) -> str:
+    """The table as Markdown (``value ± standard error``)."""
+
+    def pm(v, digits=3):
+        return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+
+    head = "| row | colour | shape | direction | all | subject | flicker | FD | GFLOPs / video | FLOPs ratio | CPU s / video |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for label, r in results["rows"].items():
+        cost = (f"{r['gflops']:.1f}", f"{r['flops_ratio']:.3f}", f"{r['cpu_s']:.3f}") if "gflops" in r else ("", "", "")
+        lines.append(
+            f"| {label} | {pm(r['color_ok'], 2)} | {pm(r['shape_ok'], 2)} | {pm(r['direction_ok'], 2)} | {pm(r['all_ok'], 2)} "
+            f"| {pm(r['subject'], 3)} | {pm(r['flicker'], 2)} | {pm(r['fd'], 3)} | {' | '.join(cost)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pyrflow_fast.shapes.results", description="Measure the quality / speed table of the shipped shapes models.")
+    ap.add_argument("--repeats", type=int, default=3, help="videos per colour x shape x direction (48 each)")
+    ap.add_argument("--batch", type=int, default=48, help="videos per generate() call")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    args = ap.parse_args(argv)
+    if args.repeats < 1 or args.batch < 1:
+        ap.error("--repeats and --batch must be >= 1")
+    results = run(args.repeats, args.batch, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(to_markdown(results), end="")
+    print(f"\n{results['setup']['videos_per_row']} videos per row; {results['setup']['machine']}; {results['setup']['seconds']} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

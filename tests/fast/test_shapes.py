@@ -1,0 +1,224 @@
+"""The shapes dataset, its pixel analyzers, pixel space, the recipe (quick) and the shipped models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from pyrflow_ref.media import to_uint8
+
+from pyrflow_fast.data.cache import LatentCache
+from pyrflow_fast.data.video import read_video
+from pyrflow_fast.pipeline import find_layout, load_components
+from pyrflow_fast.pipeline.pixel import PixelSpace
+from pyrflow_fast.sample import ModelCard, generate
+from pyrflow_fast.shapes import MODELS, SHIPPED, model_dir
+from pyrflow_fast.shapes.analyze import analyze, analyze_batch
+from pyrflow_fast.shapes.components import pixel_stats, write_components
+from pyrflow_fast.shapes.data import COLORS, DIRECTIONS, FRAMES, SHAPES, SIZE, Video, draw, prompt_grid, render, write_dataset
+from pyrflow_fast.shapes.recipe import QUICK, run as run_recipe
+from pyrflow_fast.shapes.results import run as run_results, to_markdown
+
+
+def _asked(videos):
+    return [(v.color, v.shape, v.direction) for v in videos]
+
+
+def _what(clip):
+    found = analyze(clip)
+    return found.color, found.shape, found.direction
+
+
+# ----------------------------------------------------------------------------- dataset
+def test_videos_are_deterministic_and_in_range():
+    a, b = render(draw(5, 7)), render(draw(5, 7))
+    assert a.shape == (3, FRAMES, SIZE, SIZE) and np.array_equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
+    assert draw(5, 7) != draw(6, 7)
+
+
+def test_object_stays_inside_the_frame():
+    for i in range(200):
+        v = draw(0, i)
+        travel = v.speed * (FRAMES - 1)
+        dx, dy = DIRECTIONS[v.direction]
+        x0, y0 = v.start
+        for x, y in ((x0, y0), (x0 + dx * travel, y0 + dy * travel)):
+            assert v.size / 2 <= x <= SIZE - v.size / 2 and v.size / 2 <= y <= SIZE - v.size / 2
+
+
+def test_prompt_grid_is_balanced():
+    grid = prompt_grid(2)
+    assert len(grid) == 2 * len(COLORS) * len(SHAPES) * len(DIRECTIONS)
+    counts = {}
+    for c, s, d, _ in grid:
+        counts[(c, s, d)] = counts.get((c, s, d), 0) + 1
+    assert set(counts.values()) == {2}
+
+
+def test_written_clips_are_lossless(tmp_path):
+    captions = write_dataset(tmp_path, 3, seed=4, progress=False)
+    rows = captions.read_text().splitlines()
+    assert rows[0] == "video,caption,color,shape,direction,background" and len(rows) == 4
+    for i in range(3):
+        got = read_video(tmp_path / f"videos/{i:06d}.mkv", FRAMES, SIZE, SIZE, 8.0)
+        got = ((got.permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        assert np.array_equal(got, to_uint8(render(draw(4, i))))
+        assert draw(4, i).prompt in rows[i + 1]
+
+
+# ---------------------------------------------------------------------------- analyzers
+def test_analyzers_are_exact_on_data():
+    videos = [draw(3, i) for i in range(96)]
+    found = analyze_batch(np.stack([render(v) for v in videos]), _asked(videos))
+    assert found["all_ok"] == 1.0
+    assert found["flicker"] == 0.0
+    assert 0.85 < found["subject"] <= 1.0
+
+
+def test_analyzers_see_the_wrong_video():
+    v = Video("red", "square", "right", "coins", 11.0, 1.8, (10.0, 16.0), (0.1, 0.2, 0.7))
+    clip = render(v)
+    assert _what(clip) == ("red", "square", "right")
+    assert _what(clip[:, ::-1])[2] == "left"  # played backwards
+    assert _what(clip[::-1])[0] == "blue"  # red and blue channels swapped
+    assert analyze(render(replace(v, shape="circle"))).shape == "circle"
+    assert analyze(render(replace(v, shape="triangle"))).shape == "triangle"
+    assert analyze(render(replace(v, speed=0.0))).direction == "static"
+    blank = np.repeat(clip[:, :1] * 0, FRAMES, axis=1)
+    assert _what(blank) == ("none", "none", "none")
+    noisy = np.clip(clip + np.random.default_rng(0).normal(0, 0.3, clip.shape), -1, 1)
+    assert analyze(noisy).flicker > 20 and analyze(noisy).subject < analyze(clip).subject
+
+
+def test_analyze_batch_checks_its_input():
+    with pytest.raises(ValueError, match="32x32"):
+        analyze_batch(np.zeros((1, 3, 9, 16, 16)))
+    with pytest.raises(ValueError, match="prompts"):
+        analyze_batch(np.zeros((2, 3, 9, 32, 32)), [("red", "square", "left")])
+
+
+# --------------------------------------------------------------------- pixel components
+def test_components_round_trip_pixels(tmp_path):
+    write_components(tmp_path / "c")
+    assert find_layout(tmp_path / "c", transformer=False) == "diffusers"
+    comps = load_components(tmp_path / "c", transformer=False, text_len=16)
+    assert isinstance(comps.vae, PixelSpace) and comps.stride == (1, 1, 1) and comps.z_dim == 3
+    video = torch.from_numpy(np.stack([render(draw(0, i)) for i in range(2)]))
+    z = comps.encode_video(video)
+    mean, std = pixel_stats(0)
+    assert z.shape == video.shape
+    torch.testing.assert_close(z[:, 0], (video[:, 0] - mean[0]) / std[0])
+    torch.testing.assert_close(comps.decode_latents(z), video)
+    ctx = comps.encode_prompt(["a red circle moving left over grass", "a red square moving left over grass"])
+    assert ctx.shape == (2, 16, 32)
+    assert torch.equal(ctx[:, 8:], torch.zeros_like(ctx[:, 8:]))  # 7 words + </s>
+    assert not torch.allclose(ctx[0, 2], ctx[1, 2])
+
+
+def test_pixel_space_rejects_bad_statistics():
+    with pytest.raises(ValueError, match="3 means"):
+        PixelSpace([0.0], [1.0])
+    with pytest.raises(ValueError, match="positive"):
+        PixelSpace([0.0] * 3, [1.0, 0.0, 1.0])
+
+
+def test_card_uncond_and_guidance_round_trip(tmp_path):
+    card = ModelCard(kind="pyramidal", uncond="zeros", guidance=3.0)
+    card.save(tmp_path)
+    assert ModelCard.load(tmp_path) == card
+    with pytest.raises(ValueError, match="uncond"):
+        ModelCard(uncond="empty")
+
+
+# ------------------------------------------------------------------ recipe and results
+@pytest.fixture(scope="module")
+def quick_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe")
+    info = run_recipe(root / "work", root / "models", QUICK, log=lambda m: None)
+    return root / "models", info
+
+
+@pytest.mark.slow
+def test_quick_recipe_writes_every_model(quick_models):
+    models, info = quick_models
+    assert set(info["commands"]) == {"data", "conventional", "pyramidal", "distilled", "distilled-plain"}
+    assert any("pyrflow_fast.data.cache" in c for c in info["commands"]["data"])
+    assert info["configs"]["conventional"]["pyramid"]["num_stages"] == 1
+    assert info["configs"]["distilled"]["distill"]["variant"] == "dmd-pt*"
+    assert json.loads((models / "recipe.json").read_text())["recipe"]["videos"] == QUICK.videos
+    cache = LatentCache(models.parent / "work" / "cache")
+    assert len(cache) == QUICK.videos
+    kinds = {name: ModelCard.load(model_dir(name, models)) for name in MODELS}
+    assert [kinds[n].kind for n in MODELS] == ["base", "pyramidal", "distilled", "distilled"]
+    assert [kinds[n].schedule for n in MODELS] == ["0-0-50", "20-20-10", "2-2-1", "0-0-2"]
+    assert all(k.uncond == "zeros" for k in kinds.values())
+    comps = load_components(model_dir("distilled", models))
+    out = generate(comps, "a red circle moving left over grass", card=kinds["distilled"], frames=FRAMES, height=SIZE, width=SIZE, progress=False)
+    assert out.video.shape == (1, 3, FRAMES, SIZE, SIZE) and torch.isfinite(out.video).all()
+
+
+@pytest.mark.slow
+def test_results_table_on_quick_models(quick_models):
+    models, _ = quick_models
+    rows = (("conv", "conventional", "0-0-3"), ("pyr", "pyramidal", "2-2-1"), ("dmd", "distilled", "1-1-1"))
+    res = run_results(1, batch=48, timing_runs=1, rows=rows, models=models, num_reference=64, log=lambda m: None)
+    data = res["rows"]["held-out data"]
+    assert data["all_ok"] == (1.0, 0.0) and data["n"] == 48
+    assert res["rows"]["conv"]["cfg"] == QUICK.guidance and res["rows"]["dmd"]["cfg"] == 1.0
+    assert res["rows"]["conv"]["flops_ratio"] == 1.0
+    # 2-2-1 with CFG costs less than 0-0-3 with CFG; 1-1-1 without CFG less still
+    assert res["rows"]["dmd"]["gflops"] < res["rows"]["pyr"]["gflops"] < res["rows"]["conv"]["gflops"]
+    # an untrained model is far from the data
+    assert res["rows"]["conv"]["fd"][0] > data["fd"][0] + 3 * res["rows"]["conv"]["fd"][1]
+    table = to_markdown(res)
+    assert table.count("\n") == 2 + 4 and "held-out data" in table
+
+
+# ------------------------------------------------------------------------ shipped models
+def test_shipped_models_fit_the_budget():
+    files = [p for p in SHIPPED.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    info = json.loads((SHIPPED / "recipe.json").read_text())
+    assert set(info["commands"]) == set(MODELS) | {"data"}
+    for name in MODELS:
+        card = ModelCard.load(model_dir(name))
+        assert card.uncond == "zeros"
+        assert find_layout(model_dir(name)) == "diffusers"
+
+
+@pytest.mark.slow
+def test_make_sample_command_is_fast_and_on_prompt(tmp_path):
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyrflow_fast.shapes", "--prompt", "a blue square moving up over coffee", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert time.perf_counter() - start < 30  # the README promises < 10 s on an idle 2-core machine
+    assert (tmp_path / "shapes.mp4").stat().st_size > 0 and (tmp_path / "shapes.png").stat().st_size > 0
+    assert "distilled (few-step 2-2-1)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_shipped_distilled_model_follows_prompts():
+    comps = load_components(model_dir("distilled"))
+    card = ModelCard.load(model_dir("distilled"))
+    grid = prompt_grid(1)
+    texts = [f"a {c} {s} moving {d} over {b}" for c, s, d, b in grid]
+    out = generate(comps, texts, card=card, seed=123, frames=FRAMES, height=SIZE, width=SIZE, progress=False)
+    found = analyze_batch(out.video, [g[:3] for g in grid])
+    assert found["color_ok"] >= COLOR_FLOOR and found["direction_ok"] >= DIRECTION_FLOOR and found["shape_ok"] >= SHAPE_FLOOR
+
+
+# Floors for the shipped distilled model on the 48 grid prompts, seed 123: the accuracies the
+# results table measured (colour 1.00, shape 0.36, direction 0.24 on 144 videos) minus about four
+# standard errors of a 48-video estimate. Shape and direction are near chance (1/3, 1/4) for this
+# model, so their floors only catch a collapse; the colour floor catches a broken text path.
+COLOR_FLOOR, SHAPE_FLOOR, DIRECTION_FLOOR = 0.9, 0.1, 0.05
