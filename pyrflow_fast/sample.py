@@ -257,11 +257,10 @@ def generate(
         return net(x_nat.float(), t, context, full_size=full_size)
 
     cond = components.encode_prompt(prompts).to(device)
-    if card.uncond == "zeros":
-        uncond = torch.zeros_like(cond)
-    else:
-        uncond = components.encode_prompt([negative_prompt] * len(prompts)).to(device)
-    guided = model if scale == 1.0 else cfg(model, scale, uncond=uncond)
+    uncond = None  # without CFG the unconditional branch is never encoded
+    if scale != 1.0:
+        uncond = torch.zeros_like(cond) if card.uncond == "zeros" else components.encode_prompt([negative_prompt] * len(prompts)).to(device)
+    guided = model if uncond is None else cfg(model, scale, uncond=uncond)
 
     gen = torch.Generator(device=device).manual_seed(int(seed))
     if card.ppf_patches:
@@ -271,7 +270,7 @@ def generate(
             raise ValueError(f"a PPF checkpoint ({CARD_FILE} has ppf_patches) needs ppf=load_ppf(model_dir, transformer, card)")
         noise = torch.randn((len(prompts), *shape), generator=gen, device=device, dtype=torch.float32)
         start = time.perf_counter()
-        latents = sample_ppf(ppf, noise, cond, windows, steps, shift=shift, few_step=sampler == "few-step", guidance=scale, uncond=uncond if scale != 1.0 else None, generator=gen)
+        latents = sample_ppf(ppf, noise, cond, windows, steps, shift=shift, few_step=sampler == "few-step", guidance=scale, uncond=uncond, generator=gen)
         seconds = time.perf_counter() - start
         video = components.decode_latents(latents)
         return Generation(video, latents, format_schedule(steps), sampler, seconds, {"cfg_scale": scale, "card": asdict(card)})

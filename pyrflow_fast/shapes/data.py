@@ -40,6 +40,7 @@ __all__ = [
     "Video",
     "draw",
     "main",
+    "prompt",
     "prompt_grid",
     "render",
     "write_dataset",
@@ -99,7 +100,12 @@ class Video:
 
     @property
     def prompt(self) -> str:
-        return f"a {self.color} {self.shape} moving {self.direction} over {self.background}"
+        return prompt(self.color, self.shape, self.direction, self.background)
+
+
+def prompt(color: str, shape: str, direction: str, background: str) -> str:
+    """The caption of a video: ``"a red circle moving left over grass"``."""
+    return f"a {color} {shape} moving {direction} over {background}"
 
 
 @lru_cache(maxsize=None)

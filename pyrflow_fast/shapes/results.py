@@ -40,7 +40,7 @@ from ..sample import ModelCard, generate
 from ..train.evidence import features, frechet_distance
 from . import SHIPPED, model_dir
 from .analyze import analyze_batch
-from .data import FRAMES, SIZE, draw, prompt_grid, render
+from .data import FRAMES, SIZE, draw, prompt, prompt_grid, render
 
 __all__ = ["ROWS", "main", "reference_videos", "run", "to_markdown"]
 
@@ -105,7 +105,7 @@ def run(
     :param models: folder of the model directories (default: the shipped ones).
     """
     grid = prompt_grid(repeats)
-    texts = [f"a {c} {s} moving {d} over {b}" for c, s, d, b in grid]
+    texts = [prompt(*g) for g in grid]
     asked = [(c, s, d) for c, s, d, _ in grid]
     ref_features = features(reference_videos(num=num_reference))
     measured: dict[str, dict] = {}

@@ -22,7 +22,7 @@ from pyrflow_fast.sample import ModelCard, generate
 from pyrflow_fast.shapes import MODELS, SHIPPED, model_dir
 from pyrflow_fast.shapes.analyze import analyze, analyze_batch
 from pyrflow_fast.shapes.components import pixel_stats, write_components
-from pyrflow_fast.shapes.data import COLORS, DIRECTIONS, FRAMES, SHAPES, SIZE, Video, draw, prompt_grid, render, write_dataset
+from pyrflow_fast.shapes.data import COLORS, DIRECTIONS, FRAMES, SHAPES, SIZE, Video, draw, prompt, prompt_grid, render, write_dataset
 from pyrflow_fast.shapes.recipe import QUICK, run as run_recipe
 from pyrflow_fast.shapes.results import run as run_results, to_markdown
 
@@ -161,8 +161,12 @@ def test_quick_recipe_writes_every_model(quick_models):
     assert [kinds[n].schedule for n in MODELS] == ["0-0-50", "20-20-10", "2-2-1", "0-0-2"]
     assert all(k.uncond == "zeros" for k in kinds.values())
     comps = load_components(model_dir("distilled", models))
+    encoded = []
+    encode = comps.encode_prompt
+    comps.encode_prompt = lambda p: encoded.append(p) or encode(p)
     out = generate(comps, "a red circle moving left over grass", card=kinds["distilled"], frames=FRAMES, height=SIZE, width=SIZE, progress=False)
     assert out.video.shape == (1, 3, FRAMES, SIZE, SIZE) and torch.isfinite(out.video).all()
+    assert encoded == [["a red circle moving left over grass"]]  # no CFG: no unconditional prompt
 
 
 @pytest.mark.slow
@@ -211,7 +215,7 @@ def test_shipped_distilled_model_follows_prompts():
     comps = load_components(model_dir("distilled"))
     card = ModelCard.load(model_dir("distilled"))
     grid = prompt_grid(1)
-    texts = [f"a {c} {s} moving {d} over {b}" for c, s, d, b in grid]
+    texts = [prompt(*g) for g in grid]
     out = generate(comps, texts, card=card, seed=123, frames=FRAMES, height=SIZE, width=SIZE, progress=False)
     found = analyze_batch(out.video, [g[:3] for g in grid])
     assert found["color_ok"] >= COLOR_FLOOR and found["direction_ok"] >= DIRECTION_FLOOR and found["shape_ok"] >= SHAPE_FLOOR
