@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..wan import WanDiT
-from ..wan.checkpoint import CheckpointError, check_state_dict, read_state_dict
+from ..wan.checkpoint import CheckpointError, assign_state_dict, check_state_dict, read_state_dict
 from .layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG, find_layout
 from .pixel import PixelSpace, is_pixel_space
 from .t5_keys import TIED_EMBEDDING, infer_umt5_config, to_hf_t5_state_dict, to_wan_t5_state_dict
@@ -115,8 +115,7 @@ def _assign(
     for k, v in sd.items():
         if id(v) not in moved:
             moved[id(v)] = v.to(device=device, dtype=dtype if v.is_floating_point() else None)
-    sd = {k: moved[id(v)] for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
+    assign_state_dict(model, {k: moved[id(v)] for k, v in sd.items()})
     model.eval().requires_grad_(False)
 
 

@@ -44,6 +44,7 @@ from pyrflow_ref.windows import StageWindows
 from ..contract import WanBackbone
 from ..resample import Pyramid
 from ..wan import WanDiT, get_config
+from ..wan.checkpoint import assign_state_dict
 from .config import TrainConfig
 from .lora import LoRA
 from .loss import PyramidalLoss, collate, draw, stage_of_slot
@@ -233,7 +234,7 @@ def write_model_dir(folder: Path, sd: dict[str, torch.Tensor], card, model_cfg, 
     """
     with torch.device("meta"):
         model = WanDiT(model_cfg)
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
+    assign_state_dict(model, {k: v.float() for k, v in sd.items()})
     source = Path(source_path) if source_path else None
     src_layout = None
     if link_components and source is not None and source.is_dir():
@@ -626,7 +627,7 @@ class Trainer:
         self.data_pos = int(state["data_pos"])
         rng = path / f"rng_rank{self.rank}.pt"
         if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=False))
+            _set_rng_state(torch.load(rng, weights_only=True))
         self._barrier()
 
     # ---------------------------------------------------------------------------- export

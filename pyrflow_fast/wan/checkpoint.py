@@ -155,6 +155,22 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> 
         raise CheckpointError("checkpoint does not match the model: " + "; ".join(problems))
 
 
+def assign_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(sd, strict=True, assign=True)`` with every tensor in memory of its own.
+
+    Tensors read from a safetensors file share its buffer, and some start off the 64-byte
+    alignment the allocator gives; CPU kernels pick other code paths for those, so a loaded
+    model would differ from the saved one in the last bit. Those tensors are copied (tied
+    tensors once, keeping the tie).
+    """
+    own: dict[int, torch.Tensor] = {}
+    for v in sd.values():
+        if id(v) not in own:
+            aligned = v.is_meta or (v.is_contiguous() and v.data_ptr() % 64 == 0)
+            own[id(v)] = v if aligned else v.clone(memory_format=torch.contiguous_format)
+    model.load_state_dict({k: own[id(v)] for k, v in sd.items()}, strict=True, assign=True)
+
+
 def nonfinite_report(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
     """``{key: (number of NaN, number of Inf)}`` for every floating tensor that has any."""
     report = {}
@@ -213,7 +229,7 @@ def load_wan(
             warnings.warn(_nonfinite_message(report), NonFiniteWeightsWarning, stacklevel=2)
     if dtype is not None or device is not None:
         sd = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
+    assign_state_dict(model, sd)
     return model
 
 

@@ -278,6 +278,24 @@ def test_checkpoint_that_does_not_match_the_config_is_a_clear_error(tmp_path):
         Trainer(tiny_cfg(tmp_path / "run"), dataset=wrong)
 
 
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_refuses_a_pickle_payload_in_the_rng_file(tmp_path):
+    extra = {"train": {"steps": 2}, "checkpoint": {"every": 2, "export": False}}
+    Trainer(tiny_cfg(tmp_path / "run", **extra)).fit()
+    marker = tmp_path / "pwned"
+    torch.save(_Payload(str(marker)), latest_checkpoint(tmp_path / "run") / "rng_rank0.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        Trainer(tiny_cfg(tmp_path / "run", **{**extra, "train": {"steps": 4}})).fit(resume=True)
+    assert not marker.exists()
+
+
 def test_unreadable_dataset_path_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "no-such-cache"
     cfg = tiny_cfg(tmp_path / "run", data={"kind": "cache", "path": str(missing)})
