@@ -36,6 +36,8 @@ def test_pyramidal_vs_plain(benchmark, bench, pair):
 
 if __name__ == "__main__":
     torch.set_num_threads(torch.get_num_threads())
-    rows = compare(Bench(CONFIG, SIZE, torch.device("cpu")), PAIRS, repeats=int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    rows = compare(
+        Bench(CONFIG, SIZE, torch.device("cpu")), PAIRS, repeats=int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    )
     print(f"{CONFIG}\nstage-0 latent {SIZE}, {torch.get_num_threads()} threads\n")
     print(markdown(rows))

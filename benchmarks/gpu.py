@@ -46,7 +46,12 @@ def main(argv=None) -> int:
         forwards.append({"stage": stage, "latent": shape[1:], "tokens": tokens, "ms": ms})
     rows = compare(bench, PAIRS, repeats=1, warmup=False)  # the forwards above warmed up every stage shape
     if args.json:
-        print(json.dumps({"device": name, "config": args.config, "dtype": args.dtype, "forwards": forwards, "schedules": rows}, indent=2))
+        print(
+            json.dumps(
+                {"device": name, "config": args.config, "dtype": args.dtype, "forwards": forwards, "schedules": rows},
+                indent=2,
+            )
+        )
         return 0
     print(f"device: {name}; config {args.config}; {args.dtype}; torch {torch.__version__}\n")
     print("| stage | latent | tokens | ms per forward |\n|---|---|---|---|")

@@ -69,7 +69,9 @@ class Bench:
         gen = torch.Generator(self.device).manual_seed(0)
         noise = torch.randn((1, *self.shapes[top]), generator=gen, device=self.device)
         if guidance is None:
-            return sample_few_step(self._model, noise, self.pyramid, self.windows, steps, cond=self.context, shift=5.0, rng=gen)
+            return sample_few_step(
+                self._model, noise, self.pyramid, self.windows, steps, cond=self.context, shift=5.0, rng=gen
+            )
         model = cfg(self._model, guidance, uncond=self.uncond)
         return sample_euler(model, noise, self.pyramid, self.windows, steps, cond=self.context, shift=5.0, rng=gen)
 
@@ -95,7 +97,9 @@ def median_seconds(fn: Callable[[], object], sync: Callable[[], None], repeats: 
     return statistics.median(times)
 
 
-def compare(bench: Bench, pairs: Sequence[tuple[str, str, float | None]], repeats: int = 1, warmup: bool = True) -> list[dict]:
+def compare(
+    bench: Bench, pairs: Sequence[tuple[str, str, float | None]], repeats: int = 1, warmup: bool = True
+) -> list[dict]:
     """For each (pyramidal, plain, guidance) pair: both times and FLOPs, measured in this run."""
     rows = []
     for pyramidal, plain, guidance in pairs:

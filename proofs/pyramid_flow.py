@@ -68,7 +68,11 @@ def prove():
         lines.append(f"r = {r}: a, b, e unique; block correlation -1/{r - 1}")
     s_sym = sp.Symbol("s")
     a4, b4, e4 = jump(s_sym, 4)
-    for got, want, name in ((a4, (1 + s_sym) / 2, "a"), (b4, sp.sqrt(3) * (1 - s_sym) / 2, "b"), (e4, 2 * s_sym / (1 + s_sym), "e")):
+    for got, want, name in (
+        (a4, (1 + s_sym) / 2, "a"),
+        (b4, sp.sqrt(3) * (1 - s_sym) / 2, "b"),
+        (e4, 2 * s_sym / (1 + s_sym), "e"),
+    ):
         assert_zero(got - want, f"r = 4: {name}")
 
     # Pyramid Flow's code: e is its data coefficient at the coarse end ("ori"), gamma = 1/3.

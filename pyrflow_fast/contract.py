@@ -20,7 +20,6 @@ plugged in directly.
 from __future__ import annotations
 
 import abc
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,7 +48,9 @@ def frame_timesteps(t: torch.Tensor | float, batch: int, frames: int, device: An
 
 def _check_temporal_patch(patch_size: Sequence[int]) -> None:
     if patch_size[0] != 1:
-        raise ValueError(f"per-frame timesteps need a temporal patch of 1 (as in Wan2.1), got patch {tuple(patch_size)}")
+        raise ValueError(
+            f"per-frame timesteps need a temporal patch of 1 (as in Wan2.1), got patch {tuple(patch_size)}"
+        )
 
 
 class Backbone(nn.Module, metaclass=abc.ABCMeta):

@@ -243,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--schedule", action="append", default=None, help="schedule to price, e.g. 20-20-10 (repeatable)"
     )
-    parser.add_argument("--cfg", action="store_true", help="with --schedule: classifier-free guidance (2 forwards/step)")
+    parser.add_argument(
+        "--cfg", action="store_true", help="with --schedule: classifier-free guidance (2 forwards/step)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
     try:

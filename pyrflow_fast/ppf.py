@@ -130,8 +130,12 @@ class PPFWan(nn.Module):
         emb0, head0 = model.patch_embedding, model.head.head
         for p in self.patches[1:]:
             r = subpatch_factors(p, cfg.patch_size)
-            conv = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=p, stride=p, device=emb0.weight.device, dtype=emb0.weight.dtype)
-            lin = nn.Linear(cfg.dim, cfg.out_dim * p[0] * p[1] * p[2], device=head0.weight.device, dtype=head0.weight.dtype)
+            conv = nn.Conv3d(
+                cfg.in_dim, cfg.dim, kernel_size=p, stride=p, device=emb0.weight.device, dtype=emb0.weight.dtype
+            )
+            lin = nn.Linear(
+                cfg.dim, cfg.out_dim * p[0] * p[1] * p[2], device=head0.weight.device, dtype=head0.weight.dtype
+            )
             self.patch_embeddings.append(conv)
             self.heads.append(lin)
             self._init_level(conv, lin, emb0, head0, r)
@@ -180,7 +184,9 @@ class PPFWan(nn.Module):
         grid = self.grid(size, level)
         fine = None if level == 0 else self.grid(size, 0)
         cfg = self.config
-        return rope_cos_sin(grid_positions(grid, fine, device=device), cfg.head_dim, cfg.rope_theta, cfg.rope_max_positions)
+        return rope_cos_sin(
+            grid_positions(grid, fine, device=device), cfg.head_dim, cfg.rope_theta, cfg.rope_max_positions
+        )
 
     def embed_time(self, t: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``WanDiT.embed_time`` with the level embedding added to ``e`` before the projection to ``e0``."""
@@ -371,7 +377,10 @@ def _comparison(config: str = "wan2.1-t2v-1.3b") -> dict:
         "ppf_tflops_per_forward": [c / 1e12 for c in ppf],
         "pyramid_tflops_per_forward": [c / 1e12 for c in pyramid],
         "schedules": {k: {"tflops": v / 1e12, "latency_ms": v * ms_per_flop} for k, v in rows.items()},
-        "paper_latency_ms": {"ppf 2-2-1": PAPER_LATENCY_MS["ppf_2-2-1"], "pyramid 2-2-1": PAPER_LATENCY_MS["pyramid_2-2-1"]},
+        "paper_latency_ms": {
+            "ppf 2-2-1": PAPER_LATENCY_MS["ppf_2-2-1"],
+            "pyramid 2-2-1": PAPER_LATENCY_MS["pyramid_2-2-1"],
+        },
     }
 
 
@@ -386,13 +395,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"{rep['config']}, latent {'x'.join(map(str, rep['latent']))}, patches {DEFAULT_PATCHES}")
     print(f"PPF tokens per level: {rep['ppf_tokens']}")
-    print("TFLOPs per forward, level/stage 0..2: PPF "
-          + ", ".join(f"{v:.2f}" for v in rep["ppf_tflops_per_forward"]) + "; pyramid "
-          + ", ".join(f"{v:.2f}" for v in rep["pyramid_tflops_per_forward"]))
+    print(
+        "TFLOPs per forward, level/stage 0..2: PPF "
+        + ", ".join(f"{v:.2f}" for v in rep["ppf_tflops_per_forward"])
+        + "; pyramid "
+        + ", ".join(f"{v:.2f}" for v in rep["pyramid_tflops_per_forward"])
+    )
     print(f"{'schedule':>14}  {'TFLOPs':>8}  {'ms (paper rate)':>15}  {'paper ms':>8}")
     for name, row in rep["schedules"].items():
         paper = rep["paper_latency_ms"].get(name)
-        print(f"{name:>14}  {row['tflops']:>8.1f}  {row['latency_ms']:>15.1f}  {'-' if paper is None else f'{paper:.1f}':>8}")
+        print(
+            f"{name:>14}  {row['tflops']:>8.1f}  {row['latency_ms']:>15.1f}  {'-' if paper is None else f'{paper:.1f}':>8}"
+        )
     return 0
 
 

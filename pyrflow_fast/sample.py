@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pyrflow_ref.media import to_uint8, write_video
@@ -79,19 +78,27 @@ class ModelCard:
         if self.resampler not in FAMILIES or self.resampler in ("orthogonal", "avgpool"):
             raise ValueError(f"unknown resampler {self.resampler!r} for sampling; expected 'haar' or 'dct'")
         if len(self.boundaries) != self.num_stages - 1:
-            raise ValueError(f"{self.num_stages} stages need {self.num_stages - 1} boundaries, got {list(self.boundaries)}")
+            raise ValueError(
+                f"{self.num_stages} stages need {self.num_stages - 1} boundaries, got {list(self.boundaries)}"
+            )
         StageWindows(self.boundaries)
         object.__setattr__(self, "boundaries", tuple(float(b) for b in self.boundaries))
         object.__setattr__(self, "factors", tuple(int(f) for f in self.factors))
         if self.schedule is None:
             default = DEFAULT_SCHEDULE[self.kind]
-            object.__setattr__(self, "schedule", default if self.num_stages == 3 else "-".join(["0"] * (self.num_stages - 1) + [default.split("-")[-1]]))
+            object.__setattr__(
+                self,
+                "schedule",
+                default if self.num_stages == 3 else "-".join(["0"] * (self.num_stages - 1) + [default.split("-")[-1]]),
+            )
         parse_schedule(self.schedule, self.num_stages)
         object.__setattr__(self, "ppf_patches", tuple(tuple(int(v) for v in p) for p in self.ppf_patches))
         if self.uncond not in UNCONDS:
             raise ValueError(f"unknown uncond {self.uncond!r}; expected one of {UNCONDS}")
         if self.ppf_patches and len(self.ppf_patches) != self.num_stages:
-            raise ValueError(f"{self.num_stages} stages need {self.num_stages} PPF patches, got {list(self.ppf_patches)}")
+            raise ValueError(
+                f"{self.num_stages} stages need {self.num_stages} PPF patches, got {list(self.ppf_patches)}"
+            )
 
     @classmethod
     def load(cls, model_dir: str | Path) -> ModelCard:
@@ -153,13 +160,17 @@ def latent_shape(components: WanComponents, card: ModelCard, frames: int, height
     need_f, need_h, need_w = st * ft, sh * fh * patch[1], sw * fw * patch[2]
     problems = []
     if frames < 1 or (frames - 1) % need_f:
-        problems.append(f"frames must be {need_f}k+1 (the VAE's {st}x temporal stride and the first-frame rule), got {frames}")
+        problems.append(
+            f"frames must be {need_f}k+1 (the VAE's {st}x temporal stride and the first-frame rule), got {frames}"
+        )
     if height % need_h:
         problems.append(f"height must be divisible by {need_h} pixels, got {height}")
     if width % need_w:
         problems.append(f"width must be divisible by {need_w} pixels, got {width}")
     if problems:
-        raise ValueError(f"size {frames}x{height}x{width} does not fit a {card.num_stages}-stage pyramid: " + "; ".join(problems))
+        raise ValueError(
+            f"size {frames}x{height}x{width} does not fit a {card.num_stages}-stage pyramid: " + "; ".join(problems)
+        )
     return (components.z_dim, *components.latent_size(frames, height, width))
 
 
@@ -250,7 +261,11 @@ def generate(
     device = next(components.transformer.parameters()).device
 
     backbone = WanBackbone(components.transformer, rope=card.rope)
-    net = torch.compile(backbone, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None) if compile else backbone
+    net = (
+        torch.compile(backbone, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+        if compile
+        else backbone
+    )
     full_size = shape[1:]
 
     def model(x_nat, t, context):
@@ -259,7 +274,11 @@ def generate(
     cond = components.encode_prompt(prompts).to(device)
     uncond = None  # without CFG the unconditional branch is never encoded
     if scale != 1.0:
-        uncond = torch.zeros_like(cond) if card.uncond == "zeros" else components.encode_prompt([negative_prompt] * len(prompts)).to(device)
+        uncond = (
+            torch.zeros_like(cond)
+            if card.uncond == "zeros"
+            else components.encode_prompt([negative_prompt] * len(prompts)).to(device)
+        )
     guided = model if uncond is None else cfg(model, scale, uncond=uncond)
 
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -267,13 +286,28 @@ def generate(
         from .ppf import sample_ppf
 
         if ppf is None:
-            raise ValueError(f"a PPF checkpoint ({CARD_FILE} has ppf_patches) needs ppf=load_ppf(model_dir, transformer, card)")
+            raise ValueError(
+                f"a PPF checkpoint ({CARD_FILE} has ppf_patches) needs ppf=load_ppf(model_dir, transformer, card)"
+            )
         noise = torch.randn((len(prompts), *shape), generator=gen, device=device, dtype=torch.float32)
         start = time.perf_counter()
-        latents = sample_ppf(ppf, noise, cond, windows, steps, shift=shift, few_step=sampler == "few-step", guidance=scale, uncond=uncond, generator=gen)
+        latents = sample_ppf(
+            ppf,
+            noise,
+            cond,
+            windows,
+            steps,
+            shift=shift,
+            few_step=sampler == "few-step",
+            guidance=scale,
+            uncond=uncond,
+            generator=gen,
+        )
         seconds = time.perf_counter() - start
         video = components.decode_latents(latents)
-        return Generation(video, latents, format_schedule(steps), sampler, seconds, {"cfg_scale": scale, "card": asdict(card)})
+        return Generation(
+            video, latents, format_schedule(steps), sampler, seconds, {"cfg_scale": scale, "card": asdict(card)}
+        )
     coarse = pyramid.shapes((len(prompts), *shape))[top]
     noise = torch.randn(coarse, generator=gen, device=device, dtype=torch.float32)
     bar = _Progress(steps, progress)
@@ -285,7 +319,9 @@ def generate(
         bar.close()
     seconds = time.perf_counter() - start
     video = components.decode_latents(latents)
-    return Generation(video, latents, format_schedule(steps), sampler, seconds, {"cfg_scale": scale, "card": asdict(card)})
+    return Generation(
+        video, latents, format_schedule(steps), sampler, seconds, {"cfg_scale": scale, "card": asdict(card)}
+    )
 
 
 def save(result: Generation, out: str | Path, *, fps: int = 16, latents: str | Path | None = None) -> list[Path]:
@@ -300,25 +336,44 @@ def save(result: Generation, out: str | Path, *, fps: int = 16, latents: str | P
         from safetensors.torch import save_file
 
         latents = Path(latents)
-        save_file({"latents": result.latents.float().cpu().contiguous()}, str(latents), metadata={"schedule": result.schedule, "sampler": result.sampler})
+        save_file(
+            {"latents": result.latents.float().cpu().contiguous()},
+            str(latents),
+            metadata={"schedule": result.schedule, "sampler": result.sampler},
+        )
         written.append(latents)
     return written
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pyrflow-sample", description="Generate a video with a (pyramidal) Wan2.1 checkpoint.")
-    ap.add_argument("--model-dir", required=True, type=Path, help="local Wan2.1 directory (diffusers or original layout)")
+    ap = argparse.ArgumentParser(
+        prog="pyrflow-sample", description="Generate a video with a (pyramidal) Wan2.1 checkpoint."
+    )
+    ap.add_argument(
+        "--model-dir", required=True, type=Path, help="local Wan2.1 directory (diffusers or original layout)"
+    )
     ap.add_argument("--prompt", action="append", required=True, help="text prompt (repeat for a batch)")
     ap.add_argument("--negative-prompt", default="", help="negative prompt for CFG")
-    ap.add_argument("--schedule", default=None, help="steps per stage, coarsest first, e.g. 20-20-10, 0-0-50, 2-2-1 (default: the checkpoint's)")
+    ap.add_argument(
+        "--schedule",
+        default=None,
+        help="steps per stage, coarsest first, e.g. 20-20-10, 0-0-50, 2-2-1 (default: the checkpoint's)",
+    )
     ap.add_argument("--sampler", default="auto", choices=SAMPLERS, help="auto picks few-step for distilled checkpoints")
-    ap.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the checkpoint card's, 5.0 for Wan; none for distilled checkpoints)")
+    ap.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        help="CFG scale (default: the checkpoint card's, 5.0 for Wan; none for distilled checkpoints)",
+    )
     ap.add_argument("--shift", type=float, default=5.0, help="timestep shift of the stage grids")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", type=int, default=81, help="pixel frames, 16k+1 for 3 stages")
     ap.add_argument("--height", type=int, default=448, help="pixels, divisible by 64 for 3 stages")
     ap.add_argument("--width", type=int, default=832, help="pixels, divisible by 64 for 3 stages")
-    ap.add_argument("--resampler", default=None, choices=("haar", "dct"), help="override the checkpoint's resampler family")
+    ap.add_argument(
+        "--resampler", default=None, choices=("haar", "dct"), help="override the checkpoint's resampler family"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights dtype")
     ap.add_argument("--compile", action="store_true", help="torch.compile each stage (CUDA graphs on a GPU)")

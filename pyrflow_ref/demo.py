@@ -18,8 +18,8 @@ import numpy as np
 
 from .gaussian import SpectralGaussianVideo
 from .media import to_uint8, write_gif, write_mp4, write_strip
-from .resample import Pyramid
 from .process import x0_from_velocity
+from .resample import Pyramid
 from .samplers import model_velocity, sample_euler
 from .windows import WAN_DEFAULT_BOUNDARIES, StageWindows, parse_schedule
 
@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     wrote = ["sample.gif"]
     if write_mp4(frames, args.out / "sample.mp4", args.scale, args.fps):
         wrote.append("sample.mp4")
-    write_strip([to_uint8(stage_ends[i], -2.3, 2.3) for i in sorted(stage_ends, reverse=True)], args.out / "stages.png", 8, args.scale)
+    write_strip(
+        [to_uint8(stage_ends[i], -2.3, 2.3) for i in sorted(stage_ends, reverse=True)],
+        args.out / "stages.png",
+        8,
+        args.scale,
+    )
     wrote.append("stages.png")
     print(
         f"sampled a {args.frames}x{args.size}x{args.size} Gaussian video with schedule {args.schedule} "

@@ -125,7 +125,9 @@ class GaussianVideoModel:
     def latent(cls, cov: np.ndarray, shape: tuple[int, ...], pyramid: Pyramid, windows: StageWindows, mean=None):
         """Definition 1: ``cov`` (and ``mean``) describe the stage-0 latent of per-sample ``shape``."""
         shapes = [s[1:] for s in pyramid.shapes((1, *shape))]
-        maps = [linear_map(lambda z, i=i: clean_pyramid_latent(z, pyramid)[i], tuple(shape)) for i in range(len(shapes))]
+        maps = [
+            linear_map(lambda z, i=i: clean_pyramid_latent(z, pyramid)[i], tuple(shape)) for i in range(len(shapes))
+        ]
         return cls(cov, maps, shapes, pyramid, windows, mean)
 
     @classmethod

@@ -20,7 +20,7 @@ resampled, so ``F = 1 + factor * k`` frames become ``1 + k``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def _helmert(f: int) -> np.ndarray:
     return np.array(rows).reshape(f - 1, f)
 
 
-@lru_cache(maxsize=None)
+@cache
 def haar_matrix(n: int, factor: int = 2) -> np.ndarray:
     r"""Orthonormal block-Haar matrix, low band first.
 
@@ -73,7 +73,7 @@ def dct2_matrix(n: int) -> np.ndarray:
     return c
 
 
-@lru_cache(maxsize=None)
+@cache
 def dct_matrix(n: int, factor: int = 2) -> np.ndarray:
     r"""Orthonormal DCT resampler, low band first.
 
@@ -331,7 +331,9 @@ class Pyramid:
             try:
                 out.append(level.coarse_shape(out[-1]))
             except ValueError as err:
-                raise ValueError(f"shape {out[0]} does not fit {self.num_stages} stages: level {i} -> {i + 1}: {err}") from None
+                raise ValueError(
+                    f"shape {out[0]} does not fit {self.num_stages} stages: level {i} -> {i + 1}: {err}"
+                ) from None
         return out
 
     def gain(self, stage: int, num_frames: int) -> np.ndarray:

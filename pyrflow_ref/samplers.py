@@ -129,7 +129,9 @@ def sample_plain(
     callback: Callback | None = None,
 ) -> np.ndarray:
     """Plain (unpyramided) Euler sampling: :func:`sample_euler` with a single stage."""
-    return sample_euler(model, noise, Pyramid(()), StageWindows(()), (steps,), cond=cond, shift=shift, callback=callback)
+    return sample_euler(
+        model, noise, Pyramid(()), StageWindows(()), (steps,), cond=cond, shift=shift, callback=callback
+    )
 
 
 def sample_few_step(

@@ -21,7 +21,9 @@ def test_smooth_signal_has_little_high_band_energy():
     smooth = np.sin(2 * t + 3 * h + w)[None, None]
     pyramid = Pyramid.uniform("dct", (2, 2, 2), 3)
     levels = clean_pyramid_latent(smooth, pyramid)
-    fractions = [e * (f.size - c.size) / np.sum(f**2) for e, f, c in zip(band_energies(smooth, pyramid), levels, levels[1:])]
+    fractions = [
+        e * (f.size - c.size) / np.sum(f**2) for e, f, c in zip(band_energies(smooth, pyramid), levels, levels[1:])
+    ]
     assert max(fractions) < 0.02, fractions
 
 
@@ -37,7 +39,11 @@ def test_calibration_formula_and_inverse():
 
 @pytest.mark.parametrize(
     "energies,tau,match",
-    [([1.0, 0.5], 1.0, "strictly increasing"), ([0.0, 1.0], 1.0, "must be positive"), ([1.0], -1.0, "must be positive")],
+    [
+        ([1.0, 0.5], 1.0, "strictly increasing"),
+        ([0.0, 1.0], 1.0, "must be positive"),
+        ([1.0], -1.0, "must be positive"),
+    ],
 )
 def test_bad_input(energies, tau, match):
     with pytest.raises(ValueError, match=match):

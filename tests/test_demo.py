@@ -29,5 +29,9 @@ def test_demo_is_deterministic(tmp_path):
 
 
 def test_demo_cli_rejects_bad_schedule(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "pyrflow_ref.demo", "--out", str(tmp_path), "--schedule", "2-2"], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "pyrflow_ref.demo", "--out", str(tmp_path), "--schedule", "2-2"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and "error: schedule '2-2' has 2 stages, expected 3" in run.stderr

@@ -14,7 +14,9 @@ def test_jump_coefficients_closed_forms(s):
     assert (a, b, e) == pytest.approx(((1 + s) / 2, np.sqrt(3) * (1 - s) / 2, 2 * s / (1 + s)), abs=1e-15)
     a8, b8, e8 = jump_coefficients(s, 8)
     r8 = np.sqrt(8)
-    assert (a8, b8, e8) == pytest.approx((s + (1 - s) / r8, (1 - s) * np.sqrt(7 / 8), s * r8 / (s * r8 + 1 - s)), abs=1e-15)
+    assert (a8, b8, e8) == pytest.approx(
+        (s + (1 - s) / r8, (1 - s) * np.sqrt(7 / 8), s * r8 / (s * r8 + 1 - s)), abs=1e-15
+    )
     assert 1 - e == pytest.approx(varsigma(1 - s, 2.0), abs=1e-15)
 
 

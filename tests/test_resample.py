@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 import pywt
-from tolerances import TOL
 from hypothesis import given
 from hypothesis import strategies as st
+from tolerances import TOL
 
 from pyrflow_ref.resample import Pyramid, Resampler, check_orthogonal, dct_matrix, haar_matrix
 
@@ -42,7 +42,9 @@ def shape_for(factors, first_frame: bool, odd: bool) -> tuple[int, ...]:
 
 CASES = [
     (fam, fac, ff, odd, dt)
-    for fam, fac, (ff, odd), dt in itertools.product(FAMILIES, FACTORS, [(True, True), (False, False), (False, True)], DTYPES)
+    for fam, fac, (ff, odd), dt in itertools.product(
+        FAMILIES, FACTORS, [(True, True), (False, False), (False, True)], DTYPES
+    )
     if ff or not odd or fac[0] == 1
 ]
 
@@ -64,7 +66,11 @@ def test_perfect_reconstruction_and_adjointness(family, factors, first_frame, od
     p = r.project(x)
     np.testing.assert_allclose(r.project(p), p, atol=tol)
     assert abs(np.vdot(p, r.high(x))) <= tol * x.size
-    np.testing.assert_allclose(np.sum(x.astype(np.float64) ** 2), np.sum(r.down(x).astype(np.float64) ** 2) + np.sum(r.high(x).astype(np.float64) ** 2), rtol=tol * 10)
+    np.testing.assert_allclose(
+        np.sum(x.astype(np.float64) ** 2),
+        np.sum(r.down(x).astype(np.float64) ** 2) + np.sum(r.high(x).astype(np.float64) ** 2),
+        rtol=tol * 10,
+    )
 
 
 @pytest.mark.parametrize("family", ["haar", "dct"])
@@ -115,7 +121,9 @@ def test_avgpool_is_scaled_haar():
     avg, haar = Resampler("avgpool"), Resampler("haar")
     y = avg.down(x)
     np.testing.assert_allclose(y[:, :, 0], x[:, :, 0].reshape(1, 2, 2, 2, 3, 2).mean(axis=(3, 5)), atol=1e-13)
-    np.testing.assert_allclose(y[:, :, 1:], x[:, :, 1:].reshape(1, 2, 2, 2, 2, 2, 3, 2).mean(axis=(3, 5, 7)), atol=1e-13)
+    np.testing.assert_allclose(
+        y[:, :, 1:], x[:, :, 1:].reshape(1, 2, 2, 2, 2, 2, 3, 2).mean(axis=(3, 5, 7)), atol=1e-13
+    )
     np.testing.assert_allclose(avg.up(y, x.shape)[:, :, 1, 0, 0], y[:, :, 1, 0, 0], atol=1e-13)  # nearest
     np.testing.assert_allclose(avg.project(x), haar.project(x), atol=1e-13)
     np.testing.assert_allclose(avg.down(avg.up(y, x.shape)), y, atol=1e-13)
@@ -165,16 +173,28 @@ def test_pyramid_shapes_and_gains():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: Pyramid.uniform("haar", (2, 2, 2), 3).shapes((1, 1, 21, 58, 104)), r"level 1 -> 2: height 29 is not divisible by factor 2"),
+        (
+            lambda: Pyramid.uniform("haar", (2, 2, 2), 3).shapes((1, 1, 21, 58, 104)),
+            r"level 1 -> 2: height 29 is not divisible by factor 2",
+        ),
         (lambda: Resampler().coarse_shape((1, 1, 20, 4, 4)), r"frame count 20 does not fit the first-frame rule"),
         (lambda: Resampler(first_frame=False).coarse_shape((1, 1, 5, 4, 4)), r"frame count 5 is not divisible"),
-        (lambda: Resampler("orthogonal", (1, 1, 2), False, (None, None, np.ones((2, 2)))), r"axis 'width' is not orthogonal"),
-        (lambda: Resampler("orthogonal", (1, 1, 2), False, (None, None, np.eye(3))), r"size for axis 'width' 3 is not divisible"),
+        (
+            lambda: Resampler("orthogonal", (1, 1, 2), False, (None, None, np.ones((2, 2)))),
+            r"axis 'width' is not orthogonal",
+        ),
+        (
+            lambda: Resampler("orthogonal", (1, 1, 2), False, (None, None, np.eye(3))),
+            r"size for axis 'width' 3 is not divisible",
+        ),
         (lambda: Resampler("orthogonal", (1, 2, 1), False, (None, None, None)), r"no matrix given for axis 'height'"),
         (lambda: Resampler("wavelet"), r"unknown resampler family 'wavelet'"),
         (lambda: Resampler("haar", (2, 0, 2)), r"three positive integers"),
         (lambda: check_orthogonal(np.ones((2, 3))), r"square"),
-        (lambda: Resampler("orthogonal", (1, 1, 2), False, (None, None, np.eye(4))).down(np.zeros((1, 1, 1, 1, 6))), r"size 4, but the axis has length 6"),
+        (
+            lambda: Resampler("orthogonal", (1, 1, 2), False, (None, None, np.eye(4))).down(np.zeros((1, 1, 1, 1, 6))),
+            r"size 4, but the axis has length 6",
+        ),
     ],
 )
 def test_bad_input(call, match):

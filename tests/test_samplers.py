@@ -36,7 +36,8 @@ def test_zero_step_coarse_stages_are_plain_sampling():
     noise = rng.standard_normal((1, *SHAPE))
     pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
     np.testing.assert_array_equal(
-        sample_euler(toy_model, noise, pyramid, WINDOWS, "0-0-7", shift=3.0), sample_plain(toy_model, noise, 7, shift=3.0)
+        sample_euler(toy_model, noise, pyramid, WINDOWS, "0-0-7", shift=3.0),
+        sample_plain(toy_model, noise, 7, shift=3.0),
     )
 
 
@@ -94,7 +95,9 @@ def test_euler_converges_to_a_point_mass():
     pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
     point = rng.standard_normal(SHAPE)
     model = GaussianVideoModel.latent(np.zeros((80, 80)), SHAPE, pyramid, WINDOWS, mean=point)
-    out = sample_euler(model, rng.standard_normal((2, *model.shapes[-1])), pyramid, WINDOWS, "20-20-10", shift=5.0, rng=rng)
+    out = sample_euler(
+        model, rng.standard_normal((2, *model.shapes[-1])), pyramid, WINDOWS, "20-20-10", shift=5.0, rng=rng
+    )
     np.testing.assert_allclose(out, np.broadcast_to(point, out.shape), atol=1e-10)
 
 
@@ -105,7 +108,15 @@ def test_same_seed_same_sample_and_callback():
 
     def run(seed):
         rng = np.random.default_rng(seed)
-        return sample_euler(model, rng.standard_normal((1, *model.shapes[-1])), pyramid, WINDOWS, "2-2-1", rng=rng, callback=lambda *a: calls.append(a[:3]))
+        return sample_euler(
+            model,
+            rng.standard_normal((1, *model.shapes[-1])),
+            pyramid,
+            WINDOWS,
+            "2-2-1",
+            rng=rng,
+            callback=lambda *a: calls.append(a[:3]),
+        )
 
     np.testing.assert_array_equal(run(7), run(7))
     assert [c[:2] for c in calls[:5]] == [(2, 0), (2, 1), (1, 0), (1, 1), (0, 0)]

@@ -72,7 +72,9 @@ def figure_windows(path: str) -> None:
     colors = ("tab:blue", "tab:orange", "tab:green")
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     print("(a) stage windows (Wan default) and natural noise level at the window ends")
-    print("    stage  window [sigma_c, sigma_n]   g(frame 0)  g(other)   varsigma at sigma_c, sigma_n (frame 0 | other)")
+    print(
+        "    stage  window [sigma_c, sigma_n]   g(frame 0)  g(other)   varsigma at sigma_c, sigma_n (frame 0 | other)"
+    )
     for i in range(windows.num_stages):
         lo, hi = windows.sigma_c(i), windows.sigma_n(i)
         s = np.linspace(lo, hi, 200)

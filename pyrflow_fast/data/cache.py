@@ -93,8 +93,12 @@ def _uniform_pyramid(pyramid: Pyramid) -> tuple[str, list[int]]:
     if not levels:
         return "haar", [2, 2, 2]
     first = levels[0]
-    if any((lv.family, lv.factors, lv.first_frame) != (first.family, first.factors, first.first_frame) for lv in levels):
-        raise ValueError("the cache format stores one resampler and one set of factors: the pyramid's levels must be identical")
+    if any(
+        (lv.family, lv.factors, lv.first_frame) != (first.family, first.factors, first.first_frame) for lv in levels
+    ):
+        raise ValueError(
+            "the cache format stores one resampler and one set of factors: the pyramid's levels must be identical"
+        )
     if not first.first_frame:
         raise ValueError("Wan latents have 1 + k frames: the latent pyramid must use the first-frame rule")
     if first.family not in ("haar", "dct"):
@@ -171,7 +175,9 @@ def write_cache(
     if definition not in DEFINITIONS:
         raise ValueError(f"definition must be 1 or 2, got {definition!r}")
     if shard_size < 1 or batch_size < 1 or num_workers < 0:
-        raise ValueError(f"need shard_size, batch_size >= 1 and num_workers >= 0, got {shard_size}, {batch_size}, {num_workers}")
+        raise ValueError(
+            f"need shard_size, batch_size >= 1 and num_workers >= 0, got {shard_size}, {batch_size}, {num_workers}"
+        )
     if shard_size % batch_size:
         raise ValueError(f"shard_size {shard_size} must be a multiple of batch_size {batch_size}")
     resampler, factors = _uniform_pyramid(pyramid)
@@ -180,7 +186,9 @@ def write_cache(
     index_path = out / INDEX_FILE
     old = sorted(out.glob("shard-*.safetensors"))
     if (index_path.exists() or old) and not overwrite:
-        raise FileExistsError(f"{out} already holds a latent cache ({INDEX_FILE} or shards); pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(
+            f"{out} already holds a latent cache ({INDEX_FILE} or shards); pass overwrite=True (--overwrite) to replace it"
+        )
     index_path.unlink(missing_ok=True)
     for stale in out.glob(f".*{_TMP_SUFFIX}"):  # leftovers of a killed writer
         stale.unlink(missing_ok=True)
@@ -294,7 +302,9 @@ class LatentCache(Dataset):
         self.path = Path(path)
         index_path = self.path / INDEX_FILE
         if not index_path.is_file():
-            raise FileNotFoundError(f"{index_path} not found: {self.path} is not a latent cache, or its writer did not finish")
+            raise FileNotFoundError(
+                f"{index_path} not found: {self.path} is not a latent cache, or its writer did not finish"
+            )
         try:
             index = json.loads(index_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -302,7 +312,9 @@ class LatentCache(Dataset):
         if not isinstance(index, dict):
             raise ValueError(f"{index_path}: expected a JSON object")
         if index.get("version") != CACHE_VERSION:
-            raise ValueError(f"{index_path}: unsupported cache version {index.get('version')!r} (this reader reads version {CACHE_VERSION})")
+            raise ValueError(
+                f"{index_path}: unsupported cache version {index.get('version')!r} (this reader reads version {CACHE_VERSION})"
+            )
         missing = [k for k in _INDEX_KEYS if k not in index]
         if missing:
             raise ValueError(f"{index_path}: missing keys {missing}")
@@ -310,9 +322,15 @@ class LatentCache(Dataset):
             raise ValueError(f"{index_path}: definition must be 1 or 2, got {index['definition']!r}")
         self.index = index
         self.definition = int(index["definition"])
-        self.pyramid = Pyramid.uniform(index["resampler"], tuple(index["factors"]), int(index["num_stages"]), first_frame=True)
+        self.pyramid = Pyramid.uniform(
+            index["resampler"], tuple(index["factors"]), int(index["num_stages"]), first_frame=True
+        )
         shapes = self.pyramid.shapes((1, *index["latent_shape"]))
-        expected = {"latents": list(index["latent_shape"]), "context": [index["text_len"], index["text_dim"]], "context_len": []}
+        expected = {
+            "latents": list(index["latent_shape"]),
+            "context": [index["text_len"], index["text_dim"]],
+            "context_len": [],
+        }
         if self.definition == 2:
             expected.update({f"stage{i}": list(s[1:]) for i, s in enumerate(shapes) if i > 0})
         absent = [name for name in index["shards"] if not (self.path / name).is_file()]
@@ -328,10 +346,14 @@ class LatentCache(Dataset):
                 for k, rest in expected.items():
                     got = list(f.get_slice(k).get_shape())
                     if got != [n, *rest]:
-                        raise ValueError(f"{self.path / name}: tensor {k!r} has shape {got}, the index says {[n, *rest]}")
+                        raise ValueError(
+                            f"{self.path / name}: tensor {k!r} has shape {got}, the index says {[n, *rest]}"
+                        )
             self._sizes.append(n)
         if sum(self._sizes) != index["num_samples"]:
-            raise ValueError(f"{self.path}: shards hold {sum(self._sizes)} samples, the index says {index['num_samples']}")
+            raise ValueError(
+                f"{self.path}: shards hold {sum(self._sizes)} samples, the index says {index['num_samples']}"
+            )
         self._starts = [sum(self._sizes[:k]) for k in range(len(self._sizes))]
         self._handles: dict[int, object] = {}
         self._pid = os.getpid()
@@ -387,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode a folder of captioned videos into a latent cache for pyramidal training.",
     )
     p.add_argument("--data", required=True, help="folder of videos")
-    p.add_argument("--captions", default="captions.csv", help="caption file (.csv video,caption or .jsonl), relative to --data")
+    p.add_argument(
+        "--captions", default="captions.csv", help="caption file (.csv video,caption or .jsonl), relative to --data"
+    )
     p.add_argument("--model-dir", required=True, help="Wan2.1 model directory (diffusers or original layout)")
     p.add_argument("--out", required=True, help="cache folder to write")
     p.add_argument("--frames", type=int, default=81, help="frames per clip (4k + 1)")
@@ -431,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     skipped = index["skipped"]
     total = sum(skipped.values())
     why = (" (" + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")") if total else ""
-    print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out}; skipped {total} videos{why}")
+    print(
+        f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out}; skipped {total} videos{why}"
+    )
     for path, reason in index["source"]["skipped_videos"]:
         print(f"  skipped {path}: {reason}")
     return 0

@@ -65,7 +65,9 @@ def read_captions(path: str | Path, root: str | Path | None = None) -> list[Capt
     path = Path(path)
     root = path.parent if root is None else Path(root)
     if not path.is_file():
-        raise FileNotFoundError(f"caption file {path} not found (expected a .csv with columns video,caption or a .jsonl)")
+        raise FileNotFoundError(
+            f"caption file {path} not found (expected a .csv with columns video,caption or a .jsonl)"
+        )
     suffix = path.suffix.lower()
     rows: list[CaptionRow] = []
 
@@ -86,7 +88,9 @@ def read_captions(path: str | Path, root: str | Path | None = None) -> list[Capt
         fields = reader.fieldnames or []
         missing = [c for c in ("video", "caption") if c not in fields]
         if missing:
-            raise ValueError(f"{path}: the CSV header must have the columns video,caption; missing {missing} (header {fields})")
+            raise ValueError(
+                f"{path}: the CSV header must have the columns video,caption; missing {missing} (header {fields})"
+            )
         try:
             for record in reader:
                 line = reader.line_num
@@ -104,7 +108,9 @@ def read_captions(path: str | Path, root: str | Path | None = None) -> list[Capt
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}, line {line}: not valid JSON ({err})") from None
             if not isinstance(record, dict) or "video" not in record or "caption" not in record:
-                raise ValueError(f'{path}, line {line}: expected an object {{"video": ..., "caption": ...}}, got {raw.strip()[:80]!r}')
+                raise ValueError(
+                    f'{path}, line {line}: expected an object {{"video": ..., "caption": ...}}, got {raw.strip()[:80]!r}'
+                )
             add(record["video"], record["caption"], line)
     else:
         raise ValueError(f"caption file {path}: unknown format {suffix!r}; expected .csv (video,caption) or .jsonl")
@@ -144,12 +150,20 @@ class VideoTextDataset(Dataset):
         if not root.exists():
             raise FileNotFoundError(f"dataset folder {root} not found (expected a folder of videos and a caption file)")
         if not root.is_dir():
-            raise NotADirectoryError(f"dataset path {root} is not a folder (expected a folder of videos and a caption file)")
+            raise NotADirectoryError(
+                f"dataset path {root} is not a folder (expected a folder of videos and a caption file)"
+            )
         if frames < 1 or height < 1 or width < 1 or not fps > 0:
             raise ValueError(f"need frames, height, width >= 1 and fps > 0, got {frames}, {height}, {width}, {fps}")
         self.root = root
         self.captions_path = Path(captions) if Path(captions).is_absolute() else root / captions
-        self.frames, self.height, self.width, self.fps, self.seed = int(frames), int(height), int(width), float(fps), seed
+        self.frames, self.height, self.width, self.fps, self.seed = (
+            int(frames),
+            int(height),
+            int(width),
+            float(fps),
+            seed,
+        )
         self._skips: dict[str, str] = {}
         self.rows: list[CaptionRow] = []
         for row in read_captions(self.captions_path, root):
@@ -216,4 +230,3 @@ class VideoTextDataset(Dataset):
             "fps": self.fps,
             "seed": self.seed,
         }
-

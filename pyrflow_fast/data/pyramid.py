@@ -77,7 +77,9 @@ def clean_pyramid(
     if unbatched:
         x = x[None]
     if x.ndim != 5:
-        raise ValueError(f"expected (B, C, F, H, W) or (C, F, H, W), got shape {tuple(torch.as_tensor(video_or_latents).shape)}")
+        raise ValueError(
+            f"expected (B, C, F, H, W) or (C, F, H, W), got shape {tuple(torch.as_tensor(video_or_latents).shape)}"
+        )
     if kind is None:
         kind = "video" if x.shape[1] == 3 else "latents"
     if kind not in ("video", "latents"):
@@ -99,6 +101,8 @@ def clean_pyramid(
                 try:
                     check(*s[-3:])
                 except ValueError as err:
-                    raise ValueError(f"pixel pyramid level {i} has size {s[-3:]} that the VAE cannot encode: {err}") from None
+                    raise ValueError(
+                        f"pixel pyramid level {i} has size {s[-3:]} that the VAE cannot encode: {err}"
+                    ) from None
         out = clean_pyramid_pixel(x.float(), pyramid, lambda v: components.encode_video(v).float(), pix)
     return [o[0] for o in out] if unbatched else out

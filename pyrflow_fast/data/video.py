@@ -202,7 +202,9 @@ def read_video(
     try:
         info = _info(container)
         if info.duration is not None and info.duration + _TIME_TOL < need:
-            raise VideoSkipped("too_short", path, f"{info.duration:.3f} s < {need:.3f} s needed for {frames} frames at {fps} fps")
+            raise VideoSkipped(
+                "too_short", path, f"{info.duration:.3f} s < {need:.3f} s needed for {frames} frames at {fps} fps"
+            )
         if start is None:
             start = float(rng.uniform(0.0, info.duration - need)) if rng is not None and info.duration else 0.0
         if start < 0:
@@ -252,7 +254,9 @@ def _decode_at(container, path: Path, targets: list[float], info: VideoInfo, see
     while len(out) < len(targets):
         t = targets[len(out)]
         if t > prev_time + _TIME_TOL and t + _TIME_TOL >= last_end:
-            raise VideoSkipped("too_short", path, f"the frames end at {last_end:.3f} s, the clip needs one at {t:.3f} s")
+            raise VideoSkipped(
+                "too_short", path, f"the frames end at {last_end:.3f} s, the clip needs one at {t:.3f} s"
+            )
         if prev_rgb is None:
             prev_rgb = prev.to_ndarray(format="rgb24")
         out.append(prev_rgb)

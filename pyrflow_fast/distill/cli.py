@@ -31,13 +31,24 @@ __all__ = ["build_parser", "main", "resolve_config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pyrflow-distill", description="Few-step distillation of a pyramidal Wan2.1 transformer (DMD OT/PT/PT*, adversarial OD/PD, PPF).")
+    ap = argparse.ArgumentParser(
+        prog="pyrflow-distill",
+        description="Few-step distillation of a pyramidal Wan2.1 transformer (DMD OT/PT/PT*, adversarial OD/PD, PPF).",
+    )
     ap.add_argument("--config", help="config file (.toml or .json); fields not set keep their defaults")
     ap.add_argument("--variant", default=None, help=f"override distill.variant: one of {', '.join(VARIANTS)}")
-    ap.add_argument("--schedule", default=None, help="override distill.schedule, e.g. 2-2-1 (one entry per pyramid stage)")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
+    ap.add_argument(
+        "--schedule", default=None, help="override distill.schedule, e.g. 2-2-1 (one entry per pyramid stage)"
+    )
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)"
+    )
     ap.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/latest")
-    ap.add_argument("--print-default-config", action="store_true", help="print the default config with every field documented and exit")
+    ap.add_argument(
+        "--print-default-config",
+        action="store_true",
+        help="print the default config with every field documented and exit",
+    )
     ap.add_argument("--format", choices=("toml", "json"), default="toml", help="format of --print-default-config")
     return ap
 

@@ -48,7 +48,9 @@ PYRAMID = Pyramid.uniform("haar", (2, 2, 2), 3, first_frame=True)
 
 
 @torch.no_grad()
-def samples(model: WanDiT, contexts: torch.Tensor, schedule: str, *, few_step: bool, num: int = 64, seed: int = 0) -> torch.Tensor:
+def samples(
+    model: WanDiT, contexts: torch.Tensor, schedule: str, *, few_step: bool, num: int = 64, seed: int = 0
+) -> torch.Tensor:
     """``num`` stage-0 samples of ``model`` (one prompt per class in turn, no CFG, shift 5)."""
     backbone = WanBackbone(model.eval())
     windows = StageWindows(WAN_DEFAULT_BOUNDARIES)
@@ -93,15 +95,32 @@ def run(
         {
             "model": {"config": "tiny", "path": str(teacher_dir)},
             "data": {"kind": "synthetic", "synthetic_samples": 256, "synthetic_size": list(SIZE)},
-            "distill": {"variant": variant, "schedule": SCHEDULE, "guidance": 1.0, "lora_rank": lora_rank, "teacher_finetune_steps": 50, "teacher_finetune_lr": 5e-4, **(distill_overrides or {})},
+            "distill": {
+                "variant": variant,
+                "schedule": SCHEDULE,
+                "guidance": 1.0,
+                "lora_rank": lora_rank,
+                "teacher_finetune_steps": 50,
+                "teacher_finetune_lr": 5e-4,
+                **(distill_overrides or {}),
+            },
             "optim": {"lr": distill_lr, "warmup_steps": 0, "weight_decay": 0.0},
-            "train": {"output_dir": str(out / "student"), "steps": distill_steps, "batch_size": batch_size, "gradient_checkpointing": False, "progress": False, "device": "cpu"},
+            "train": {
+                "output_dir": str(out / "student"),
+                "steps": distill_steps,
+                "batch_size": batch_size,
+                "gradient_checkpointing": False,
+                "progress": False,
+                "device": "cpu",
+            },
             "checkpoint": {"every": distill_steps, "keep_last": 1},
         }
     )
     distiller = Distiller(cfg, dataset=train)
     history = distiller.fit()
-    log(f"[{time.perf_counter() - start:6.1f} s] student: {distill_steps} iterations of {variant} ({len([m for m in history if 'generator_loss' in m])} generator updates)")
+    log(
+        f"[{time.perf_counter() - start:6.1f} s] student: {distill_steps} iterations of {variant} ({len([m for m in history if 'generator_loss' in m])} generator updates)"
+    )
     teacher = WanDiT.from_pretrained(teacher_dir)
     student = WanDiT.from_pretrained(out / "student" / "export")
     ctx = train.contexts
@@ -111,10 +130,18 @@ def run(
         "teacher_steps": teacher_steps,
         "distill_steps": distill_steps,
         "num": num,
-        "fd_floor_teacher_10-10-10": frechet_distance(features(samples(teacher, ctx, "10-10-10", few_step=False, num=num, seed=2)), ref),
-        "fd_teacher_euler_2-2-1": frechet_distance(features(samples(teacher, ctx, SCHEDULE, few_step=False, num=num, seed=3)), ref),
-        "fd_teacher_few_step_2-2-1": frechet_distance(features(samples(teacher, ctx, SCHEDULE, few_step=True, num=num, seed=3)), ref),
-        "fd_student_few_step_2-2-1": frechet_distance(features(samples(student, ctx, SCHEDULE, few_step=True, num=num, seed=3)), ref),
+        "fd_floor_teacher_10-10-10": frechet_distance(
+            features(samples(teacher, ctx, "10-10-10", few_step=False, num=num, seed=2)), ref
+        ),
+        "fd_teacher_euler_2-2-1": frechet_distance(
+            features(samples(teacher, ctx, SCHEDULE, few_step=False, num=num, seed=3)), ref
+        ),
+        "fd_teacher_few_step_2-2-1": frechet_distance(
+            features(samples(teacher, ctx, SCHEDULE, few_step=True, num=num, seed=3)), ref
+        ),
+        "fd_student_few_step_2-2-1": frechet_distance(
+            features(samples(student, ctx, SCHEDULE, few_step=True, num=num, seed=3)), ref
+        ),
     }
     res["seconds"] = time.perf_counter() - start
     if tmp is not None:
@@ -125,8 +152,18 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pyrflow_fast.distill.evidence", description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher-steps", type=int, default=800)
-    ap.add_argument("--distill-steps", type=int, default=400, help="distillation iterations (critic updates; generator every critic_ratio = 5)")
-    ap.add_argument("--variant", default="dmd-pt*", choices=[v for v in VARIANTS if v != "ppf"], help="distillation route (the PPF student samples on the full latent, outside this metric's sampler)")
+    ap.add_argument(
+        "--distill-steps",
+        type=int,
+        default=400,
+        help="distillation iterations (critic updates; generator every critic_ratio = 5)",
+    )
+    ap.add_argument(
+        "--variant",
+        default="dmd-pt*",
+        choices=[v for v in VARIANTS if v != "ppf"],
+        help="distillation route (the PPF student samples on the full latent, outside this metric's sampler)",
+    )
     ap.add_argument("--distill-lr", type=float, default=3e-4)
     ap.add_argument("--lora-rank", type=int, default=0)
     ap.add_argument("--num", type=int, default=64, help="samples per Fréchet distance")
@@ -134,9 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    res = run(args.teacher_steps, args.distill_steps, variant=args.variant, distill_lr=args.distill_lr, lora_rank=args.lora_rank, num=args.num, out_dir=args.out_dir)
+    res = run(
+        args.teacher_steps,
+        args.distill_steps,
+        variant=args.variant,
+        distill_lr=args.distill_lr,
+        lora_rank=args.lora_rank,
+        num=args.num,
+        out_dir=args.out_dir,
+    )
     print(f"Fréchet feature distance to the teacher's 10-10-10 samples ({res['num']} samples each; lower is better):")
-    for key in ("fd_floor_teacher_10-10-10", "fd_teacher_euler_2-2-1", "fd_teacher_few_step_2-2-1", "fd_student_few_step_2-2-1"):
+    for key in (
+        "fd_floor_teacher_10-10-10",
+        "fd_teacher_euler_2-2-1",
+        "fd_teacher_few_step_2-2-1",
+        "fd_student_few_step_2-2-1",
+    ):
         print(f"  {key[3:]:>24}: {res[key]:.4f}")
     print(f"total {res['seconds']:.1f} s")
     if args.json:

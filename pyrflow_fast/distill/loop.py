@@ -95,7 +95,16 @@ from .lora import AdaptersOff, student_lora
 K_SLOT = 1 << 40
 """The ``sample_seed`` slot of an iteration's rolled-out step ``k`` (shared by every sample and rank)."""
 
-__all__ = ["Distiller", "InferenceModel", "count_steps", "multires_finetune", "ppf_finetune", "ppf_rollout", "rollout", "velocity_model"]
+__all__ = [
+    "Distiller",
+    "InferenceModel",
+    "count_steps",
+    "multires_finetune",
+    "ppf_finetune",
+    "ppf_rollout",
+    "rollout",
+    "velocity_model",
+]
 
 
 def velocity_model(backbone: nn.Module, full_size=None) -> Callable:
@@ -174,7 +183,9 @@ def rollout(
                 else:
                     level = pyramid.levels[i - 1]
                     fine = level.fine_shape(tuple(x.shape))
-                    x = y_n(level.up(x0, fine), torch.randn(fine, generator=generator, dtype=x.dtype, device=x.device), sc)
+                    x = y_n(
+                        level.up(x0, fine), torch.randn(fine, generator=generator, dtype=x.dtype, device=x.device), sc
+                    )
             count += 1
     raise AssertionError("unreachable")
 
@@ -256,7 +267,9 @@ def ppf_rollout(
             with torch.no_grad():
                 x0 = x - s * ppf(x, t, cond, level=level).to(x.dtype)
                 if s_next > 0.0:
-                    x = (1 - s_next) * x0 + s_next * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                    x = (1 - s_next) * x0 + s_next * torch.randn(
+                        x.shape, generator=generator, dtype=x.dtype, device=x.device
+                    )
                 else:
                     x = x0
             count += 1
@@ -339,14 +352,20 @@ class Distiller:
             torch.cuda.set_device(self.local_rank)
         self.device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
         torch.manual_seed(tc.seed)
-        self.pyramid = Pyramid.uniform(cfg.pyramid.resampler, tuple(cfg.pyramid.factors), cfg.pyramid.num_stages, first_frame=True)
+        self.pyramid = Pyramid.uniform(
+            cfg.pyramid.resampler, tuple(cfg.pyramid.factors), cfg.pyramid.num_stages, first_frame=True
+        )
         self.windows = StageWindows(cfg.pyramid.boundaries)
         self.S = cfg.pyramid.num_stages
         self.schedule = parse_schedule(d.schedule, self.S)
         self._check_card(cfg.model.path)
         self.num_evals = count_steps(self.schedule, self.pyramid, self.windows)
         self.model_cfg = resolve_model_config(cfg)
-        self.dataset = dataset if dataset is not None else build_dataset(cfg, self.pyramid, self.model_cfg.in_dim, self.model_cfg.text_dim)
+        self.dataset = (
+            dataset
+            if dataset is not None
+            else build_dataset(cfg, self.pyramid, self.model_cfg.in_dim, self.model_cfg.text_dim)
+        )
         if len(self.dataset) < 1:
             raise ValueError("the dataset is empty")
         check_item(self.dataset[0], self.pyramid, self.model_cfg, f"dataset ({cfg.data.kind})")
@@ -364,7 +383,10 @@ class Distiller:
             self.teacher_model = self._load(cfg.model.teacher_path)
         elif self.lora is None and self.variant != "ppf":
             self.teacher_model = copy.deepcopy(self.student)
-        elif tc.parallel == "fsdp" and self.variant not in ("ppf", "dmd-ot"):  # a plain replicated teacher, not the sharded student's base
+        elif tc.parallel == "fsdp" and self.variant not in (
+            "ppf",
+            "dmd-ot",
+        ):  # a plain replicated teacher, not the sharded student's base
             # global RNG use as in an unsharded run (whose adv-pd copies the base for the discriminator's backbone)
             with contextlib.nullcontext() if self.variant == "adv-pd" else torch.random.fork_rng(devices=[]):
                 self.teacher_model = self._load_state_copy(self.student)
@@ -382,8 +404,14 @@ class Distiller:
         if self.variant == "dmd-ot" and d.teacher_finetune_steps > 0:
             self.original.requires_grad_(True).train()
             self.teacher_losses = multires_finetune(
-                self.original, self._finetune_batch, self.pyramid, d.teacher_finetune_steps, d.teacher_finetune_lr,
-                seed=tc.seed, rope=cfg.model.rope, grad_clip=cfg.optim.grad_clip,
+                self.original,
+                self._finetune_batch,
+                self.pyramid,
+                d.teacher_finetune_steps,
+                d.teacher_finetune_lr,
+                seed=tc.seed,
+                rope=cfg.model.rope,
+                grad_clip=cfg.optim.grad_clip,
             )
             self._broadcast(self.original)
         if self.original is not None:
@@ -401,12 +429,19 @@ class Distiller:
             self.ppf_teacher = PPFWan(base, patches).to(self.device)
             if d.teacher_finetune_steps > 0:
                 self.teacher_losses = ppf_finetune(
-                    self.ppf_teacher, self._finetune_batch, self.windows, d.teacher_finetune_steps, d.teacher_finetune_lr,
-                    seed=tc.seed, grad_clip=cfg.optim.grad_clip,
+                    self.ppf_teacher,
+                    self._finetune_batch,
+                    self.windows,
+                    d.teacher_finetune_steps,
+                    d.teacher_finetune_lr,
+                    seed=tc.seed,
+                    grad_clip=cfg.optim.grad_clip,
                 )
                 self._broadcast(self.ppf_teacher)
             self.ppf_teacher.requires_grad_(False).eval()
-            self.ppf_student = PPFWan(self.student, patches).to(self.device)  # per-level layers trainable (also with LoRA)
+            self.ppf_student = PPFWan(self.student, patches).to(
+                self.device
+            )  # per-level layers trainable (also with LoRA)
             self.ppf_student.load_state_dict(self.ppf_teacher.state_dict())
             self.gen_module = self.ppf_student
 
@@ -430,8 +465,14 @@ class Distiller:
             self.critic_fn = velocity_model(WanBackbone(self.critic_model, rope=cfg.model.rope))
         if self.variant.startswith("dmd") or self.variant == "ppf":
             dmd_cfg = DMDConfig(
-                variant="ot" if self.variant == "ppf" else self.variant[len("dmd-"):], guidance=d.guidance, shift=d.score_shift, sigma_min=d.sigma_min,
-                sigma_max=d.sigma_max, critic_ratio=d.critic_ratio, regression_weight=d.regression_weight, band_norm=d.band_norm,
+                variant="ot" if self.variant == "ppf" else self.variant[len("dmd-") :],
+                guidance=d.guidance,
+                shift=d.score_shift,
+                sigma_min=d.sigma_min,
+                sigma_max=d.sigma_max,
+                critic_ratio=d.critic_ratio,
+                regression_weight=d.regression_weight,
+                band_norm=d.band_norm,
             )
             self.dmd = DMD(self.real_fn, self.critic_fn, dmd_cfg, uncond=None)
             self.critic_params = [p for p in self.critic_model.parameters() if p.requires_grad]
@@ -448,8 +489,14 @@ class Distiller:
 
         if tc.parallel == "fsdp":
             self._shard()
-            self.critic_params = [p for p in self.critic_model.parameters() if p.requires_grad] if self.dmd is not None else list(self.disc.head.parameters())
-        self.gen_params = (list(self.lora.parameters()) if self.lora is not None else []) + [p for p in self.gen_module.parameters() if p.requires_grad]
+            self.critic_params = (
+                [p for p in self.critic_model.parameters() if p.requires_grad]
+                if self.dmd is not None
+                else list(self.disc.head.parameters())
+            )
+        self.gen_params = (list(self.lora.parameters()) if self.lora is not None else []) + [
+            p for p in self.gen_module.parameters() if p.requires_grad
+        ]
         o = cfg.optim
         kw = dict(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.gen_opt = torch.optim.AdamW(self.gen_params, lr=o.lr, **kw)
@@ -468,7 +515,9 @@ class Distiller:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if self.cfg.train.parallel == "none":
             if world > 1:
-                raise ValueError(f"train.parallel = 'none' but WORLD_SIZE = {world}; set train.parallel = 'ddp' or 'fsdp'")
+                raise ValueError(
+                    f"train.parallel = 'none' but WORLD_SIZE = {world}; set train.parallel = 'ddp' or 'fsdp'"
+                )
             self.rank, self.world, self.local_rank = 0, 1, 0
             return
         if not dist.is_initialized():
@@ -574,7 +623,10 @@ class Distiller:
     def _finetune_batch(self, n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, n, 11))
         items = self._items(gen)
-        x0s = [torch.stack([torch.as_tensor(it["x0s"][i], dtype=torch.float32) for it in items]).to(self.device) for i in range(self.S)]
+        x0s = [
+            torch.stack([torch.as_tensor(it["x0s"][i], dtype=torch.float32) for it in items]).to(self.device)
+            for i in range(self.S)
+        ]
         return x0s, self._contexts(items, gen)
 
     # ---------------------------------------------------------------------------- draws
@@ -584,7 +636,9 @@ class Distiller:
         Sample ``b`` of rank ``r`` is global slot ``j = r * batch_size + b`` and draws from ``(seed, step, 4 j)``
         only, so any world size with the same global batch sees the same samples."""
         seed, batch = self.cfg.train.seed, self.cfg.train.batch_size
-        k = int(torch.randint(self.num_evals, (), generator=torch.Generator().manual_seed(sample_seed(seed, step, K_SLOT))))
+        k = int(
+            torch.randint(self.num_evals, (), generator=torch.Generator().manual_seed(sample_seed(seed, step, K_SLOT)))
+        )
         out = []
         for b in range(batch):
             slot = self.rank * batch + b
@@ -605,12 +659,27 @@ class Distiller:
         """The generator's ``k``-th clean prediction for iteration draws ``dr``."""
         if self.ppf_student is not None:
             return ppf_rollout(
-                self.ppf_student, dr["eps0"], self.windows, self.schedule, dr["k"],
-                cond=dr["ctx"], shift=self.cfg.distill.sample_shift, generator=dr["gen"], grad=grad,
+                self.ppf_student,
+                dr["eps0"],
+                self.windows,
+                self.schedule,
+                dr["k"],
+                cond=dr["ctx"],
+                shift=self.cfg.distill.sample_shift,
+                generator=dr["gen"],
+                grad=grad,
             )
         return rollout(
-            self.student_fn, self.initial_noise(dr["eps0"]), self.pyramid, self.windows, self.schedule, dr["k"],
-            cond=dr["ctx"], shift=self.cfg.distill.sample_shift, generator=dr["gen"], grad=grad,
+            self.student_fn,
+            self.initial_noise(dr["eps0"]),
+            self.pyramid,
+            self.windows,
+            self.schedule,
+            dr["k"],
+            cond=dr["ctx"],
+            shift=self.cfg.distill.sample_shift,
+            generator=dr["gen"],
+            grad=grad,
         )
 
     @torch.no_grad()
@@ -623,7 +692,17 @@ class Distiller:
         if self.ppf_teacher is not None:  # PPF: no resampling, the full-resolution sample at every level
             from ..ppf import sample_ppf
 
-            return sample_ppf(self.ppf_teacher, dr["eps0"], dr["ctx"], self.windows, steps, shift=d.sample_shift, guidance=d.guidance, uncond=uncond, generator=gen)
+            return sample_ppf(
+                self.ppf_teacher,
+                dr["eps0"],
+                dr["ctx"],
+                self.windows,
+                steps,
+                shift=d.sample_shift,
+                guidance=d.guidance,
+                uncond=uncond,
+                generator=gen,
+            )
         if self.variant == "dmd-ot":
             model = self.dmd.real.fn if isinstance(self.dmd.real, InferenceModel) else self.dmd.real
             guided = model if d.guidance == 1.0 else cfg_guidance(model, d.guidance, uncond)
@@ -633,7 +712,9 @@ class Distiller:
             guided = model if d.guidance == 1.0 else cfg_guidance(model, d.guidance, uncond)
             _, _, top = plan_schedule(self.pyramid, self.windows, steps)
             noise = clean_pyramid_latent(dr["eps0"], self.pyramid)[top]
-            x = sample_euler(guided, noise, self.pyramid, self.windows, steps, cond=dr["ctx"], shift=d.sample_shift, rng=gen)
+            x = sample_euler(
+                guided, noise, self.pyramid, self.windows, steps, cond=dr["ctx"], shift=d.sample_shift, rng=gen
+            )
         return clean_pyramid_latent(x, self.pyramid)[stage]
 
     # -------------------------------------------------------------------------- training
@@ -679,7 +760,13 @@ class Distiller:
         from .dmd import score_sigmas
 
         d = self.cfg.distill
-        return score_sigmas(batch, shift=d.score_shift, window=(process.sigma_c, process.sigma_n), clamp=(d.sigma_min, d.sigma_max), generator=gen)
+        return score_sigmas(
+            batch,
+            shift=d.score_shift,
+            window=(process.sigma_c, process.sigma_n),
+            clamp=(d.sigma_min, d.sigma_max),
+            generator=gen,
+        )
 
     def _global_mean(self, values: dict[str, float]) -> dict[str, float]:
         """Average per-rank metric values over the ranks (every rank has the same number of samples)."""
@@ -707,7 +794,9 @@ class Distiller:
             if self.dmd is not None:
                 loss = self.dmd.critic_loss(x0.detach(), self._score_process(process), dr["ctx"], generator=dr["gen"])
             else:
-                real = torch.stack([torch.as_tensor(it["x0s"][stage], dtype=torch.float32) for it in dr["items"]]).to(self.device)
+                real = torch.stack([torch.as_tensor(it["x0s"][stage], dtype=torch.float32) for it in dr["items"]]).to(
+                    self.device
+                )
                 with torch.no_grad():
                     xr, tr = self._adv_inputs(real, process, dr)
                     xf, tf = self._adv_inputs(x0.detach(), process, dr)
@@ -725,7 +814,9 @@ class Distiller:
                 if self.dmd is not None:
                     self.dmd.uncond = torch.zeros_like(dr["ctx"])  # CFG's unconditional branch: the all-zero context
                     target = self.teacher_target(dr, stage) if d.regression_weight > 0 else None
-                    out = self.dmd.generator_loss(x0, self._score_process(process), dr["ctx"], x_teacher=target, generator=dr["gen"])
+                    out = self.dmd.generator_loss(
+                        x0, self._score_process(process), dr["ctx"], x_teacher=target, generator=dr["gen"]
+                    )
                     loss = out.total
                     parts["dmd"] = out.dmd
                     if out.regression is not None:
@@ -736,7 +827,9 @@ class Distiller:
                         p.requires_grad_(False)
                     try:
                         xf, tf = self._adv_inputs(x0, process, dr)
-                        out = adversarial.generator_loss(self.disc(xf, tf, dr["ctx"]), x0, target, d.adv_weight, d.rec_weight)
+                        out = adversarial.generator_loss(
+                            self.disc(xf, tf, dr["ctx"]), x0, target, d.adv_weight, d.rec_weight
+                        )
                     finally:
                         for p in self.critic_params:
                             p.requires_grad_(True)
@@ -796,7 +889,9 @@ class Distiller:
     def _full_optim(opt: torch.optim.Optimizer) -> dict[str, Any]:
         """``opt.state_dict()`` with sharded DTensor states gathered (a collective under FSDP: every rank calls it)."""
         sd = opt.state_dict()
-        sd["state"] = {i: {k: _full(v) if hasattr(v, "full_tensor") else v for k, v in st.items()} for i, st in sd["state"].items()}
+        sd["state"] = {
+            i: {k: _full(v) if hasattr(v, "full_tensor") else v for k, v in st.items()} for i, st in sd["state"].items()
+        }
         return sd
 
     @staticmethod
@@ -807,7 +902,11 @@ class Distiller:
         out = {}
         for k, v in full.items():
             t = targets.get(k)
-            out[k] = distribute_tensor(v.to(t.device), t.device_mesh, t.placements) if t is not None and hasattr(t, "device_mesh") else v
+            out[k] = (
+                distribute_tensor(v.to(t.device), t.device_mesh, t.placements)
+                if t is not None and hasattr(t, "device_mesh")
+                else v
+            )
         return out
 
     def _load_optim(self, opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
@@ -874,17 +973,24 @@ class Distiller:
         path = Path(path)
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         saved = json.loads(state["config"])
-        for section, key in (("distill", "variant"), ("distill", "lora_rank"), ("pyramid", "num_stages"), ("model", "config")):
+        for section, key in (
+            ("distill", "variant"),
+            ("distill", "lora_rank"),
+            ("pyramid", "num_stages"),
+            ("model", "config"),
+        ):
             if saved[section][key] != getattr(getattr(self.cfg, section), key):
-                raise ValueError(f"checkpoint {path} was trained with {section}.{key} = {saved[section][key]!r}, the config says {getattr(getattr(self.cfg, section), key)!r}")
+                raise ValueError(
+                    f"checkpoint {path} was trained with {section}.{key} = {saved[section][key]!r}, the config says {getattr(getattr(self.cfg, section), key)!r}"
+                )
         gen = state["generator"]
-        module = {k[len("module."):]: v for k, v in gen.items() if k.startswith("module.")}
+        module = {k[len("module.") :]: v for k, v in gen.items() if k.startswith("module.")}
         module = self._distribute_like(module, dict(self.gen_module.named_parameters()))
         result = self.gen_module.load_state_dict(module, strict=False)
         if result.unexpected_keys or len(module) != sum(1 for p in self.gen_module.parameters() if p.requires_grad):
             raise ValueError(f"checkpoint {path}: the generator's trained parameters do not match this run")
         if self.lora is not None:
-            self.lora.load_state_dict({k[len("lora."):]: v for k, v in gen.items() if k.startswith("lora.")})
+            self.lora.load_state_dict({k[len("lora.") :]: v for k, v in gen.items() if k.startswith("lora.")})
         critic = self.critic_model if self.dmd is not None else self.disc.head
         critic.load_state_dict(self._distribute_like(state["critic"], critic.state_dict()))
         if "teacher" in state:
@@ -899,7 +1005,9 @@ class Distiller:
     # ---------------------------------------------------------------------------- export
     def student_state_dict(self) -> dict[str, torch.Tensor]:
         """The student's WanDiT weights (LoRA merged)."""
-        base = {k: _full(v) if hasattr(v, "full_tensor") else v.detach().cpu() for k, v in self.student.state_dict().items()}
+        base = {
+            k: _full(v) if hasattr(v, "full_tensor") else v.detach().cpu() for k, v in self.student.state_dict().items()
+        }
         return self.lora.merged_state_dict(base, 0) if self.lora is not None else base
 
     def export(self) -> Path:
@@ -921,7 +1029,9 @@ class Distiller:
         sd = self.student_state_dict()  # every rank: gathering FSDP shards is a collective
         levels = None
         if self.ppf_student is not None:
-            levels = {k: _full(v).contiguous() for k, v in self.ppf_student.state_dict().items() if not k.startswith("model.")}
+            levels = {
+                k: _full(v).contiguous() for k, v in self.ppf_student.state_dict().items() if not k.startswith("model.")
+            }
         if self.rank != 0:
             self._barrier()
             return out

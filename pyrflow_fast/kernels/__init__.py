@@ -71,7 +71,9 @@ def _haar_level(factors, first_frame: bool) -> Resampler:
     return Resampler("haar", factors, first_frame)
 
 
-def haar_down(x: torch.Tensor, factors=(2, 2, 2), first_frame: bool = True, gain: torch.Tensor | None = None) -> torch.Tensor:
+def haar_down(
+    x: torch.Tensor, factors=(2, 2, 2), first_frame: bool = True, gain: torch.Tensor | None = None
+) -> torch.Tensor:
     """Orthonormal Haar down of ``(..., F, H, W)``; coarse frame ``f`` times ``gain[f]`` if given."""
     shape = _haar_level(factors, first_frame).coarse_shape(x.shape)
     if gain is not None and tuple(gain.shape) != shape[-3:-2]:
@@ -80,7 +82,12 @@ def haar_down(x: torch.Tensor, factors=(2, 2, 2), first_frame: bool = True, gain
 
 
 def haar_up_noisy(
-    y: torch.Tensor, s, w: torch.Tensor | None = None, factors=(2, 2, 2), first_frame: bool = True, seed: int | None = None
+    y: torch.Tensor,
+    s,
+    w: torch.Tensor | None = None,
+    factors=(2, 2, 2),
+    first_frame: bool = True,
+    seed: int | None = None,
 ) -> torch.Tensor:
     """Noise-augmented Haar up ``up(y) + s (w - blockmean(w))``, ``s`` a number or per-sample ``(B,)``.
 

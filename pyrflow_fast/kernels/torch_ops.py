@@ -58,7 +58,9 @@ def _spread(c: torch.Tensor) -> torch.Tensor:
 def haar_down(x: torch.Tensor, factors, first_frame: bool, gain: torch.Tensor | None = None) -> torch.Tensor:
     """Orthonormal Haar ``L x`` of ``(..., F, H, W)``; coarse frame ``f`` is multiplied by ``gain[f]`` if given."""
     xc = x.to(compute_dtype(x.dtype))
-    out = torch.cat([_block_sum(xc[..., fs, :, :], ft) / (4 * ft) ** 0.5 for fs, ft in _pieces(first_frame, factors[0])], -3)
+    out = torch.cat(
+        [_block_sum(xc[..., fs, :, :], ft) / (4 * ft) ** 0.5 for fs, ft in _pieces(first_frame, factors[0])], -3
+    )
     if gain is not None:
         out = out * gain.to(out).reshape(-1, 1, 1)
     return out.to(x.dtype)

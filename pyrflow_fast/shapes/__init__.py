@@ -34,5 +34,7 @@ def model_dir(name: str, root: str | Path = SHIPPED) -> Path:
         raise ValueError(f"unknown shapes model {name!r}; expected one of {', '.join(MODELS)}")
     path = Path(root) / name
     if not (path / "pyrflow.json").is_file():
-        raise FileNotFoundError(f"{path} is missing: rebuild the shipped checkpoints with python -m pyrflow_fast.shapes.recipe")
+        raise FileNotFoundError(
+            f"{path} is missing: rebuild the shipped checkpoints with python -m pyrflow_fast.shapes.recipe"
+        )
     return path

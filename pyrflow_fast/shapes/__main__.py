@@ -26,9 +26,17 @@ SCALE = 8
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pyrflow_fast.shapes", description=__doc__.splitlines()[0].split(": ", 1)[1])
-    ap.add_argument("--model", default="distilled", choices=list(MODELS), help="; ".join(f"{k}: {v}" for k, v in MODELS.items()))
-    ap.add_argument("--prompt", default=DEFAULT_PROMPT, help='"a <red|green|blue|yellow> <square|circle|triangle> moving <left|right|up|down> over <photo>"')
+    ap = argparse.ArgumentParser(
+        prog="python -m pyrflow_fast.shapes", description=__doc__.splitlines()[0].split(": ", 1)[1]
+    )
+    ap.add_argument(
+        "--model", default="distilled", choices=list(MODELS), help="; ".join(f"{k}: {v}" for k, v in MODELS.items())
+    )
+    ap.add_argument(
+        "--prompt",
+        default=DEFAULT_PROMPT,
+        help='"a <red|green|blue|yellow> <square|circle|triangle> moving <left|right|up|down> over <photo>"',
+    )
     ap.add_argument("--schedule", default=None, help="steps per stage, coarsest first (default: the checkpoint's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
@@ -39,7 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         path = model_dir(args.model)
         card = ModelCard.load(path)
         components = load_components(path)
-        result = generate(components, [args.prompt], card=card, schedule=args.schedule, seed=args.seed, frames=FRAMES, height=SIZE, width=SIZE, progress=False)
+        result = generate(
+            components,
+            [args.prompt],
+            card=card,
+            schedule=args.schedule,
+            seed=args.seed,
+            frames=FRAMES,
+            height=SIZE,
+            width=SIZE,
+            progress=False,
+        )
     except (ValueError, FileNotFoundError) as err:
         ap.error(str(err))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,11 @@ def write_components(folder: str | Path, *, seed: int = 0) -> Path:
     UMT5EncoderModel(config).eval().save_pretrained(folder / "text_encoder")
     mean, std = pixel_stats(seed)
     PixelSpace(mean, std).save_pretrained(folder / "vae")
-    index = {"_class_name": "WanPipeline", "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "text_encoder": ["transformers", "UMT5EncoderModel"], "vae": ["pyrflow_fast", "PixelSpace"]}
+    index = {
+        "_class_name": "WanPipeline",
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "vae": ["pyrflow_fast", "PixelSpace"],
+    }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return folder

@@ -24,7 +24,7 @@ import argparse
 import csv
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +108,7 @@ def prompt(color: str, shape: str, direction: str, background: str) -> str:
     return f"a {color} {shape} moving {direction} over {background}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(name: str) -> np.ndarray:
     """The scikit-image photo as float RGB ``(h, w, 3)`` in [0, 1]."""
     import skimage.data
@@ -176,7 +176,15 @@ def _place(rng: np.random.Generator, size: float, travel: float, sign: int) -> f
     return first if sign > 0 else first + travel
 
 
-def draw(seed: int, index: int, *, color: str | None = None, shape: str | None = None, direction: str | None = None, background: str | None = None) -> Video:
+def draw(
+    seed: int,
+    index: int,
+    *,
+    color: str | None = None,
+    shape: str | None = None,
+    direction: str | None = None,
+    background: str | None = None,
+) -> Video:
     """Video ``index`` of split ``seed``; the named attributes are fixed, the others drawn."""
     rng = np.random.default_rng([seed, index])
     color = color or str(rng.choice(list(COLORS)))
@@ -191,7 +199,16 @@ def draw(seed: int, index: int, *, color: str | None = None, shape: str | None =
     across = rng.uniform(size / 2 + 0.5, SIZE - size / 2 - 0.5)
     start = (along, across) if dx else (across, along)
     crop = (rng.uniform(), rng.uniform(), rng.uniform(0.5, 1.0))
-    return Video(color, shape, direction, background, float(size), float(speed), (float(start[0]), float(start[1])), tuple(float(c) for c in crop))
+    return Video(
+        color,
+        shape,
+        direction,
+        background,
+        float(size),
+        float(speed),
+        (float(start[0]), float(start[1])),
+        tuple(float(c) for c in crop),
+    )
 
 
 def prompt_grid(repeats: int = 1) -> list[tuple[str, str, str, str]]:
@@ -231,7 +248,16 @@ def write_dataset(out: str | Path, num: int, seed: int = 0, progress: bool = Tru
         v = draw(seed, i)
         name = f"videos/{i:06d}.mkv"
         write_video_file(render(v), out / name)
-        rows.append({"video": name, "caption": v.prompt, "color": v.color, "shape": v.shape, "direction": v.direction, "background": v.background})
+        rows.append(
+            {
+                "video": name,
+                "caption": v.prompt,
+                "color": v.color,
+                "shape": v.shape,
+                "direction": v.direction,
+                "background": v.background,
+            }
+        )
     captions = out / "captions.csv"
     with open(captions, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -241,10 +267,15 @@ def write_dataset(out: str | Path, num: int, seed: int = 0, progress: bool = Tru
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pyrflow_fast.shapes.data", description="Write the shapes text-to-video dataset (lossless .mkv clips + captions.csv).")
+    ap = argparse.ArgumentParser(
+        prog="python -m pyrflow_fast.shapes.data",
+        description="Write the shapes text-to-video dataset (lossless .mkv clips + captions.csv).",
+    )
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--num", type=int, default=3000, help="number of videos")
-    ap.add_argument("--seed", type=int, default=0, help="split seed (0: training; the results use 1 and 2 as held-out splits)")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="split seed (0: training; the results use 1 and 2 as held-out splits)"
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.num < 1:

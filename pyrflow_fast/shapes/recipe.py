@@ -65,7 +65,15 @@ class Recipe:
     seed: int = 0
 
 
-QUICK = Recipe(videos=24, conventional_steps=3, conventional_batch=2, pyramidal_steps=2, pyramidal_per_stage=1, distill_steps=2, distill_batch=1)
+QUICK = Recipe(
+    videos=24,
+    conventional_steps=3,
+    conventional_batch=2,
+    pyramidal_steps=2,
+    pyramidal_per_stage=1,
+    distill_steps=2,
+    distill_batch=1,
+)
 
 
 def _common(cache: Path) -> dict:
@@ -84,7 +92,10 @@ def train_config(r: Recipe, work: Path, stage: str) -> dict:
     cfg.update(
         {
             "model": {"config": "shapes", "path": "" if conventional else str(work / "conventional" / "export")},
-            "pyramid": {"num_stages": 1 if conventional else 3, "boundaries": [] if conventional else list(WAN_DEFAULT_BOUNDARIES)},
+            "pyramid": {
+                "num_stages": 1 if conventional else 3,
+                "boundaries": [] if conventional else list(WAN_DEFAULT_BOUNDARIES),
+            },
             "optim": {
                 "lr": r.conventional_lr if conventional else r.pyramidal_lr,
                 "warmup_steps": min(100, steps // 10),
@@ -115,9 +126,17 @@ def distill_config(r: Recipe, work: Path, stage: str = "distilled") -> dict:
     model) or ``distilled-plain`` (dmd-ot, 0-0-2 from the conventional model) step."""
     cfg = _common(work / "cache")
     if stage == "distilled":
-        source, stages, distill = "pyramidal", 3, {"variant": "dmd-pt*", "schedule": "2-2-1", "regression_schedule": "10-10-10"}
+        source, stages, distill = (
+            "pyramidal",
+            3,
+            {"variant": "dmd-pt*", "schedule": "2-2-1", "regression_schedule": "10-10-10"},
+        )
     else:  # one stage (0-0-2 is the same grid); its teacher needs no multi-resolution finetune
-        source, stages, distill = "conventional", 1, {"variant": "dmd-ot", "schedule": "2", "regression_schedule": "20", "teacher_finetune_steps": 0}
+        source, stages, distill = (
+            "conventional",
+            1,
+            {"variant": "dmd-ot", "schedule": "2", "regression_schedule": "20", "teacher_finetune_steps": 0},
+        )
     cfg.update(
         {
             "model": {"config": "shapes", "path": str(work / source / "export")},
@@ -149,7 +168,9 @@ def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
     """Copy each exported transformer and the frozen components into ``out/<model>`` with its card."""
     components = work / "components"
     cards = {
-        "conventional": ModelCard(kind="base", boundaries=WAN_DEFAULT_BOUNDARIES, schedule="0-0-50", uncond="zeros", guidance=r.guidance),
+        "conventional": ModelCard(
+            kind="base", boundaries=WAN_DEFAULT_BOUNDARIES, schedule="0-0-50", uncond="zeros", guidance=r.guidance
+        ),
         "pyramidal": ModelCard(kind="pyramidal", schedule="20-20-10", uncond="zeros", guidance=r.guidance),
         "distilled": ModelCard(kind="distilled", schedule="2-2-1", uncond="zeros", guidance=r.guidance),
         "distilled-plain": ModelCard(kind="distilled", schedule="0-0-2", uncond="zeros", guidance=r.guidance),
@@ -161,13 +182,18 @@ def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
         export = work / name / "export"
         WanDiT.from_pretrained(export).save_pretrained(target, layout="diffusers")
         exported = ModelCard.load(export)
-        if exported.kind != cards[name].kind or parse_schedule(exported.schedule)[-1] != parse_schedule(cards[name].schedule)[-1]:
+        if (
+            exported.kind != cards[name].kind
+            or parse_schedule(exported.schedule)[-1] != parse_schedule(cards[name].schedule)[-1]
+        ):
             raise RuntimeError(f"{export}: unexpected card {exported}")
         cards[name].save(target)
     (out / "recipe.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-def run(work: str | Path, out: str | Path = SHIPPED, recipe: Recipe = Recipe(), steps: tuple[str, ...] = STEPS, log=print) -> dict:
+def run(
+    work: str | Path, out: str | Path = SHIPPED, recipe: Recipe = Recipe(), steps: tuple[str, ...] = STEPS, log=print
+) -> dict:
     """Run ``steps`` of the recipe in ``work`` and write the model directories to ``out``.
 
     Steps left out must have run before in ``work`` (their exports are reused); the commands and
@@ -186,17 +212,76 @@ def run(work: str | Path, out: str | Path = SHIPPED, recipe: Recipe = Recipe(), 
         t0 = time.perf_counter()
         commands: list[str] = []
         if step == "data":
-            _run([py, "-m", "pyrflow_fast.shapes.data", "--out", str(work / "data"), "--num", str(recipe.videos), "--seed", str(recipe.seed), "--no-progress"], log, commands)
+            _run(
+                [
+                    py,
+                    "-m",
+                    "pyrflow_fast.shapes.data",
+                    "--out",
+                    str(work / "data"),
+                    "--num",
+                    str(recipe.videos),
+                    "--seed",
+                    str(recipe.seed),
+                    "--no-progress",
+                ],
+                log,
+                commands,
+            )
             write_components(work / "components", seed=recipe.seed)
-            commands.append(f"python -c 'from pyrflow_fast.shapes.components import write_components; write_components(\"{work / 'components'}\", seed={recipe.seed})'")
-            _run([py, "-m", "pyrflow_fast.data.cache", "--data", str(work / "data"), "--model-dir", str(work / "components"), "--out", str(work / "cache"), "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE), "--fps", str(FPS), "--text-len", str(TEXT_LEN), "--shard-size", "1000", "--batch-size", "50", "--overwrite", "--no-progress"], log, commands)
+            commands.append(
+                f"python -c 'from pyrflow_fast.shapes.components import write_components; write_components(\"{work / 'components'}\", seed={recipe.seed})'"
+            )
+            _run(
+                [
+                    py,
+                    "-m",
+                    "pyrflow_fast.data.cache",
+                    "--data",
+                    str(work / "data"),
+                    "--model-dir",
+                    str(work / "components"),
+                    "--out",
+                    str(work / "cache"),
+                    "--frames",
+                    str(FRAMES),
+                    "--height",
+                    str(SIZE),
+                    "--width",
+                    str(SIZE),
+                    "--fps",
+                    str(FPS),
+                    "--text-len",
+                    str(TEXT_LEN),
+                    "--shard-size",
+                    "1000",
+                    "--batch-size",
+                    "50",
+                    "--overwrite",
+                    "--no-progress",
+                ],
+                log,
+                commands,
+            )
         else:
             path = work / f"{step}.json"
             trains = step in ("conventional", "pyramidal")
             cfg = train_config(recipe, work, step) if trains else distill_config(recipe, work, step)
             path.write_text(json.dumps(cfg, indent=2) + "\n")
             shutil.rmtree(work / step, ignore_errors=True)
-            _run([py, "-m", "pyrflow_fast.train" if trains else "pyrflow_fast.distill", "--config", str(path), "--set", "train.progress=false"], log, commands)
+            _run(
+                [
+                    py,
+                    "-m",
+                    "pyrflow_fast.train" if trains else "pyrflow_fast.distill",
+                    "--config",
+                    str(path),
+                    "--set",
+                    "train.progress=false",
+                ],
+                log,
+                commands,
+            )
         info["commands"][step] = [c.replace(str(work), "WORK") for c in commands]
         info["seconds"][step] = round(time.perf_counter() - t0, 1)
         log(f"[{time.perf_counter() - start:7.1f} s] {step} done in {info['seconds'][step]} s")
@@ -212,10 +297,20 @@ def run(work: str | Path, out: str | Path = SHIPPED, recipe: Recipe = Recipe(), 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pyrflow_fast.shapes.recipe", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=Path("outputs/shapes-recipe"), help="working folder (data, cache, runs)")
-    ap.add_argument("--out", type=Path, default=SHIPPED, help="where the three model directories go (default: the shipped ones)")
+    ap.add_argument(
+        "--work", type=Path, default=Path("outputs/shapes-recipe"), help="working folder (data, cache, runs)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=SHIPPED, help="where the three model directories go (default: the shipped ones)"
+    )
     ap.add_argument("--quick", action="store_true", help="a few steps per stage (a smoke test, not a model)")
-    ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="run only these steps (the others must have run in --work before)")
+    ap.add_argument(
+        "--steps",
+        nargs="+",
+        choices=STEPS,
+        default=list(STEPS),
+        help="run only these steps (the others must have run in --work before)",
+    )
     args = ap.parse_args(argv)
     info = run(args.work, args.out, QUICK if args.quick else Recipe(), tuple(args.steps))
     print(json.dumps(info["seconds"]), file=sys.stderr)

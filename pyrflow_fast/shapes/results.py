@@ -64,7 +64,9 @@ def reference_videos(split: int = REFERENCE_SPLIT, num: int = NUM_REFERENCE) -> 
     return _quantised(np.stack([render(draw(split, i)) for i in range(num)]))
 
 
-def _fd(generated: torch.Tensor, ref_features: torch.Tensor, rng: np.random.Generator, boots: int = 100) -> tuple[float, float]:
+def _fd(
+    generated: torch.Tensor, ref_features: torch.Tensor, rng: np.random.Generator, boots: int = 100
+) -> tuple[float, float]:
     gen = features(generated)
     value = frechet_distance(gen, ref_features)
     resampled = [frechet_distance(gen[rng.integers(0, len(gen), len(gen))], ref_features) for _ in range(boots)]
@@ -110,7 +112,14 @@ def run(
     ref_features = features(reference_videos(num=num_reference))
     measured: dict[str, dict] = {}
     start = time.perf_counter()
-    data = _quantised(np.stack([render(draw(DATA_SPLIT, i, color=c, shape=s, direction=d, background=b)) for i, (c, s, d, b) in enumerate(grid)]))
+    data = _quantised(
+        np.stack(
+            [
+                render(draw(DATA_SPLIT, i, color=c, shape=s, direction=d, background=b))
+                for i, (c, s, d, b) in enumerate(grid)
+            ]
+        )
+    )
     measured["held-out data"] = _summary(data, asked, ref_features, seed)
     log(f"[{time.perf_counter() - start:6.1f} s] held-out data")
     for label, name, schedule in rows:
@@ -119,7 +128,17 @@ def run(
         components = load_components(path)
         videos = []
         for k in range(0, len(texts), batch):
-            result = generate(components, texts[k : k + batch], card=card, schedule=schedule, seed=seed + k, frames=FRAMES, height=SIZE, width=SIZE, progress=False)
+            result = generate(
+                components,
+                texts[k : k + batch],
+                card=card,
+                schedule=schedule,
+                seed=seed + k,
+                frames=FRAMES,
+                height=SIZE,
+                width=SIZE,
+                progress=False,
+            )
             videos.append(result.video)
         row = _summary(torch.cat(videos), asked, ref_features, seed)
         guided = result.info["cfg_scale"] != 1.0
@@ -127,11 +146,23 @@ def run(
         row["cfg"] = result.info["cfg_scale"]
         times = []
         for r in range(timing_runs + 1):  # the first run warms up
-            one = generate(components, texts[r % len(texts)], card=card, schedule=schedule, seed=seed + r, frames=FRAMES, height=SIZE, width=SIZE, progress=False)
+            one = generate(
+                components,
+                texts[r % len(texts)],
+                card=card,
+                schedule=schedule,
+                seed=seed + r,
+                frames=FRAMES,
+                height=SIZE,
+                width=SIZE,
+                progress=False,
+            )
             times.append(one.seconds)
         row["cpu_s"] = float(np.median(times[1:]))
         measured[label] = row
-        log(f"[{time.perf_counter() - start:6.1f} s] {label}: all {row['all_ok'][0]:.3f}, FD {row['fd'][0]:.3f}, {row['gflops']:.1f} GFLOPs, {row['cpu_s']:.3f} s")
+        log(
+            f"[{time.perf_counter() - start:6.1f} s] {label}: all {row['all_ok'][0]:.3f}, FD {row['fd'][0]:.3f}, {row['gflops']:.1f} GFLOPs, {row['cpu_s']:.3f} s"
+        )
     base = measured[rows[0][0]]["gflops"]
     for label, *_ in rows:
         measured[label]["flops_ratio"] = measured[label]["gflops"] / base
@@ -165,7 +196,10 @@ def to_markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pyrflow_fast.shapes.results", description="Measure the quality / speed table of the shipped shapes models.")
+    ap = argparse.ArgumentParser(
+        prog="python -m pyrflow_fast.shapes.results",
+        description="Measure the quality / speed table of the shipped shapes models.",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="videos per colour x shape x direction (48 each)")
     ap.add_argument("--batch", type=int, default=48, help="videos per generate() call")
     ap.add_argument("--seed", type=int, default=0)
@@ -178,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(to_markdown(results), end="")
-    print(f"\n{results['setup']['videos_per_row']} videos per row; {results['setup']['machine']}; {results['setup']['seconds']} s", file=sys.stderr)
+    print(
+        f"\n{results['setup']['videos_per_row']} videos per row; {results['setup']['machine']}; {results['setup']['seconds']} s",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -43,9 +43,15 @@ def parse_override(text: str) -> tuple[str, str, object]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pyrflow-train", description="Pyramidal finetuning of a Wan2.1 transformer.")
     ap.add_argument("--config", help="config file (.toml or .json); fields not set keep their defaults")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)"
+    )
     ap.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/latest")
-    ap.add_argument("--print-default-config", action="store_true", help="print the default config with every field documented and exit")
+    ap.add_argument(
+        "--print-default-config",
+        action="store_true",
+        help="print the default config with every field documented and exit",
+    )
     ap.add_argument("--format", choices=("toml", "json"), default="toml", help="format of --print-default-config")
     return ap
 
@@ -102,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     trainer, history = done
     if trainer.rank == 0:
         last = history[-1] if history else {"step": trainer.step}
-        print(f"done: step {last['step']}" + (f", loss {last['loss']:.6f}" if "loss" in last else "") + f"; run directory {trainer.out}", file=sys.stderr)
+        print(
+            f"done: step {last['step']}"
+            + (f", loss {last['loss']:.6f}" if "loss" in last else "")
+            + f"; run directory {trainer.out}",
+            file=sys.stderr,
+        )
     return 0
 
 

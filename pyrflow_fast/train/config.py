@@ -51,10 +51,22 @@ def _f(default: Any, doc: str, **kw: Any) -> Any:
 class ModelConfig:
     """``[model]``: the backbone to finetune."""
 
-    path: str = _f("", "Pretrained WanDiT checkpoint (a Wan2.1 directory in the original or diffusers layout, or a weights file); empty: random initialisation of `config` (tests, from-scratch runs).")
-    config: str = _f("wan2.1-t2v-1.3b", "Named architecture (pyrflow_fast.wan.CONFIGS: wan2.1-t2v-1.3b, wan2.1-t2v-14b, tiny, tiny-3layer). With `path` set, the checkpoint's config.json must describe the same architecture, otherwise the run stops with an error; empty: take the architecture from the checkpoint.")
-    rope: str = _f("integer", "RoPE positions at coarse stages: `integer` (Wan's) or `scaled` (positions on the full-resolution grid).")
-    teacher_path: str = _f("", "Frozen teacher for the distillation term (`loss.distill_weight` > 0); empty: the initial model (with LoRA: the base model with adapters switched off, no extra memory).")
+    path: str = _f(
+        "",
+        "Pretrained WanDiT checkpoint (a Wan2.1 directory in the original or diffusers layout, or a weights file); empty: random initialisation of `config` (tests, from-scratch runs).",
+    )
+    config: str = _f(
+        "wan2.1-t2v-1.3b",
+        "Named architecture (pyrflow_fast.wan.CONFIGS: wan2.1-t2v-1.3b, wan2.1-t2v-14b, tiny, tiny-3layer). With `path` set, the checkpoint's config.json must describe the same architecture, otherwise the run stops with an error; empty: take the architecture from the checkpoint.",
+    )
+    rope: str = _f(
+        "integer",
+        "RoPE positions at coarse stages: `integer` (Wan's) or `scaled` (positions on the full-resolution grid).",
+    )
+    teacher_path: str = _f(
+        "",
+        "Frozen teacher for the distillation term (`loss.distill_weight` > 0); empty: the initial model (with LoRA: the base model with adapters switched off, no extra memory).",
+    )
 
 
 @dataclass
@@ -62,7 +74,10 @@ class PyramidConfig:
     """``[pyramid]``: the pyramid the model is finetuned for (written to ``pyrflow.json``)."""
 
     num_stages: int = _f(3, "Number of stages S (1 = plain flow matching, Wan's loss).")
-    boundaries: list = _f(list(WAN_DEFAULT_BOUNDARIES), "The S - 1 inner stage boundaries in global sigma, finest first (default: Wan's 50-step shift-5 grid at steps 40 and 20: 5/9, 15/17).")
+    boundaries: list = _f(
+        list(WAN_DEFAULT_BOUNDARIES),
+        "The S - 1 inner stage boundaries in global sigma, finest first (default: Wan's 50-step shift-5 grid at steps 40 and 20: 5/9, 15/17).",
+    )
     resampler: str = _f("haar", "Resampler family of the latent pyramid: `haar` or `dct`.")
     factors: list = _f([2, 2, 2], "Per-level factors (T, H, W) on the latent (the first-frame rule applies on T).")
 
@@ -71,22 +86,37 @@ class PyramidConfig:
 class DataConfig:
     """``[data]``: where the clean stage pyramids come from."""
 
-    kind: str = _f("cache", "`cache`: a latent cache written by `python -m pyrflow_fast.data.cache` (pyrflow_fast.data.cache.LatentCache); `synthetic`: the procedural latent videos of pyrflow_fast.train.synthetic (tests, evidence).")
+    kind: str = _f(
+        "cache",
+        "`cache`: a latent cache written by `python -m pyrflow_fast.data.cache` (pyrflow_fast.data.cache.LatentCache); `synthetic`: the procedural latent videos of pyrflow_fast.train.synthetic (tests, evidence).",
+    )
     path: str = _f("", "Cache directory (kind = cache).")
-    latent_size: list = _f([21, 56, 104], "Expected stage-0 latent size (F, H, W) of the cache (default: 81x448x832 pixels, the paper's training resolution); a cache of another size is an error; [] accepts any size (kind = cache).")
+    latent_size: list = _f(
+        [21, 56, 104],
+        "Expected stage-0 latent size (F, H, W) of the cache (default: 81x448x832 pixels, the paper's training resolution); a cache of another size is an error; [] accepts any size (kind = cache).",
+    )
     synthetic_samples: int = _f(256, "Number of synthetic videos (kind = synthetic).")
     synthetic_classes: int = _f(4, "Number of synthetic text classes (kind = synthetic).")
     synthetic_size: list = _f([5, 16, 16], "Stage-0 latent size (F, H, W) of the synthetic videos (kind = synthetic).")
     synthetic_seed: int = _f(0, "Seed of the synthetic dataset (kind = synthetic).")
-    text_dropout: float = _f(0.0, "Probability of training a sample with an all-zero text context (the padding Wan uses); Pyramid Flow uses 0.1 from scratch, a finetune of Wan keeps its own unconditional branch, so 0.")
+    text_dropout: float = _f(
+        0.0,
+        "Probability of training a sample with an all-zero text context (the padding Wan uses); Pyramid Flow uses 0.1 from scratch, a finetune of Wan keeps its own unconditional branch, so 0.",
+    )
 
 
 @dataclass
 class LossConfig:
     """``[loss]``: the pyramidal flow-matching loss (SPEC section 3)."""
 
-    weighting: str = _f("sigma", "`sigma`: MSE of dx/dsigma in orthonormal units (SPEC section 3); `natural`: the same error divided per frame by the bridge factor (1 - vs) + g vs, i.e. the MSE of the model's natural velocity (Pyramid Flow's natural-unit loss), so that coarse stages with gains up to 8 do not dominate the gradient. Both equal Wan's loss for S = 1.")
-    distill_weight: float = _f(0.0, "Weight of the distillation term: MSE between the student's and the frozen teacher's dx/dsigma on the same input (0: off).")
+    weighting: str = _f(
+        "sigma",
+        "`sigma`: MSE of dx/dsigma in orthonormal units (SPEC section 3); `natural`: the same error divided per frame by the bridge factor (1 - vs) + g vs, i.e. the MSE of the model's natural velocity (Pyramid Flow's natural-unit loss), so that coarse stages with gains up to 8 do not dominate the gradient. Both equal Wan's loss for S = 1.",
+    )
+    distill_weight: float = _f(
+        0.0,
+        "Weight of the distillation term: MSE between the student's and the frozen teacher's dx/dsigma on the same input (0: off).",
+    )
 
 
 @dataclass
@@ -98,9 +128,14 @@ class OptimConfig:
     weight_decay: float = _f(1e-4, "AdamW weight decay (Pyramid Flow's training script).")
     eps: float = _f(1e-8, "AdamW epsilon.")
     warmup_steps: int = _f(500, "Linear warm-up steps from 0 to `lr`.")
-    schedule: str = _f("constant", "After warm-up: `constant` (Pyramid Flow) or `cosine` (decay to `min_lr_ratio * lr` at the last step).")
+    schedule: str = _f(
+        "constant",
+        "After warm-up: `constant` (Pyramid Flow) or `cosine` (decay to `min_lr_ratio * lr` at the last step).",
+    )
     min_lr_ratio: float = _f(0.0, "Final learning rate of the cosine schedule, relative to `lr`.")
-    grad_clip: float = _f(1.0, "Clip the global gradient norm to this value (0: no clipping; the norm is still logged).")
+    grad_clip: float = _f(
+        1.0, "Clip the global gradient norm to this value (0: no clipping; the norm is still logged)."
+    )
 
 
 @dataclass
@@ -109,7 +144,10 @@ class LoRAConfig:
 
     rank: int = _f(0, "Adapter rank; 0 = full finetune (all parameters trained).")
     alpha: float = _f(0.0, "Adapter scale numerator: the update is (alpha / rank) B A; 0 means alpha = rank.")
-    per_stage: bool = _f(False, "One adapter set per stage (the set of the sub-batch's stage is active); false: one set shared by all stages.")
+    per_stage: bool = _f(
+        False,
+        "One adapter set per stage (the set of the sub-batch's stage is active); false: one set shared by all stages.",
+    )
 
 
 @dataclass
@@ -127,8 +165,14 @@ class CheckpointConfig:
     every: int = _f(500, "Write a training checkpoint every this many optimizer steps (and at the end).")
     keep_last: int = _f(2, "Keep this many most recent training checkpoints.")
     export: bool = _f(True, "At the end, export the model (WanDiT checkpoint + pyrflow.json) to `<output_dir>/export`.")
-    export_layout: str = _f("original", "Layout of the exported transformer: `original` (config.json + diffusion_pytorch_model.safetensors) or `diffusers` (transformer/ folder).")
-    link_components: bool = _f(True, "When `model.path` is a full Wan2.1 directory, symlink its VAE, text encoder and tokenizer into the export so that it is a complete model directory for pyrflow_fast.sample.")
+    export_layout: str = _f(
+        "original",
+        "Layout of the exported transformer: `original` (config.json + diffusion_pytorch_model.safetensors) or `diffusers` (transformer/ folder).",
+    )
+    link_components: bool = _f(
+        True,
+        "When `model.path` is a full Wan2.1 directory, symlink its VAE, text encoder and tokenizer into the export so that it is a complete model directory for pyrflow_fast.sample.",
+    )
 
 
 @dataclass
@@ -137,12 +181,25 @@ class TrainSection:
 
     output_dir: str = _f("outputs/pyramidal", "Run directory: metrics.jsonl, checkpoints/, export/.")
     steps: int = _f(5000, "Optimizer steps (the paper: 5K).")
-    samples_per_stage: int = _f(2, "Samples of each stage per device and micro-batch (the paper: 2, i.e. 6 per GPU for 3 stages).")
+    samples_per_stage: int = _f(
+        2, "Samples of each stage per device and micro-batch (the paper: 2, i.e. 6 per GPU for 3 stages)."
+    )
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
-    seed: int = _f(0, "Seed of initialisation, data order, stage noise and rho; noise and rho of a sample depend only on (seed, step, global sample index), not on the number of processes.")
-    precision: str = _f("auto", "`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16` (autocast; weights, optimizer and loss stay fp32).")
-    gradient_checkpointing: bool = _f(True, "Recompute each transformer block in the backward pass (WanDiT.set_gradient_checkpointing).")
-    parallel: str = _f("none", "`none`, `ddp` (DistributedDataParallel) or `fsdp` (FSDP2 fully_shard per transformer block and at the root; with LoRA at the root only; bf16 precision shards bf16 parameters with float32 gradient reduction); launch with torchrun for ddp/fsdp.")
+    seed: int = _f(
+        0,
+        "Seed of initialisation, data order, stage noise and rho; noise and rho of a sample depend only on (seed, step, global sample index), not on the number of processes.",
+    )
+    precision: str = _f(
+        "auto",
+        "`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16` (autocast; weights, optimizer and loss stay fp32).",
+    )
+    gradient_checkpointing: bool = _f(
+        True, "Recompute each transformer block in the backward pass (WanDiT.set_gradient_checkpointing)."
+    )
+    parallel: str = _f(
+        "none",
+        "`none`, `ddp` (DistributedDataParallel) or `fsdp` (FSDP2 fully_shard per transformer block and at the root; with LoRA at the root only; bf16 precision shards bf16 parameters with float32 gradient reduction); launch with torchrun for ddp/fsdp.",
+    )
     device: str = _f("auto", "`auto` (cuda:LOCAL_RANK when CUDA is available, else cpu), `cpu` or `cuda`.")
     log_every: int = _f(1, "Append a metrics line to metrics.jsonl every this many steps.")
     progress: bool = _f(True, "Show a tqdm progress bar (rank 0).")
@@ -171,10 +228,16 @@ class TrainConfig:
         checks = [
             (self.model.rope in ("integer", "scaled"), "model.rope must be 'integer' or 'scaled'"),
             (self.pyramid.num_stages >= 1, "pyramid.num_stages must be >= 1"),
-            (len(self.pyramid.boundaries) == self.pyramid.num_stages - 1, f"pyramid.boundaries must have num_stages - 1 = {self.pyramid.num_stages - 1} values, got {list(self.pyramid.boundaries)}"),
+            (
+                len(self.pyramid.boundaries) == self.pyramid.num_stages - 1,
+                f"pyramid.boundaries must have num_stages - 1 = {self.pyramid.num_stages - 1} values, got {list(self.pyramid.boundaries)}",
+            ),
             (self.pyramid.resampler in ("haar", "dct"), "pyramid.resampler must be 'haar' or 'dct'"),
             (len(self.pyramid.factors) == 3, "pyramid.factors must be three ints (T, H, W)"),
-            (self.data.kind in ("cache", "synthetic"), f"data.kind must be 'cache' or 'synthetic', got {self.data.kind!r}"),
+            (
+                self.data.kind in ("cache", "synthetic"),
+                f"data.kind must be 'cache' or 'synthetic', got {self.data.kind!r}",
+            ),
             (0.0 <= self.data.text_dropout < 1.0, "data.text_dropout must be in [0, 1)"),
             (len(self.data.latent_size) in (0, 3), "data.latent_size must be [F, H, W] or []"),
             (self.loss.weighting in ("sigma", "natural"), "loss.weighting must be 'sigma' or 'natural'"),
@@ -186,7 +249,10 @@ class TrainConfig:
             (0.0 <= self.ema.decay < 1.0, "ema.decay must be in [0, 1)"),
             (self.checkpoint.every >= 1, "checkpoint.every must be >= 1"),
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
-            (self.checkpoint.export_layout in ("original", "diffusers"), "checkpoint.export_layout must be 'original' or 'diffusers'"),
+            (
+                self.checkpoint.export_layout in ("original", "diffusers"),
+                "checkpoint.export_layout must be 'original' or 'diffusers'",
+            ),
             (self.train.steps >= 1, "train.steps must be >= 1"),
             (self.train.samples_per_stage >= 1, "train.samples_per_stage must be >= 1"),
             (self.train.grad_accum >= 1, "train.grad_accum must be >= 1"),

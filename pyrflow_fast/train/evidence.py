@@ -91,7 +91,9 @@ def _velocity_model(model: WanDiT):
 
 
 @torch.no_grad()
-def validation_loss(model: WanDiT, data: SyntheticPyramids, pyramid: Pyramid, windows: StageWindows, seed: int = 12345) -> dict:
+def validation_loss(
+    model: WanDiT, data: SyntheticPyramids, pyramid: Pyramid, windows: StageWindows, seed: int = 12345
+) -> dict:
     """Pyramidal loss on every (sample, stage) of ``data`` with fixed draws: total and per stage."""
     loss = PyramidalLoss(pyramid, windows)
     s = pyramid.num_stages
@@ -135,7 +137,9 @@ def sample_metric(
     return frechet_distance(features(out), features(reference))
 
 
-def _config(out: Path, name: str, *, stages: int, steps: int, lr: float, path: str = "", seed: int = 0, weighting: str = "sigma") -> TrainConfig:
+def _config(
+    out: Path, name: str, *, stages: int, steps: int, lr: float, path: str = "", seed: int = 0, weighting: str = "sigma"
+) -> TrainConfig:
     return TrainConfig.from_dict(
         {
             "model": {"config": "tiny", "path": path},
@@ -158,7 +162,19 @@ def _config(out: Path, name: str, *, stages: int, steps: int, lr: float, path: s
     )
 
 
-def run(pretrain_steps: int = 1200, finetune_steps: int = 500, *, lr: float = 2e-3, finetune_lr: float = 5e-4, num_generated: int = 64, weightings: tuple[str, ...] = ("sigma", "natural"), samples: bool = True, control: bool = True, out_dir: str | Path | None = None, log=print) -> dict:
+def run(
+    pretrain_steps: int = 1200,
+    finetune_steps: int = 500,
+    *,
+    lr: float = 2e-3,
+    finetune_lr: float = 5e-4,
+    num_generated: int = 64,
+    weightings: tuple[str, ...] = ("sigma", "natural"),
+    samples: bool = True,
+    control: bool = True,
+    out_dir: str | Path | None = None,
+    log=print,
+) -> dict:
     """Run the whole experiment; returns the measured numbers (see the module docstring)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tmp = None
@@ -171,7 +187,14 @@ def run(pretrain_steps: int = 1200, finetune_steps: int = 500, *, lr: float = 2e
     train = SyntheticPyramids(256, pyramid, size=SIZE, split_seed=0)
     val = SyntheticPyramids(32, pyramid, size=SIZE, split_seed=1)
     held = SyntheticPyramids(256, pyramid, size=SIZE, split_seed=2)
-    results: dict = {"pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps, "lr": lr, "finetune_lr": finetune_lr, "num_generated": num_generated, "weightings": list(weightings)}
+    results: dict = {
+        "pretrain_steps": pretrain_steps,
+        "finetune_steps": finetune_steps,
+        "lr": lr,
+        "finetune_lr": finetune_lr,
+        "num_generated": num_generated,
+        "weightings": list(weightings),
+    }
     if samples:
         floor_data = SyntheticPyramids(num_generated, pyramid, size=SIZE, split_seed=3).latents
         results["fd_data_floor"] = frechet_distance(features(floor_data), features(held.latents))
@@ -182,7 +205,9 @@ def run(pretrain_steps: int = 1200, finetune_steps: int = 500, *, lr: float = 2e
         line = f"[{time.perf_counter() - start:6.1f} s] {tag}: pyramidal val loss {results[f'{tag}_val']['total']:.4f} "
         line += f"{ {k: round(v, 4) for k, v in results[f'{tag}_val'].items() if k != 'total'} }"
         if samples:
-            results[f"{tag}_fd_pyramidal"] = sample_metric(model, train.contexts, held.latents, pyramid, windows, "10-10-10", num_generated)
+            results[f"{tag}_fd_pyramidal"] = sample_metric(
+                model, train.contexts, held.latents, pyramid, windows, "10-10-10", num_generated
+            )
             line += f", FD(pyramidal 10-10-10) {results[f'{tag}_fd_pyramidal']:.4f}"
         log(line)
 
@@ -190,18 +215,31 @@ def run(pretrain_steps: int = 1200, finetune_steps: int = 500, *, lr: float = 2e
     base_trainer.fit()
     base = WanDiT.from_pretrained(out / "base" / "export")
     if samples:
-        results["base_fd_plain"] = sample_metric(base, train.contexts, held.latents, pyramid, windows, "0-0-30", num_generated)
+        results["base_fd_plain"] = sample_metric(
+            base, train.contexts, held.latents, pyramid, windows, "0-0-30", num_generated
+        )
         log(f"[{time.perf_counter() - start:6.1f} s] base: FD(plain 0-0-30) {results['base_fd_plain']:.4f}")
     measure("base", base)
 
     for weighting in weightings:
         tag = f"pyramidal_{weighting}"
-        cfg = _config(out, tag, stages=3, steps=finetune_steps, lr=finetune_lr, path=str(out / "base" / "export"), weighting=weighting)
+        cfg = _config(
+            out,
+            tag,
+            stages=3,
+            steps=finetune_steps,
+            lr=finetune_lr,
+            path=str(out / "base" / "export"),
+            weighting=weighting,
+        )
         Trainer(cfg, dataset=train).fit()
         measure(tag, WanDiT.from_pretrained(out / tag / "export"))
 
     if control:
-        ctrl = Trainer(_config(out, "control", stages=1, steps=finetune_steps, lr=finetune_lr, path=str(out / "base" / "export")), dataset=train)
+        ctrl = Trainer(
+            _config(out, "control", stages=1, steps=finetune_steps, lr=finetune_lr, path=str(out / "base" / "export")),
+            dataset=train,
+        )
         ctrl.fit()
         measure("control", WanDiT.from_pretrained(out / "control" / "export"))
     results["seconds"] = time.perf_counter() - start
@@ -217,18 +255,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3, help="learning rate of the conventional training")
     ap.add_argument("--finetune-lr", type=float, default=5e-4, help="learning rate of the finetunes and the control")
     ap.add_argument("--num-generated", type=int, default=64)
-    ap.add_argument("--weighting", choices=("sigma", "natural"), action="append", help="loss.weighting of a pyramidal finetune (repeatable; default: both)")
+    ap.add_argument(
+        "--weighting",
+        choices=("sigma", "natural"),
+        action="append",
+        help="loss.weighting of a pyramidal finetune (repeatable; default: both)",
+    )
     ap.add_argument("--out-dir", default=None, help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--json", action="store_true", help="also print the numbers as JSON")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    res = run(args.pretrain_steps, args.finetune_steps, lr=args.lr, finetune_lr=args.finetune_lr, num_generated=args.num_generated, weightings=tuple(args.weighting or ("sigma", "natural")), out_dir=args.out_dir)
+    res = run(
+        args.pretrain_steps,
+        args.finetune_steps,
+        lr=args.lr,
+        finetune_lr=args.finetune_lr,
+        num_generated=args.num_generated,
+        weightings=tuple(args.weighting or ("sigma", "natural")),
+        out_dir=args.out_dir,
+    )
     print(f"data floor FD (held-out vs held-out): {res['fd_data_floor']:.4f}")
     print(f"base (plain FM, {res['pretrain_steps']} steps): FD plain 0-0-30 {res['base_fd_plain']:.4f}")
     for tag in ["base", *(f"pyramidal_{w}" for w in res["weightings"]), "control"]:
         v = res[f"{tag}_val"]
         stages = " ".join(f"{v[f'stage{i}']:.4f}" for i in range(3))
-        print(f"{tag:>17}: pyramidal val loss {v['total']:.4f} (stages 0/1/2: {stages})  FD pyramidal 10-10-10 {res[f'{tag}_fd_pyramidal']:.4f}")
+        print(
+            f"{tag:>17}: pyramidal val loss {v['total']:.4f} (stages 0/1/2: {stages})  FD pyramidal 10-10-10 {res[f'{tag}_fd_pyramidal']:.4f}"
+        )
     print(f"total {res['seconds']:.1f} s")
     if args.json:
         print(json.dumps(res, indent=2))

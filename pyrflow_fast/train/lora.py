@@ -114,7 +114,9 @@ class LoRA(nn.Module):
         self._handles = []
 
     @torch.no_grad()
-    def merged_state_dict(self, base_state: dict[str, torch.Tensor], stage: int = 0, adapters: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def merged_state_dict(
+        self, base_state: dict[str, torch.Tensor], stage: int = 0, adapters: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Base weights with set ``stage`` folded in: ``W + (alpha / r) B_s A_s`` (float32 math).
 
         :param base_state: the base model's state dict (Wan key names).

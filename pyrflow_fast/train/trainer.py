@@ -72,7 +72,9 @@ class TrainModule(nn.Module):
         self.backbone = backbone
         self.lora = lora
 
-    def forward(self, x_nat: torch.Tensor, t: torch.Tensor, context: torch.Tensor, full_size=None, stage: int = 0) -> torch.Tensor:
+    def forward(
+        self, x_nat: torch.Tensor, t: torch.Tensor, context: torch.Tensor, full_size=None, stage: int = 0
+    ) -> torch.Tensor:
         if self.lora is not None:
             self.lora.select(stage)
         return self.backbone(x_nat, t, context, full_size=full_size)
@@ -153,19 +155,29 @@ def check_item(item: dict, pyramid: Pyramid, model_cfg, source: str) -> None:
         raise ConfigMismatchError(f"{source}: items carry {len(x0s)} stage signals, the pyramid has {s} stages")
     x0 = x0s[0]
     if x0.ndim != 4 or x0.shape[0] != model_cfg.in_dim:
-        raise ConfigMismatchError(f"{source}: stage-0 signal has shape {tuple(x0.shape)}; the model takes (in_dim={model_cfg.in_dim}, F, H, W)")
+        raise ConfigMismatchError(
+            f"{source}: stage-0 signal has shape {tuple(x0.shape)}; the model takes (in_dim={model_cfg.in_dim}, F, H, W)"
+        )
     expected = pyramid.shapes((1, *x0.shape))
     for i in range(s):
         if tuple(x0s[i].shape) != expected[i][1:]:
-            raise ConfigMismatchError(f"{source}: stage {i} signal has shape {tuple(x0s[i].shape)}, the pyramid expects {expected[i][1:]}")
+            raise ConfigMismatchError(
+                f"{source}: stage {i} signal has shape {tuple(x0s[i].shape)}, the pyramid expects {expected[i][1:]}"
+            )
         f, h, w = x0s[i].shape[-3:]
         if any(n % p for n, p in zip((f, h, w), model_cfg.patch_size)):
-            raise ConfigMismatchError(f"{source}: stage {i} size {(f, h, w)} is not divisible by the patch {model_cfg.patch_size}")
+            raise ConfigMismatchError(
+                f"{source}: stage {i} size {(f, h, w)} is not divisible by the patch {model_cfg.patch_size}"
+            )
     ctx = item["context"]
     if ctx.ndim != 2 or ctx.shape[-1] != model_cfg.text_dim:
-        raise ConfigMismatchError(f"{source}: context has shape {tuple(ctx.shape)}; the model takes (L, text_dim={model_cfg.text_dim})")
+        raise ConfigMismatchError(
+            f"{source}: context has shape {tuple(ctx.shape)}; the model takes (L, text_dim={model_cfg.text_dim})"
+        )
     if int(item["context_len"]) > model_cfg.text_len:
-        raise ConfigMismatchError(f"{source}: context_len {item['context_len']} exceeds the model's text_len {model_cfg.text_len}")
+        raise ConfigMismatchError(
+            f"{source}: context_len {item['context_len']} exceeds the model's text_len {model_cfg.text_len}"
+        )
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -225,7 +237,15 @@ def trim_metrics(path: Path, step: int) -> None:
         _atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
-def write_model_dir(folder: Path, sd: dict[str, torch.Tensor], card, model_cfg, source_path: str = "", layout: str = "original", link_components: bool = True) -> None:
+def write_model_dir(
+    folder: Path,
+    sd: dict[str, torch.Tensor],
+    card,
+    model_cfg,
+    source_path: str = "",
+    layout: str = "original",
+    link_components: bool = True,
+) -> None:
     """Write a WanDiT state dict ``sd`` of architecture ``model_cfg`` and its ModelCard ``card`` to ``folder``.
 
     When ``source_path`` is a full Wan2.1 directory and ``link_components`` is set, its layout is
@@ -252,7 +272,11 @@ def write_model_dir(folder: Path, sd: dict[str, torch.Tensor], card, model_cfg, 
     if src_layout is not None:
         from ..pipeline.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG
 
-        names = ["text_encoder", "tokenizer", "vae", "model_index.json"] if src_layout == "diffusers" else [ORIGINAL_VAE, ORIGINAL_VAE_CONFIG, ORIGINAL_T5, ORIGINAL_TOKENIZER.split("/")[0]]
+        names = (
+            ["text_encoder", "tokenizer", "vae", "model_index.json"]
+            if src_layout == "diffusers"
+            else [ORIGINAL_VAE, ORIGINAL_VAE_CONFIG, ORIGINAL_T5, ORIGINAL_TOKENIZER.split("/")[0]]
+        )
         for n in names:
             if (source / n).exists() and not (folder / n).exists():
                 os.symlink((source / n).resolve(), folder / n)
@@ -273,14 +297,20 @@ class Trainer:
         self._init_distributed()
         self.device = self._pick_device()
         torch.manual_seed(tc.seed)
-        self.pyramid = Pyramid.uniform(cfg.pyramid.resampler, tuple(cfg.pyramid.factors), cfg.pyramid.num_stages, first_frame=True)
+        self.pyramid = Pyramid.uniform(
+            cfg.pyramid.resampler, tuple(cfg.pyramid.factors), cfg.pyramid.num_stages, first_frame=True
+        )
         self.windows = StageWindows(cfg.pyramid.boundaries)
         self.loss_fn = PyramidalLoss(self.pyramid, self.windows, cfg.loss.weighting)
         self.S = cfg.pyramid.num_stages
 
         # architecture and data are checked before any weights are read
         self.model_cfg = backbone.config if backbone is not None else resolve_model_config(cfg)
-        self.dataset = dataset if dataset is not None else build_dataset(cfg, self.pyramid, self.model_cfg.in_dim, self.model_cfg.text_dim)
+        self.dataset = (
+            dataset
+            if dataset is not None
+            else build_dataset(cfg, self.pyramid, self.model_cfg.in_dim, self.model_cfg.text_dim)
+        )
         if len(self.dataset) < 1:
             raise ValueError("the dataset is empty")
         data_pyramid = getattr(self.dataset, "pyramid", None)
@@ -288,10 +318,16 @@ class Trainer:
             have = [(lv.family, tuple(lv.factors)) for lv in data_pyramid.levels]
             want = [(lv.family, tuple(lv.factors)) for lv in self.pyramid.levels]
             if have[: len(want)] != want:
-                raise ConfigMismatchError(f"the dataset's pyramid levels {have} do not match the config's pyramid {want}")
+                raise ConfigMismatchError(
+                    f"the dataset's pyramid levels {have} do not match the config's pyramid {want}"
+                )
         first = self.dataset[0]
         check_item(first, self.pyramid, self.model_cfg, f"dataset ({cfg.data.kind})")
-        if cfg.data.kind == "cache" and cfg.data.latent_size and tuple(first["x0s"][0].shape[-3:]) != tuple(cfg.data.latent_size):
+        if (
+            cfg.data.kind == "cache"
+            and cfg.data.latent_size
+            and tuple(first["x0s"][0].shape[-3:]) != tuple(cfg.data.latent_size)
+        ):
             raise ConfigMismatchError(
                 f"data.path {cfg.data.path}: stage-0 latents are {tuple(first['x0s'][0].shape[-3:])}, "
                 f"data.latent_size says {tuple(cfg.data.latent_size)} (set [] to accept any size)"
@@ -311,7 +347,9 @@ class Trainer:
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.param_names = [n for n, p in self.net.named_parameters() if p.requires_grad]
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.ema = [p.detach().clone() for p in self.params] if cfg.ema.decay > 0 else None
         self.step = 0
@@ -388,7 +426,11 @@ class Trainer:
             return DDP(net, device_ids=ids)
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16 else MixedPrecisionPolicy()
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if self.bf16
+            else MixedPrecisionPolicy()
+        )
         if self.lora is None:  # with LoRA the adapters act inside the blocks: shard at the root only
             for block in net.backbone.model.blocks:
                 fully_shard(block, mp_policy=mp)
@@ -457,7 +499,9 @@ class Trainer:
             groups = sorted(set(stages))
             for gi, stage in enumerate(groups):
                 idx = [n for n, s in enumerate(stages) if s == stage]
-                x0s, eps, rho, ctx = collate([items[n] for n in idx], [draws[n] for n in idx], stage, self.S, self.device)
+                x0s, eps, rho, ctx = collate(
+                    [items[n] for n in idx], [draws[n] for n in idx], stage, self.S, self.device
+                )
                 last = micro == tc.grad_accum - 1 and gi == len(groups) - 1
                 with self._sync_context(last):
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -686,7 +730,15 @@ class Trainer:
         return out
 
     def _write_model(self, folder: Path, sd: dict[str, torch.Tensor], card) -> None:
-        write_model_dir(folder, sd, card, self.model_cfg, self.cfg.model.path, self.cfg.checkpoint.export_layout, self.cfg.checkpoint.link_components)
+        write_model_dir(
+            folder,
+            sd,
+            card,
+            self.model_cfg,
+            self.cfg.model.path,
+            self.cfg.checkpoint.export_layout,
+            self.cfg.checkpoint.link_components,
+        )
 
     def close(self) -> None:
         """Tear down the process group this trainer created."""

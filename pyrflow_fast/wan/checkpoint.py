@@ -148,7 +148,11 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> 
     )
     problems = [
         _listing(title, items)
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
         if items
     ]
     if problems:
@@ -245,7 +249,9 @@ def _parse_size(size: int | str | None) -> int | None:
     return int(s)
 
 
-def write_state_dict(sd: Mapping[str, torch.Tensor], folder: str | Path, max_shard_size: int | str | None = None) -> Path:
+def write_state_dict(
+    sd: Mapping[str, torch.Tensor], folder: str | Path, max_shard_size: int | str | None = None
+) -> Path:
     """Write safetensors into ``folder``: one ``diffusion_pytorch_model.safetensors``, or shards
     plus ``diffusion_pytorch_model.safetensors.index.json`` when the total exceeds
     ``max_shard_size`` (bytes, or a string like ``"5GB"``). Returns the weights file or index."""
@@ -303,5 +309,3 @@ def save_wan(
     write_state_dict(sd, folder, max_shard_size)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder
-
-

@@ -113,7 +113,18 @@ class WanConfig:
             raise ValueError(f"only global attention is supported, config has window_size={d['window_size']}")
         if not d.get("qk_norm", True) or not d.get("cross_attn_norm", True):
             raise ValueError("only qk_norm=True and cross_attn_norm=True (as in every Wan2.1 checkpoint) are supported")
-        fields = ("dim", "ffn_dim", "freq_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "text_len", "eps")
+        fields = (
+            "dim",
+            "ffn_dim",
+            "freq_dim",
+            "num_heads",
+            "num_layers",
+            "in_dim",
+            "out_dim",
+            "text_dim",
+            "text_len",
+            "eps",
+        )
         kwargs: dict[str, Any] = {k: d[k] for k in fields if k in d}
         if "patch_size" in d:
             kwargs["patch_size"] = tuple(d["patch_size"])
@@ -179,9 +190,19 @@ class WanConfig:
 CONFIGS: dict[str, WanConfig] = {
     "wan2.1-t2v-1.3b": WanConfig(),
     "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
-    "tiny": WanConfig(dim=32, ffn_dim=64, freq_dim=32, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16, text_len=8),
+    "tiny": WanConfig(
+        dim=32, ffn_dim=64, freq_dim=32, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16, text_len=8
+    ),
     "shapes": WanConfig(
-        dim=128, ffn_dim=512, freq_dim=64, num_heads=4, num_layers=4, in_dim=3, out_dim=3, text_dim=32, text_len=16,
+        dim=128,
+        ffn_dim=512,
+        freq_dim=64,
+        num_heads=4,
+        num_layers=4,
+        in_dim=3,
+        out_dim=3,
+        text_dim=32,
+        text_len=16,
         patch_size=(1, 4, 4),
     ),
     "tiny-3layer": WanConfig(

@@ -34,7 +34,13 @@ import re
 from collections.abc import Mapping
 from typing import TypeVar
 
-__all__ = ["to_diffusers_key", "to_original_key", "to_diffusers_state_dict", "to_original_state_dict", "is_diffusers_layout"]
+__all__ = [
+    "to_diffusers_key",
+    "to_original_key",
+    "to_diffusers_state_dict",
+    "to_original_state_dict",
+    "is_diffusers_layout",
+]
 
 V = TypeVar("V")
 

@@ -188,7 +188,7 @@ def test_dataset_errors(tmp_path, data_root):
         "c.csv": ("video,caption\n", "no rows"),
         "d.csv": ("video,caption\n,a cat\n", "line 2: empty video"),
         "e.jsonl": ('{"video": "x.mp4", "caption": "a"}\n{"video": "y.mp4"\n', "line 2: not valid JSON"),
-        "f.jsonl": ('{"video": "x.mp4", "text": "a"}\n', 'line 1: expected an object'),
+        "f.jsonl": ('{"video": "x.mp4", "text": "a"}\n', "line 1: expected an object"),
         "g.jsonl": ('{"video": "x.mp4", "caption": 3}\n', "line 1: 'caption' must be a string"),
         "h.txt": ("x.mp4 a cat\n", "unknown format '.txt'"),
     }
@@ -285,7 +285,14 @@ def test_cache_round_trip(tmp_path, data_root, comps, definition, batch_size, nu
     out = tmp_path / "cache"
     with caplog.at_level(logging.INFO, logger="pyrflow_fast.data"):
         index = write_cache(
-            ds, comps, out, definition=definition, shard_size=2, progress=False, batch_size=batch_size, num_workers=num_workers
+            ds,
+            comps,
+            out,
+            definition=definition,
+            shard_size=2,
+            progress=False,
+            batch_size=batch_size,
+            num_workers=num_workers,
         )
     assert "skipped 3 videos" in caplog.text
     assert json.loads((out / "index.json").read_text()) == index

@@ -59,8 +59,13 @@ def test_variant_parsing_and_config_validation():
         DMDConfig(variant="ppt")
     c = DMDConfig()
     assert (c.critic_ratio, c.regression_weight, c.sigma_min, c.sigma_max) == (5, 0.01, 0.02, 0.98)
-    for bad in ({"sigma_min": 0.5, "sigma_max": 0.4}, {"shift": 0.0}, {"critic_ratio": 0},
-                {"regression_weight": -1.0}, {"band_norm": "high"}):
+    for bad in (
+        {"sigma_min": 0.5, "sigma_max": 0.4},
+        {"shift": 0.0},
+        {"critic_ratio": 0},
+        {"regression_weight": -1.0},
+        {"band_norm": "high"},
+    ):
         with pytest.raises(ValueError):
             DMDConfig(**bad)
     assert [s for s in range(12) if c.is_generator_step(s)] == [0, 5, 10]
@@ -154,7 +159,9 @@ def test_closed_form_eps_recovers_the_noise(stage):
     x0 = torch.randn(SHAPES[stage], generator=gen, dtype=torch.float64)
     eps = torch.randn(SHAPES[stage], generator=gen, dtype=torch.float64)
     proc = StageProcess.pyramidal(HAAR, WINDOWS, stage, SHAPES[stage][2])
-    sigma = torch.tensor([proc.sigma_c + 0.2 * (proc.sigma_n - proc.sigma_c) + 1e-3, proc.sigma_n - 1e-3], dtype=torch.float64)
+    sigma = torch.tensor(
+        [proc.sigma_c + 0.2 * (proc.sigma_n - proc.sigma_c) + 1e-3, proc.sigma_n - 1e-3], dtype=torch.float64
+    )
     x = proc.noise(x0, eps, sigma)
     torch.testing.assert_close(proc.eps(x, x0, sigma), eps, rtol=0, atol=1e-12)
     torch.testing.assert_close(proc.apply_m(x0, sigma) + sigma.reshape(-1, 1, 1, 1, 1) * eps, x, rtol=0, atol=1e-13)
@@ -200,8 +207,9 @@ def test_pt_star_equals_pt_without_the_weights(stage):
     outs = {}
     for v in ("pt", "pt*"):
         dmd = DMD(real, fake, DMDConfig(variant=v, guidance=3.0), uncond=torch.tensor(0.0))
-        outs[v] = dmd.generator_loss(x_gen.clone().requires_grad_(), proc, torch.tensor(2.0),
-                                     generator=torch.Generator().manual_seed(9))
+        outs[v] = dmd.generator_loss(
+            x_gen.clone().requires_grad_(), proc, torch.tensor(2.0), generator=torch.Generator().manual_seed(9)
+        )
     pt, star = outs["pt"], outs["pt*"]
     assert torch.equal(pt.sigma, star.sigma) and torch.equal(pt.x0_real, star.x0_real)
     torch.testing.assert_close(pt.grad, proc.apply_mtm(star.grad, pt.sigma, "low"), rtol=1e-12, atol=1e-12)
@@ -214,8 +222,10 @@ def test_teacher_cfg_and_x0_decoding():
     real, fake = make_models()
     x_gen = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     cond, uncond, w = torch.tensor(2.0), torch.tensor(0.0), 4.0
-    for variant, proc in (("ot", StageProcess.for_variant("ot", HAAR, WINDOWS, 1, SHAPE[2])),
-                          ("pt", StageProcess.for_variant("pt", HAAR, WINDOWS, 1, SHAPE[2]))):
+    for variant, proc in (
+        ("ot", StageProcess.for_variant("ot", HAAR, WINDOWS, 1, SHAPE[2])),
+        ("pt", StageProcess.for_variant("pt", HAAR, WINDOWS, 1, SHAPE[2])),
+    ):
         dmd = DMD(real, fake, DMDConfig(variant=variant, guidance=w), uncond=uncond)
         out = dmd.generator_loss(x_gen.clone().requires_grad_(), proc, cond, generator=torch.Generator().manual_seed(4))
         gen = torch.Generator().manual_seed(4)
@@ -459,7 +469,9 @@ def test_dmd_on_wan_backbones_at_a_pyramid_stage():
     out = same.generator_loss(x_gen, proc, ctx, generator=torch.Generator().manual_seed(2))
     assert out.grad.abs().max() == 0  # fake = real: no DMD gradient
     dmd = DMD(teacher, critic, DMDConfig(variant="pt", guidance=3.0), uncond=torch.zeros_like(ctx))
-    out = dmd.generator_loss(x_gen, proc, ctx, x_teacher=torch.zeros(shapes[1]), generator=torch.Generator().manual_seed(2))
+    out = dmd.generator_loss(
+        x_gen, proc, ctx, x_teacher=torch.zeros(shapes[1]), generator=torch.Generator().manual_seed(2)
+    )
     out.total.backward()
     assert x_gen.grad.shape == x_gen.shape and x_gen.grad.abs().sum() > 0
     critic.requires_grad_(True)

@@ -31,8 +31,19 @@ def test_rollout_to_the_last_step_is_the_few_step_sampler(schedule):
     steps = tuple(int(n) for n in schedule.split("-"))
     top = 2 - next(k for k, n in enumerate(steps) if n > 0)
     noise = torch.randn(PYRAMID.shapes((2, 4, 5, 8, 8))[top], generator=torch.Generator().manual_seed(0))
-    ref = sample_few_step(affine_model, noise, PYRAMID, WINDOWS, schedule, shift=5.0, rng=torch.Generator().manual_seed(1))
-    x0, stage, _ = rollout(affine_model, noise, PYRAMID, WINDOWS, schedule, sum(steps) - 1, shift=5.0, generator=torch.Generator().manual_seed(1))
+    ref = sample_few_step(
+        affine_model, noise, PYRAMID, WINDOWS, schedule, shift=5.0, rng=torch.Generator().manual_seed(1)
+    )
+    x0, stage, _ = rollout(
+        affine_model,
+        noise,
+        PYRAMID,
+        WINDOWS,
+        schedule,
+        sum(steps) - 1,
+        shift=5.0,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert stage == 0
     torch.testing.assert_close(x0, ref)
 
@@ -46,7 +57,9 @@ def test_rollout_stages_and_gradient():
 
     stages = []
     for k in range(5):
-        x0, stage, process = rollout(model, noise, PYRAMID, WINDOWS, "2-2-1", k, generator=torch.Generator().manual_seed(0))
+        x0, stage, process = rollout(
+            model, noise, PYRAMID, WINDOWS, "2-2-1", k, generator=torch.Generator().manual_seed(0)
+        )
         stages.append(stage)
         assert process.sigma_c == WINDOWS.sigma_c(stage) and process.sigma_n == WINDOWS.sigma_n(stage)
         assert x0.requires_grad
@@ -64,8 +77,12 @@ def test_ppf_rollout_to_the_last_step_is_sample_ppf(tiny_model):
     noise = torch.randn(2, 4, 2, 16, 16, generator=torch.Generator().manual_seed(0))
     ctx = torch.randn(2, 3, tiny_model.config.text_dim)
     with torch.no_grad():
-        ref = sample_ppf(ppf, noise, ctx, WINDOWS, "2-2-1", shift=5.0, few_step=True, generator=torch.Generator().manual_seed(1))
-    x0, level, process = ppf_rollout(ppf, noise, WINDOWS, "2-2-1", 4, cond=ctx, shift=5.0, generator=torch.Generator().manual_seed(1))
+        ref = sample_ppf(
+            ppf, noise, ctx, WINDOWS, "2-2-1", shift=5.0, few_step=True, generator=torch.Generator().manual_seed(1)
+        )
+    x0, level, process = ppf_rollout(
+        ppf, noise, WINDOWS, "2-2-1", 4, cond=ctx, shift=5.0, generator=torch.Generator().manual_seed(1)
+    )
     assert level == 0 and process.sigma_c == 0.0 and process.sigma_n == 1.0 and x0.requires_grad
     torch.testing.assert_close(x0, ref)
     assert [ppf_rollout(ppf, noise, WINDOWS, "2-2-1", k, cond=ctx, grad=False)[1] for k in range(5)] == [2, 2, 1, 1, 0]
@@ -127,7 +144,10 @@ def test_cli_errors_and_default_config(capsys):
     assert distill_main(["--print-default-config"]) == 0
     printed = capsys.readouterr().out
     assert 'variant = "dmd-pt*"' in printed and "critic_ratio = 5" in printed
-    for args, message in [(["--variant", "dmd-foo"], "unknown distillation variant"), (["--variant", "dmd-pt", "--schedule", "2-2"], "do not fit")]:
+    for args, message in [
+        (["--variant", "dmd-foo"], "unknown distillation variant"),
+        (["--variant", "dmd-pt", "--schedule", "2-2"], "do not fit"),
+    ]:
         with pytest.raises(SystemExit) as err:
             distill_main(args)
         assert err.value.code == 2
@@ -140,7 +160,14 @@ def tiny_cfg(out, path, **sections):
     data = {
         "model": {"config": "tiny", "path": str(path)},
         "data": {"kind": "synthetic", "synthetic_samples": 4, "synthetic_size": [5, 8, 8]},
-        "distill": {"lora_rank": 2, "critic_ratio": 2, "guidance": 2.0, "regression_schedule": "1-1-1", "teacher_finetune_steps": 2, "disc_hidden": 8},
+        "distill": {
+            "lora_rank": 2,
+            "critic_ratio": 2,
+            "guidance": 2.0,
+            "regression_schedule": "1-1-1",
+            "teacher_finetune_steps": 2,
+            "disc_hidden": 8,
+        },
         "optim": {"lr": 1e-3, "warmup_steps": 1},
         "train": {"output_dir": str(out), "steps": 3, "batch_size": 2, "progress": False},
         "checkpoint": {"every": 2, "export": False},
@@ -163,7 +190,9 @@ def test_every_variant_trains_the_student_only(tmp_path, model_path, variant):
     base = {k: v.clone() for k, v in d.student.state_dict().items()}
     lora = {k: v.clone() for k, v in d.lora.state_dict().items()}
     teacher = WanDiT.from_pretrained(model_path).state_dict()  # what the original teacher was loaded from
-    critic = d.disc.features.model if d.disc is not None else (d.critic_model.model if variant == "ppf" else d.critic_model)
+    critic = (
+        d.disc.features.model if d.disc is not None else (d.critic_model.model if variant == "ppf" else d.critic_model)
+    )
     assert d.student.gradient_checkpointing and critic.gradient_checkpointing  # train.gradient_checkpointing default
     history = d.fit()
     assert [("generator_loss" in m) for m in history] == [True, False, True]  # critic ratio 2
@@ -225,11 +254,34 @@ def test_distilled_export_samples_through_pyrflow_sample(tmp_path, variant, caps
 
     source = write_tiny_wan_dir(tmp_path / "wan", layout="diffusers")
     out = tmp_path / "run"
-    args = ["--variant", variant, "--set", f'model.path="{source}"', "--set", 'model.config=""',
-            "--set", "data.kind=synthetic", "--set", "data.synthetic_samples=2", "--set", "data.synthetic_size=[5, 8, 8]",
-            "--set", f'train.output_dir="{out}"', "--set", "train.steps=2", "--set", "train.progress=false",
-            "--set", "distill.lora_rank=2", "--set", "distill.regression_schedule=\"1-1-1\"", "--set", "distill.disc_hidden=8",
-            "--set", "distill.teacher_finetune_steps=1"]
+    args = [
+        "--variant",
+        variant,
+        "--set",
+        f'model.path="{source}"',
+        "--set",
+        'model.config=""',
+        "--set",
+        "data.kind=synthetic",
+        "--set",
+        "data.synthetic_samples=2",
+        "--set",
+        "data.synthetic_size=[5, 8, 8]",
+        "--set",
+        f'train.output_dir="{out}"',
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "distill.lora_rank=2",
+        "--set",
+        'distill.regression_schedule="1-1-1"',
+        "--set",
+        "distill.disc_hidden=8",
+        "--set",
+        "distill.teacher_finetune_steps=1",
+    ]
     assert distill_main(args) == 0
     export = out / "export"
     card = ModelCard.load(export)
@@ -245,8 +297,21 @@ def test_distilled_export_samples_through_pyrflow_sample(tmp_path, variant, caps
     assert res.sampler == "few-step" and res.schedule == "2-2-1" and res.info["cfg_scale"] == 1.0
     assert torch.isfinite(res.video).all()
     capsys.readouterr()
-    sample_args = ["--model-dir", str(export), "--prompt", "a dog", "--out", str(tmp_path / "v.gif"),
-                   "--frames", "17", "--height", "64", "--width", "64", "--no-progress"]
+    sample_args = [
+        "--model-dir",
+        str(export),
+        "--prompt",
+        "a dog",
+        "--out",
+        str(tmp_path / "v.gif"),
+        "--frames",
+        "17",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--no-progress",
+    ]
     assert sample_main(sample_args) == 0
     assert "few-step 2-2-1" in capsys.readouterr().err
 
@@ -279,12 +344,30 @@ def test_ddp_two_processes_on_gloo(tmp_path, model_path, variant):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    cfg = tiny_cfg(tmp_path / "run", model_path, distill={"variant": variant}, train={"parallel": "ddp", "device": "cpu", "steps": 2},
-                   checkpoint={"every": 1, "export": True})
+    cfg = tiny_cfg(
+        tmp_path / "run",
+        model_path,
+        distill={"variant": variant},
+        train={"parallel": "ddp", "device": "cpu", "steps": 2},
+        checkpoint={"every": 1, "export": True},
+    )
     path = tmp_path / "cfg.json"
     path.write_text(cfg.to_json())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyrflow_fast.distill", "--config", str(path)]
-    proc = subprocess.run(cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pyrflow_fast.distill",
+        "--config",
+        str(path),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in lines] == [1, 2]
@@ -299,7 +382,9 @@ def test_parallel_none_refuses_a_multi_process_launch(tmp_path, model_path, monk
 
 
 # ------------------------------------------------------------------- FSDP / per-sample draws
-MATCH_RTOL = 1e-4  # 1 process (batch 2) vs 2 processes (batch 1 each): same draws, other reduction order (measured: <= 1e-6)
+MATCH_RTOL = (
+    1e-4  # 1 process (batch 2) vs 2 processes (batch 1 each): same draws, other reduction order (measured: <= 1e-6)
+)
 
 
 def _torchrun_distill(cfg, tmp_path, *extra):
@@ -311,14 +396,32 @@ def _torchrun_distill(cfg, tmp_path, *extra):
     repo = Path(__file__).resolve().parents[2]
     path = tmp_path / f"{Path(cfg.train.output_dir).name}.json"
     path.write_text(cfg.to_json())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyrflow_fast.distill", "--config", str(path), *extra]
-    proc = subprocess.run(cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pyrflow_fast.distill",
+        "--config",
+        str(path),
+        *extra,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def _losses(out):
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    return [m["critic_loss"] for m in lines], [m["generator_loss"] for m in lines if "generator_loss" in m], [m["k"] for m in lines]
+    return (
+        [m["critic_loss"] for m in lines],
+        [m["generator_loss"] for m in lines if "generator_loss" in m],
+        [m["k"] for m in lines],
+    )
 
 
 def test_draws_depend_on_the_global_slot_only(tmp_path, model_path):
@@ -332,16 +435,20 @@ def test_draws_depend_on_the_global_slot_only(tmp_path, model_path):
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one_and_export_samples(tmp_path, model_path, parallel):
+    from pipeline_fixtures import write_tiny_wan_dir
+
     from pyrflow_fast.pipeline import load_components
     from pyrflow_fast.sample import generate
 
-    from pipeline_fixtures import write_tiny_wan_dir
-
     source = write_tiny_wan_dir(tmp_path / "wan", layout="diffusers")  # with text encoder and VAE: the export samples
-    kw = dict(model={"config": ""}, distill={"variant": "dmd-pt*", "critic_ratio": 1}, checkpoint={"every": 2, "export": True})
+    kw = dict(
+        model={"config": ""}, distill={"variant": "dmd-pt*", "critic_ratio": 1}, checkpoint={"every": 2, "export": True}
+    )
     single = tiny_cfg(tmp_path / "one", source, train={"steps": 2, "batch_size": 2}, **kw)
     Distiller(single).fit()
-    two = tiny_cfg(tmp_path / "two", source, train={"steps": 2, "batch_size": 1, "parallel": parallel, "device": "cpu"}, **kw)
+    two = tiny_cfg(
+        tmp_path / "two", source, train={"steps": 2, "batch_size": 1, "parallel": parallel, "device": "cpu"}, **kw
+    )
     _torchrun_distill(two, tmp_path)
     (c1, g1, k1), (c2, g2, k2) = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert k1 == k2 and len(g1) == len(g2) == 2
@@ -349,8 +456,12 @@ def test_two_processes_match_one_and_export_samples(tmp_path, model_path, parall
     np.testing.assert_allclose(g2, g1, rtol=MATCH_RTOL)
     export = tmp_path / "two" / "export"
     card = ModelCard.load(export)
-    assert card.kind == "distilled" and (tmp_path / "two" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
-    assert any(m["grad_norm"] > 0 for m in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()))
+    assert (
+        card.kind == "distilled" and (tmp_path / "two" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
+    )
+    assert any(
+        m["grad_norm"] > 0 for m in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines())
+    )
     if parallel == "fsdp":
         res = generate(load_components(export), "a red car", card=card, frames=17, height=64, width=64, progress=False)
         assert res.sampler == "few-step" and torch.isfinite(res.video).all()
@@ -358,10 +469,19 @@ def test_two_processes_match_one_and_export_samples(tmp_path, model_path, parall
 
 def test_fsdp_resume_matches_a_straight_run(tmp_path, model_path):
     kw = dict(distill={"variant": "dmd-pt*", "critic_ratio": 2}, checkpoint={"every": 1, "export": False})
-    straight = tiny_cfg(tmp_path / "straight", model_path, train={"steps": 3, "batch_size": 1, "parallel": "fsdp", "device": "cpu"}, **kw)
+    straight = tiny_cfg(
+        tmp_path / "straight",
+        model_path,
+        train={"steps": 3, "batch_size": 1, "parallel": "fsdp", "device": "cpu"},
+        **kw,
+    )
     _torchrun_distill(straight, tmp_path)
-    part = tiny_cfg(tmp_path / "resumed", model_path, train={"steps": 2, "batch_size": 1, "parallel": "fsdp", "device": "cpu"}, **kw)
+    part = tiny_cfg(
+        tmp_path / "resumed", model_path, train={"steps": 2, "batch_size": 1, "parallel": "fsdp", "device": "cpu"}, **kw
+    )
     _torchrun_distill(part, tmp_path)
-    full = tiny_cfg(tmp_path / "resumed", model_path, train={"steps": 3, "batch_size": 1, "parallel": "fsdp", "device": "cpu"}, **kw)
+    full = tiny_cfg(
+        tmp_path / "resumed", model_path, train={"steps": 3, "batch_size": 1, "parallel": "fsdp", "device": "cpu"}, **kw
+    )
     _torchrun_distill(full, tmp_path, "--resume")
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")

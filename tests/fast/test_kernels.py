@@ -56,7 +56,11 @@ def test_haar_down(factors, first_frame, frames, dtype):
     coarse_frames = level.coarse_shape(x.shape)[-3]
     gain = 1 / torch.from_numpy(level.gain(coarse_frames)).float()
     for g in (None, gain):
-        check(triton_ops.haar_down(x, factors, first_frame, g), torch_ops.haar_down(x.float(), factors, first_frame, g), dtype)
+        check(
+            triton_ops.haar_down(x, factors, first_frame, g),
+            torch_ops.haar_down(x.float(), factors, first_frame, g),
+            dtype,
+        )
     assert torch_ops.haar_down(x, factors, first_frame).dtype == dtype
     # the twin is the reference's orthonormal Haar, and the gain scales coarse frames
     want = level.down(x.double().numpy()) * gain.double().numpy()[:, None, None]

@@ -151,7 +151,10 @@ def test_ppf_schedule_costs_on_wan_1_3b():
     assert tokens == [30576, 7644, 1911]  # F * H/(2*2^l) * W/(2*2^l)
     assert ppf_forward_flops("wan2.1-t2v-1.3b", full, 0).total == forward_flops("wan2.1-t2v-1.3b", full).total
     ppf221 = ppf_schedule_flops("2-2-1", "wan2.1-t2v-1.3b", full) / 1e12
-    pyr = [forward_flops("wan2.1-t2v-1.3b", latent_size(p)).total / 1e12 for p in ((81, 448, 832), (41, 224, 416), (21, 112, 208))]
+    pyr = [
+        forward_flops("wan2.1-t2v-1.3b", latent_size(p)).total / 1e12
+        for p in ((81, 448, 832), (41, 224, 416), (21, 112, 208))
+    ]
     pyr221, plain002 = schedule_flops("2-2-1", pyr), schedule_flops("0-0-2", pyr)
     assert pyr221 < ppf221 < plain002  # PPF 2-2-1 costs more than the resolution pyramid's
     # the paper's latencies: pyramid 714.5 ms, PPF about 810 ms; FLOPs ratio predicts the same order
@@ -201,11 +204,14 @@ def test_sample_ppf_full_resolution_schedule_is_plain_sampling(ppf):
 def test_sample_ppf_few_step(ppf):
     x, _, ctx = inputs(ppf.config, batch=1)
     with torch.no_grad():
-        ours = sample_ppf(ppf, x, ctx, WINDOWS, "2-1-1", shift=2.0, few_step=True,
-                          generator=torch.Generator().manual_seed(0))
+        ours = sample_ppf(
+            ppf, x, ctx, WINDOWS, "2-1-1", shift=2.0, few_step=True, generator=torch.Generator().manual_seed(0)
+        )
         # the same schedule by hand: the level of each step comes from its noise level
         model, gen = PPFModel(ppf, WINDOWS), torch.Generator().manual_seed(0)
-        grids = [step_grid(WINDOWS.sigma_n(lvl), WINDOWS.sigma_c(lvl), n, 2.0)[:-1] for lvl, n in ((2, 2), (1, 1), (0, 1))]
+        grids = [
+            step_grid(WINDOWS.sigma_n(lvl), WINDOWS.sigma_c(lvl), n, 2.0)[:-1] for lvl, n in ((2, 2), (1, 1), (0, 1))
+        ]
         sigmas = [float(s) for g in grids for s in g] + [0.0]
         y = x
         for s, s_next in zip(sigmas, sigmas[1:]):

@@ -15,7 +15,10 @@ SIZE = ["--frames", "17", "--height", "64", "--width", "64", "--no-progress"]
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("wan")
-    return {layout: write_tiny_wan_dir(root / layout, layout=layout) or root / layout for layout in ("diffusers", "original")}
+    return {
+        layout: write_tiny_wan_dir(root / layout, layout=layout) or root / layout
+        for layout in ("diffusers", "original")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,17 @@ def run(model_dir, out, *extra):
 
 @pytest.mark.parametrize("layout", ["diffusers", "original"])
 def test_cli_writes_mp4_and_latents(model_dirs, tmp_path, layout, capsys):
-    assert run(model_dirs[layout], tmp_path / "v.mp4", "--schedule", "2-2-1", "--save-latents", str(tmp_path / "z.safetensors")) == 0
+    assert (
+        run(
+            model_dirs[layout],
+            tmp_path / "v.mp4",
+            "--schedule",
+            "2-2-1",
+            "--save-latents",
+            str(tmp_path / "z.safetensors"),
+        )
+        == 0
+    )
     with av.open(str(tmp_path / "v.mp4")) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 17 and frames[0].shape == (64, 64, 3)
@@ -39,7 +52,14 @@ def test_cli_writes_mp4_and_latents(model_dirs, tmp_path, layout, capsys):
 
 def test_layouts_agree_and_gif(model_dirs, tmp_path):
     for layout in model_dirs:
-        run(model_dirs[layout], tmp_path / f"{layout}.gif", "--schedule", "1-1-1", "--save-latents", str(tmp_path / f"{layout}.safetensors"))
+        run(
+            model_dirs[layout],
+            tmp_path / f"{layout}.gif",
+            "--schedule",
+            "1-1-1",
+            "--save-latents",
+            str(tmp_path / f"{layout}.safetensors"),
+        )
     a, b = (load_file(str(tmp_path / f"{layout}.safetensors"))["latents"] for layout in model_dirs)
     assert torch.equal(a, b)
     assert (tmp_path / "diffusers.gif").stat().st_size > 0
@@ -61,7 +81,9 @@ def test_plain_schedule_and_batch(components):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # Inductor's CPU codegen
+@pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)  # Inductor's CPU codegen
 def test_compiled_stages_match_eager(components):
     kw = dict(schedule="1-1-1", frames=17, height=64, width=64, progress=False, seed=1)
     eager = generate(components, "a bird", **kw)

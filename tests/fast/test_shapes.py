@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from pyrflow_ref.media import to_uint8
-
 from pyrflow_fast.data.cache import LatentCache
 from pyrflow_fast.data.video import read_video
 from pyrflow_fast.pipeline import find_layout, load_components
@@ -22,9 +20,24 @@ from pyrflow_fast.sample import ModelCard, generate
 from pyrflow_fast.shapes import MODELS, SHIPPED, model_dir
 from pyrflow_fast.shapes.analyze import analyze, analyze_batch
 from pyrflow_fast.shapes.components import pixel_stats, write_components
-from pyrflow_fast.shapes.data import COLORS, DIRECTIONS, FRAMES, SHAPES, SIZE, Video, draw, prompt, prompt_grid, render, write_dataset
-from pyrflow_fast.shapes.recipe import QUICK, run as run_recipe
-from pyrflow_fast.shapes.results import run as run_results, to_markdown
+from pyrflow_fast.shapes.data import (
+    COLORS,
+    DIRECTIONS,
+    FRAMES,
+    SHAPES,
+    SIZE,
+    Video,
+    draw,
+    prompt,
+    prompt_grid,
+    render,
+    write_dataset,
+)
+from pyrflow_fast.shapes.recipe import QUICK
+from pyrflow_fast.shapes.recipe import run as run_recipe
+from pyrflow_fast.shapes.results import run as run_results
+from pyrflow_fast.shapes.results import to_markdown
+from pyrflow_ref.media import to_uint8
 
 
 def _asked(videos):
@@ -164,7 +177,15 @@ def test_quick_recipe_writes_every_model(quick_models):
     encoded = []
     encode = comps.encode_prompt
     comps.encode_prompt = lambda p: encoded.append(p) or encode(p)
-    out = generate(comps, "a red circle moving left over grass", card=kinds["distilled"], frames=FRAMES, height=SIZE, width=SIZE, progress=False)
+    out = generate(
+        comps,
+        "a red circle moving left over grass",
+        card=kinds["distilled"],
+        frames=FRAMES,
+        height=SIZE,
+        width=SIZE,
+        progress=False,
+    )
     assert out.video.shape == (1, 3, FRAMES, SIZE, SIZE) and torch.isfinite(out.video).all()
     assert encoded == [["a red circle moving left over grass"]]  # no CFG: no unconditional prompt
 
@@ -218,7 +239,11 @@ def test_shipped_distilled_model_follows_prompts():
     texts = [prompt(*g) for g in grid]
     out = generate(comps, texts, card=card, seed=123, frames=FRAMES, height=SIZE, width=SIZE, progress=False)
     found = analyze_batch(out.video, [g[:3] for g in grid])
-    assert found["color_ok"] >= COLOR_FLOOR and found["direction_ok"] >= DIRECTION_FLOOR and found["shape_ok"] >= SHAPE_FLOOR
+    assert (
+        found["color_ok"] >= COLOR_FLOOR
+        and found["direction_ok"] >= DIRECTION_FLOOR
+        and found["shape_ok"] >= SHAPE_FLOOR
+    )
 
 
 # Floors for the shipped distilled model on the 48 grid prompts, seed 123: the accuracies the

@@ -36,7 +36,13 @@ def tiny_cfg(out, **sections):
         "model": {"config": "tiny"},
         "data": {"kind": "synthetic", "synthetic_samples": 16},
         "optim": {"lr": 1e-3, "warmup_steps": 2},
-        "train": {"output_dir": str(out), "steps": 4, "samples_per_stage": 1, "progress": False, "gradient_checkpointing": False},
+        "train": {
+            "output_dir": str(out),
+            "steps": 4,
+            "samples_per_stage": 1,
+            "progress": False,
+            "gradient_checkpointing": False,
+        },
         "checkpoint": {"every": 2, "export": False},
     }
     for name, values in sections.items():
@@ -133,7 +139,11 @@ def test_draws_depend_on_seed_step_and_slot_only():
 
 # --------------------------------------------------------------------------------- trainer
 def test_resume_is_bit_exact(tmp_path):
-    extra = {"ema": {"decay": 0.9}, "train": {"steps": 6, "gradient_checkpointing": True}, "checkpoint": {"every": 3, "export": False}}
+    extra = {
+        "ema": {"decay": 0.9},
+        "train": {"steps": 6, "gradient_checkpointing": True},
+        "checkpoint": {"every": 3, "export": False},
+    }
     straight = Trainer(tiny_cfg(tmp_path / "a", **extra))
     hist_a = straight.fit()
     first = Trainer(tiny_cfg(tmp_path / "b", **{**extra, "train": {"steps": 3, "gradient_checkpointing": True}}))
@@ -164,8 +174,12 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
 
 def test_per_stage_lora_with_distillation_exports_merged_stages(tmp_path, make_wan):
     cfg = tiny_cfg(
-        tmp_path, lora={"rank": 2, "per_stage": True}, loss={"distill_weight": 0.5},
-        optim={"lr": 1e-2, "warmup_steps": 0}, train={"steps": 2}, checkpoint={"every": 2, "export": True},
+        tmp_path,
+        lora={"rank": 2, "per_stage": True},
+        loss={"distill_weight": 0.5},
+        optim={"lr": 1e-2, "warmup_steps": 0},
+        train={"steps": 2},
+        checkpoint={"every": 2, "export": True},
     )
     trainer = Trainer(cfg, backbone=make_wan("tiny", seed=2, std=0.1))  # WanDiT's own init has a zero head
     base_before = {k: v.clone() for k, v in trainer.net.backbone.model.state_dict().items()}
@@ -189,7 +203,9 @@ def test_per_stage_lora_with_distillation_exports_merged_stages(tmp_path, make_w
 
 def test_shared_lora_and_full_finetune_export_one_model_card(tmp_path):
     for name, lora in (("shared", {"rank": 2}), ("full", {"rank": 0})):
-        cfg = tiny_cfg(tmp_path / name, lora=lora, train={"steps": 1, "precision": "bf16"}, checkpoint={"every": 1, "export": True})
+        cfg = tiny_cfg(
+            tmp_path / name, lora=lora, train={"steps": 1, "precision": "bf16"}, checkpoint={"every": 1, "export": True}
+        )
         trainer = Trainer(cfg)
         hist = trainer.fit()
         assert np.isfinite(hist[0]["loss"])
@@ -198,7 +214,9 @@ def test_shared_lora_and_full_finetune_export_one_model_card(tmp_path):
         model = WanDiT.from_pretrained(tmp_path / name / "export")
         x = torch.randn(1, 4, 3, 8, 8)
         with torch.no_grad():
-            torch.testing.assert_close(model(x, 300.0, torch.ones(1, 2, 16)), trainer.net(x, 300.0, torch.ones(1, 2, 16)), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                model(x, 300.0, torch.ones(1, 2, 16)), trainer.net(x, 300.0, torch.ones(1, 2, 16)), rtol=1e-4, atol=1e-5
+            )
 
 
 def test_scaled_rope_gets_the_full_resolution_size_at_every_stage(tmp_path):
@@ -222,13 +240,27 @@ def write_latent_cache(path, num=8, size=(5, 16, 16), channels=4, text_len=4, te
     ds = SyntheticPyramids(num, PYRAMID, channels=channels, size=size, text_dim=text_dim, context_len=text_len)
     path.mkdir(parents=True)
     save_file(
-        {"latents": ds.latents, "context": ds.contexts[torch.as_tensor(ds.labels)],
-         "context_len": torch.full((num,), text_len, dtype=torch.int64)},
+        {
+            "latents": ds.latents,
+            "context": ds.contexts[torch.as_tensor(ds.labels)],
+            "context_len": torch.full((num,), text_len, dtype=torch.int64),
+        },
         str(path / cache.shard_name(0)),
     )
-    meta = {"version": cache.CACHE_VERSION, "definition": 1, "num_samples": num, "num_stages": 3,
-            "resampler": "haar", "factors": [2, 2, 2], "latent_shape": [channels, *size],
-            "text_len": text_len, "text_dim": text_dim, "shards": [cache.shard_name(0)], "skipped": {}, "source": {}}
+    meta = {
+        "version": cache.CACHE_VERSION,
+        "definition": 1,
+        "num_samples": num,
+        "num_stages": 3,
+        "resampler": "haar",
+        "factors": [2, 2, 2],
+        "latent_shape": [channels, *size],
+        "text_len": text_len,
+        "text_dim": text_dim,
+        "shards": [cache.shard_name(0)],
+        "skipped": {},
+        "source": {},
+    }
     meta.update(index)
     (path / cache.INDEX_FILE).write_text(json.dumps(meta))
     return ds
@@ -299,7 +331,10 @@ def test_resume_refuses_a_pickle_payload_in_the_rng_file(tmp_path):
 def test_unreadable_dataset_path_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "no-such-cache"
     cfg = tiny_cfg(tmp_path / "run", data={"kind": "cache", "path": str(missing)})
-    if importlib.util.find_spec("pyrflow_fast.data") is None or importlib.util.find_spec("pyrflow_fast.data.cache") is None:
+    if (
+        importlib.util.find_spec("pyrflow_fast.data") is None
+        or importlib.util.find_spec("pyrflow_fast.data.cache") is None
+    ):
         expected, pattern = RuntimeError, "pyrflow_fast.data.cache"
     else:
         expected, pattern = FileNotFoundError, "no-such-cache"
@@ -318,7 +353,11 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     env = {**os.environ, "PYRFLOW_TRAIN_CKPT_SLEEP": "4:120", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyrflow_fast.train", "--config", str(path)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     watchdog = threading.Timer(90, proc.kill)  # readline blocks: never wait longer than this
     watchdog.start()
@@ -361,13 +400,31 @@ def test_export_is_a_model_directory_that_pyrflow_sample_loads(tmp_path, layout,
 
     source = write_tiny_wan_dir(tmp_path / "wan", layout=layout)
     cfg = tiny_cfg(
-        tmp_path / "run", model={"config": "", "path": str(source)}, train={"steps": 1},
-        data={"synthetic_size": [5, 8, 8], "synthetic_samples": 4}, checkpoint={"every": 1, "export": True},
+        tmp_path / "run",
+        model={"config": "", "path": str(source)},
+        train={"steps": 1},
+        data={"synthetic_size": [5, 8, 8], "synthetic_samples": 4},
+        checkpoint={"every": 1, "export": True},
     )
     Trainer(cfg).fit()
     export = tmp_path / "run" / "export"
     assert ModelCard.load(export).kind == "pyramidal"
-    args = ["--model-dir", str(export), "--prompt", "a red car", "--out", str(tmp_path / "v.gif"),
-            "--frames", "17", "--height", "64", "--width", "64", "--no-progress", "--schedule", "1-1-1"]
+    args = [
+        "--model-dir",
+        str(export),
+        "--prompt",
+        "a red car",
+        "--out",
+        str(tmp_path / "v.gif"),
+        "--frames",
+        "17",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--no-progress",
+        "--schedule",
+        "1-1-1",
+    ]
     assert sample_main(args) == 0
     assert "euler 1-1-1" in capsys.readouterr().err

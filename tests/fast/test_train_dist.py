@@ -32,7 +32,14 @@ def config(out, **train):
             "data": {"kind": "synthetic", "synthetic_samples": 16},
             "optim": {"lr": 1e-3, "warmup_steps": 1},
             "ema": {"decay": 0.9},
-            "train": {"output_dir": str(out), "steps": 4, "samples_per_stage": 2, "progress": False, "device": "cpu", **train},
+            "train": {
+                "output_dir": str(out),
+                "steps": 4,
+                "samples_per_stage": 2,
+                "progress": False,
+                "device": "cpu",
+                **train,
+            },
             "checkpoint": {"every": 2},
         }
     )
@@ -41,8 +48,19 @@ def config(out, **train):
 def torchrun(cfg, tmp_path, *extra):
     path = tmp_path / f"{Path(cfg.train.output_dir).name}.json"
     path.write_text(cfg.to_json())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pyrflow_fast.train", "--config", str(path), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pyrflow_fast.train",
+        "--config",
+        str(path),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import pyrflow_fast.natural as fn
-from pyrflow_fast import kernels
 import pyrflow_fast.process as fp
 import pyrflow_fast.resample as fr
 import pyrflow_fast.samplers as fs
@@ -20,6 +19,7 @@ import pyrflow_ref.natural as rn
 import pyrflow_ref.process as rp
 import pyrflow_ref.resample as rr
 import pyrflow_ref.samplers as rs
+from pyrflow_fast import kernels
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 
 FAMILIES = ["haar", "dct", "orthogonal", "avgpool"]
@@ -43,7 +43,9 @@ def pair(family, factors, first_frame, frames, height=4, width=6, seed=0):
     if family == "orthogonal":
         rng = np.random.default_rng(seed)
         sizes = (frames - 1 if first_frame else frames, height, width)
-        matrices = tuple(np.linalg.qr(rng.standard_normal((n, n)))[0] if f > 1 else None for n, f in zip(sizes, factors))
+        matrices = tuple(
+            np.linalg.qr(rng.standard_normal((n, n)))[0] if f > 1 else None for n, f in zip(sizes, factors)
+        )
     return rr.Resampler(family, factors, first_frame, matrices), fr.Resampler(family, factors, first_frame, matrices)
 
 
@@ -194,7 +196,9 @@ def test_clean_pyramid_pixel():
     pixel = rr.Pyramid.uniform("avgpool", (2, 2, 2), 3), fr.Pyramid.uniform("avgpool", (2, 2, 2), 3)
     video_np, video = data((1, 3, 5, 8, 8), torch.float64)
     want = rp.clean_pyramid_pixel(video_np, latent[0], lambda v: np.einsum("dc,bc...->bd...", mix, v), pixel[0])
-    got = fp.clean_pyramid_pixel(video, latent[1], lambda v: torch.einsum("dc,bc...->bd...", torch.from_numpy(mix), v), pixel[1])
+    got = fp.clean_pyramid_pixel(
+        video, latent[1], lambda v: torch.einsum("dc,bc...->bd...", torch.from_numpy(mix), v), pixel[1]
+    )
     for a, b in zip(got, want, strict=True):
         close(a, b, torch.float64)
     with pytest.raises(ValueError, match="pixel pyramid has 2 stages"):
@@ -235,7 +239,11 @@ SAMPLER_CASES = [
 def sampler_pair(family, factors, first_frame):
     f = frames_for(factors, first_frame, k=4)
     if family != "orthogonal":
-        return rr.Pyramid.uniform(family, factors, 3, first_frame), fr.Pyramid.uniform(family, factors, 3, first_frame), f
+        return (
+            rr.Pyramid.uniform(family, factors, 3, first_frame),
+            fr.Pyramid.uniform(family, factors, 3, first_frame),
+            f,
+        )
     shape, levels = (f, 8, 8), ([], [])
     for seed in range(2):
         r, q = pair(family, factors, first_frame, *shape, seed=seed)
@@ -276,7 +284,11 @@ def test_sample_few_step(family, factors, first_frame, schedule):
     noise_np, noise = start_noise(ref, f, schedule, torch.float64)
     gen, draw = numpy_noise(4)
     want = rs.sample_few_step(ref_model, noise_np, ref, WINDOWS, schedule, cond=0.5, shift=2.0, rng=gen)
-    close(fs.sample_few_step(fast_model, noise, fast, WINDOWS, schedule, cond=0.5, shift=2.0, rng=draw), want, torch.float64)
+    close(
+        fs.sample_few_step(fast_model, noise, fast, WINDOWS, schedule, cond=0.5, shift=2.0, rng=draw),
+        want,
+        torch.float64,
+    )
 
 
 def test_sample_plain():
@@ -303,7 +315,8 @@ def test_triton_path_matches_torch_path(monkeypatch):
     close(got, want.double().numpy(), torch.float32)
     # a Generator on the Triton path: in-kernel transition noise, reproducible per seed
     runs = [
-        fs.sample_euler(fast_model, noise, pyramid, WINDOWS, "1-1-1", rng=torch.Generator().manual_seed(s)) for s in (1, 1, 2)
+        fs.sample_euler(fast_model, noise, pyramid, WINDOWS, "1-1-1", rng=torch.Generator().manual_seed(s))
+        for s in (1, 1, 2)
     ]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 

@@ -88,7 +88,9 @@ def test_diffusers_layout_by_hand(model, tmp_path):
     folder = tmp_path / "repo" / "transformer"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(model.config.to_diffusers_dict()))
-    save_file({k: v.contiguous() for k, v in to_diffusers_state_dict(model.state_dict()).items()}, str(folder / WEIGHTS_NAME))
+    save_file(
+        {k: v.contiguous() for k, v in to_diffusers_state_dict(model.state_dict()).items()}, str(folder / WEIGHTS_NAME)
+    )
     text_len = model.config.text_len
     _assert_same_weights(load_wan(tmp_path / "repo", text_len=text_len), model)
     _assert_same_weights(load_wan(folder, text_len=text_len), model)

@@ -250,7 +250,9 @@ def test_parameter_count_on_meta_device():
     # 14B: same formula, dim 5120, ffn 13824, 40 layers
     d, ff, n = 5120, 13824, 40
     block = 8 * (d * d + d) + 4 * d + 2 * d + 6 * d + 2 * d * ff + ff + d
-    outside = 16 * 4 * d + d + 4096 * d + d + d * d + d + 256 * d + d + d * d + d + 6 * d * d + 6 * d + 64 * d + 64 + 2 * d
+    outside = (
+        16 * 4 * d + d + 4096 * d + d + d * d + d + 256 * d + d + d * d + d + 6 * d * d + 6 * d + 64 * d + 64 + 2 * d
+    )
     assert big.num_parameters() == n * block + outside
 
 
