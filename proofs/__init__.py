@@ -1,4 +1,4 @@
-"""Exact symbolic (SymPy) proofs of the identities pyrflow relies on (SPEC sections 2-4).
+"""Exact symbolic (SymPy) proofs of the identities pyrflow relies on (theory §§2-4).
 
 Each module states one identity in its docstring and exposes ``prove() -> str``, which raises
 ``AssertionError`` if the identity does not hold and otherwise returns a short derivation.

@@ -1,4 +1,4 @@
-"""Velocity bridge between natural and pyramidal units (SPEC section 3.1).
+"""Velocity bridge between natural and pyramidal units (theory §3.1).
 
 Statement: with x = (1 - sigma) g a0 + sigma eps, c = g (1 - sigma) + sigma, vs = sigma / c and
 v_hat = eps - a0: dx/dsigma = (1 - g)(x / c) + ((1 - vs) + g vs) v_hat = eps - g a0; inversely

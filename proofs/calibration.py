@@ -1,4 +1,4 @@
-"""Spectral calibration of the stage boundaries (SPEC section 3.2).
+"""Spectral calibration of the stage boundaries (theory §3.2).
 
 Statement: for band energy E > 0 and threshold tau > 0 the band SNR (1 - sigma)^2 E / sigma^2 is
 strictly decreasing on (0, 1) and equals tau at exactly one sigma in (0, 1), namely

@@ -1,4 +1,4 @@
-"""Continuity of the global noise level across stages (SPEC section 3).
+"""Continuity of the global noise level across stages (theory §3).
 
 Statement: the transition from stage i+1 (ended at sigma_c^(i+1) = s) produces covariance s^2 I
 and mean (1 - s) P x0; stage i starts at y_n^(i) with covariance sigma_n^2 I and mean

@@ -1,4 +1,4 @@
-"""Pyramidal forward process: SPEC section 3 properties 1, 2, 5, the regression target, the x0 decode.
+"""Pyramidal forward process: theory §3 properties 1, 2, 5, the regression target, the x0 decode.
 
 Band algebra: every operator here is a scalar combination of P and I - P, which act on the two
 bands of T = [L; H] independently, so a vector is represented by its (low, high) parts and

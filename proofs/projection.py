@@ -1,4 +1,4 @@
-"""Projection onto the low band (SPEC section 2).
+"""Projection onto the low band (theory §2).
 
 Statement: if L L^T = I then P = L^T L is symmetric and idempotent (P^2 = P) and
 down(up(y)) = L L^T y = y. Shown abstractly (word rewriting with the single rule L L^T -> I; a

@@ -1,4 +1,4 @@
-"""PT-DMD's closed-form noise recovery and band weights (SPEC section 4).
+"""PT-DMD's closed-form noise recovery and band weights (theory §4).
 
 Statement: within a stage (Definition 1), x = M x0 + sigma eps with
 M = (1 - sigma) P + (1 - rho)(1 - sigma_c)(I - P), the stage's x of the forward process; so

@@ -1,4 +1,4 @@
-"""Pyramid Flow as a special case (SPEC section 3.4).
+"""Pyramid Flow as a special case (theory §3.4).
 
 Statement: with block size r (avgpool A = L / sqrt(r), Up = sqrt(r) L^T) the jump
 x_s = a Up(y) + b n from a coarse end (data coefficient e) to a fine start (data coefficient s),

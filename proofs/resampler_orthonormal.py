@@ -1,4 +1,4 @@
-"""Orthonormal resamplers (SPEC section 2).
+"""Orthonormal resamplers (theory §2).
 
 Statement: for T = [L; H] the 1-D Haar and DCT-II resamplers, T T^T = I; the first-frame time
 transform blockdiag(1, T_{F-1}) and the separable (T, H, W) transform T_t (x) T_h (x) T_w are

@@ -1,4 +1,4 @@
-"""Stage transition equals the next stage's start in distribution (SPEC section 3, property 3).
+"""Stage transition equals the next stage's start in distribution (theory §3, property 3).
 
 Statement: with T = [L; H] orthogonal and P = L^T L, let y = (1 - s) L x0 + s e_low and
 up_noisy(y, s) = L^T y + s (w - L^T L w), e_low, w standard normal and independent. Then

@@ -1,4 +1,4 @@
-"""Natural noise level varsigma (SPEC sections 3.1, 3.3).
+"""Natural noise level varsigma (theory §§3.1, 3.3).
 
 Statement: for g > 0, vs(sigma, g) = sigma / (sigma + g (1 - sigma)) has vs(0) = 0, vs(1) = 1,
 d vs / d sigma = g / (sigma + g (1 - sigma))^2 > 0 on [0, 1], inverse

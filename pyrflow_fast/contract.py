@@ -3,7 +3,7 @@
 A *backbone* maps
 
 - a natural-scale latent ``x`` of shape ``(B, C, F, H, W)`` (the pyramid divides its stage sample by
-  ``c = g (1 - sigma) + sigma`` before calling, SPEC section 3.1),
+  ``c = g (1 - sigma) + sigma`` before calling, theory §3.1),
 - per-frame timesteps ``t`` of shape ``(B, F)`` with ``t = 1000 * varsigma`` (a ``(B,)`` tensor or a
   number is broadcast to every frame),
 - text embeddings ``context`` of shape ``(B, L, text_dim)``,

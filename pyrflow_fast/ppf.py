@@ -1,6 +1,6 @@
 r"""Pyramidal patchification (PPF): larger patches on the full-resolution latent at the noisier levels.
 
-PPF (SPEC section 4; Pyramidal Patchification Flow, arXiv 2506.23543) never resamples the latent.
+PPF (theory §4; Pyramidal Patchification Flow, arXiv 2506.23543) never resamples the latent.
 Level :math:`l` patchifies the full-resolution latent ``(B, C, F, H, W)`` with its own patch
 :math:`p_l` (default :data:`DEFAULT_PATCHES`: ``(1,2,2)``, ``(1,4,4)``, ``(1,8,8)``), so the shared
 transformer blocks see :math:`F \cdot \frac{H}{2 \cdot 2^l} \cdot \frac{W}{2 \cdot 2^l}` tokens.
@@ -80,7 +80,7 @@ DEFAULT_PATCHES: tuple[tuple[int, int, int], ...] = ((1, 2, 2), (1, 4, 4), (1, 8
 """Patch per level, finest (level 0, the pretrained patch) first."""
 
 PAPER_LATENCY_MS: dict[str, float] = {"full_forward": 631.77, "pyramid_2-2-1": 714.5, "ppf_2-2-1": 810.0}
-"""The paper's latencies (SPEC section 6): one full-resolution forward, pyramidal and PPF 2-2-1."""
+"""The paper's latencies (theory §6): one full-resolution forward, pyramidal and PPF 2-2-1."""
 
 
 def subpatch_factors(patch: Sequence[int], base: Sequence[int]) -> tuple[int, int, int]:

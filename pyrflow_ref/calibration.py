@@ -1,4 +1,4 @@
-r"""Spectral calibration of stage boundaries (SPEC section 3.2).
+r"""Spectral calibration of stage boundaries (theory §3.2).
 
 Natural video has little energy in high bands, so noise drowns them first. Let :math:`E_i` be
 the mean per-element energy, in orthonormal units, of the band removed between stages :math:`i`

@@ -1,4 +1,4 @@
-r"""Natural noise level, scale and the velocity bridge (SPEC section 3.1).
+r"""Natural noise level, scale and the velocity bridge (theory §3.1).
 
 A stage sample with low-pass signal is :math:`x = (1 - \sigma) g a_0 + \sigma \epsilon`, where
 :math:`g` is the per-frame gain of the stage and :math:`a_0` the natural-scale clean latent.

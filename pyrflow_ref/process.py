@@ -1,4 +1,4 @@
-r"""The pyramidal forward process in orthonormal units (SPEC section 3).
+r"""The pyramidal forward process in orthonormal units (theory §3).
 
 Inside stage :math:`i` with window :math:`[\sigma_c, \sigma_n]` and coupled white noise
 :math:`\epsilon` at the stage's resolution:

@@ -1,4 +1,4 @@
-r"""Pyramid Flow (Jin et al., 2024) as a special case of the orthonormal machinery (SPEC 3.4).
+r"""Pyramid Flow (Jin et al., 2024) as a special case of the orthonormal machinery (theory §3.4).
 
 Pyramid Flow works in *natural* units with the ``avgpool`` pair (mean pool, nearest upsample:
 Haar scaled by :math:`\sqrt r`) and a noise level that jumps at stage boundaries. Converting its

@@ -1,4 +1,4 @@
-r"""Orthonormal resamplers between pyramid levels (SPEC section 2).
+r"""Orthonormal resamplers between pyramid levels (theory §2).
 
 A resampler between a fine level (:math:`N_i` elements) and a coarse level (:math:`N_{i+1}`
 elements) is an orthogonal matrix :math:`T = [L; H]` whose first rows :math:`L` are the low band:

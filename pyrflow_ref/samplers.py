@@ -1,4 +1,4 @@
-r"""Samplers over one model contract (SPEC section 3.3).
+r"""Samplers over one model contract (theory §3.3).
 
 The model contract, shared by every sampler and by the fast twin:
 

@@ -1,4 +1,4 @@
-r"""Stage windows, schedules and step grids (SPEC sections 1, 3 and 3.2).
+r"""Stage windows, schedules and step grids (theory §§1, 3 and 3.2).
 
 Stage ``i`` covers the global noise levels :math:`[\sigma_c^{(i)}, \sigma_n^{(i)}]` with
 :math:`0 = \sigma_c^{(0)} < \sigma_n^{(0)} = \sigma_c^{(1)} < \dots < \sigma_n^{(S-1)} = 1`:

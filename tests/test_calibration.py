@@ -1,4 +1,4 @@
-"""Spectral calibration of stage boundaries (SPEC 3.2)."""
+"""Spectral calibration of stage boundaries (theory §3.2)."""
 
 import numpy as np
 import pytest

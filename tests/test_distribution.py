@@ -5,7 +5,7 @@ Two complementary checks per case (S = 2 and 3, ``haar`` and ``dct``, Definition
 1. Deterministic. With exact velocities the sampler is linear in its noises, so pushing identity
    bases through it gives the exact covariance of its output. That covariance converges to the
    data covariance at first order in the step size (Euler), so the pyramid transports noise to
-   the data law (SPEC 3, property 4).
+   the data law (theory §3, property 4).
 2. Monte Carlo, with a stated false-failure rate. Samples drawn with a seeded Generator are
    whitened by the exact output covariance of step 1; under the null every whitened coordinate,
    in the standard basis and in one random rotation, is N(0, 1), so its sum of squares is

@@ -1,4 +1,4 @@
-"""Forward process (SPEC 3), natural level and bridge (3.1): the identities, numerically, per family."""
+"""Forward process (theory §3), natural level and bridge (3.1): the identities, numerically, per family."""
 
 import numpy as np
 import pytest

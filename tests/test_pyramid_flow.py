@@ -1,4 +1,4 @@
-"""Pyramid Flow reproduced by the orthonormal machinery (SPEC 3.4)."""
+"""Pyramid Flow reproduced by the orthonormal machinery (theory §3.4)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-r"""Clean per-stage training signals :math:`x_0^{(i)}` in orthonormal units (SPEC section 3).
+r"""Clean per-stage training signals :math:`x_0^{(i)}` in orthonormal units (theory §3).
 
 :func:`clean_pyramid` builds them from a video (or, for Definition 1, from its latents):
 

@@ -1,4 +1,4 @@
-"""Few-step distillation components (SPEC section 4): DMD, adversarial distillation, LoRA on the student.
+"""Few-step distillation components (theory §4): DMD, adversarial distillation, LoRA on the student.
 
 Import the submodules you need: :mod:`pyrflow_fast.distill.dmd` (distribution matching in
 flow-matching form, variants OT / PT / PT*), :mod:`pyrflow_fast.distill.adversarial` (frozen

@@ -1,6 +1,6 @@
 r"""Adversarial distillation: frozen diffusion-backbone features, a light conv head, hinge loss.
 
-The discriminator (SPEC section 4) is a **frozen** :class:`~pyrflow_fast.wan.WanDiT` used as a
+The discriminator (theory §4) is a **frozen** :class:`~pyrflow_fast.wan.WanDiT` used as a
 feature extractor (:class:`FeatureExtractor`: the token outputs of chosen blocks, reshaped to
 ``(B, dim, F', H', W')``) plus a small trainable head (:class:`DiscriminatorHead`): per chosen
 block, a spatial branch (``(1, 3, 3)`` convolutions) and a temporal branch (``(3, 1, 1)``

@@ -1,6 +1,6 @@
 r"""Distribution matching distillation (DMD) in flow-matching form, for plain and pyramidal stages.
 
-Three roles (SPEC section 4): the **generator** (student) produces the clean signal
+Three roles (theory §4): the **generator** (student) produces the clean signal
 :math:`\hat x_0` of a stage; the **real score** (frozen teacher, with classifier-free guidance)
 and the **fake score** (critic, trained online by flow matching on generator samples) both
 denoise a re-noised generator sample. Every model here is a natural-scale backbone with the

@@ -107,11 +107,11 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """``[loss]``: the pyramidal flow-matching loss (SPEC section 3)."""
+    """``[loss]``: the pyramidal flow-matching loss (theory §3)."""
 
     weighting: str = _f(
         "sigma",
-        "`sigma`: MSE of dx/dsigma in orthonormal units (SPEC section 3); `natural`: the same error divided per frame by the bridge factor (1 - vs) + g vs, i.e. the MSE of the model's natural velocity (Pyramid Flow's natural-unit loss), so that coarse stages with gains up to 8 do not dominate the gradient. Both equal Wan's loss for S = 1.",
+        "`sigma`: MSE of dx/dsigma in orthonormal units (theory §3); `natural`: the same error divided per frame by the bridge factor (1 - vs) + g vs, i.e. the MSE of the model's natural velocity (Pyramid Flow's natural-unit loss), so that coarse stages with gains up to 8 do not dominate the gradient. Both equal Wan's loss for S = 1.",
     )
     distill_weight: float = _f(
         0.0,

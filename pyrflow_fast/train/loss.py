@@ -1,4 +1,4 @@
-r"""The pyramidal flow-matching loss (SPEC section 3) and its per-sample random draws.
+r"""The pyramidal flow-matching loss (theory §3) and its per-sample random draws.
 
 For a sample assigned to stage :math:`i` with window :math:`[\sigma_c, \sigma_n]`:
 :math:`\rho \sim U(0, 1)`, :math:`\sigma = \sigma_c + \rho(\sigma_n - \sigma_c)`, white noise
@@ -93,7 +93,7 @@ class PyramidalLoss:
 
     :param pyramid: the latent pyramid (``pyramid.num_stages == windows.num_stages``).
     :param windows: the stage windows.
-    :param weighting: ``"sigma"`` (default, SPEC section 3): MSE of :math:`dx/d\sigma` in
+    :param weighting: ``"sigma"`` (default, theory §3): MSE of :math:`dx/d\sigma` in
         orthonormal units; ``"natural"``: the same error divided per frame by the bridge factor
         :math:`(1 - \varsigma) + g\varsigma`, i.e. the MSE of the natural velocity (Pyramid
         Flow's natural-unit convention), which keeps coarse stages (gain up to 8) from dominating

@@ -59,7 +59,7 @@ def test_table1_all_rows_within_half_percent():
     for schedule, (cfg, paper) in PAPER_TABLE1.items():
         ours = schedule_flops(schedule, costs, cfg=cfg)
         assert abs(ours / (cfg * paper) - 1) < 0.005, (schedule, ours, cfg * paper)
-        assert abs(ours / cfg - paper) < 1.0  # and to 1 TFLOP, as SPEC section 6 states
+        assert abs(ours / cfg - paper) < 1.0  # and to 1 TFLOP, as theory §6 states
 
 
 def test_itemisation_covers_the_model():
