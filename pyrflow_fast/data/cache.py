@@ -187,7 +187,8 @@ def write_cache(
     old = sorted(out.glob("shard-*.safetensors"))
     if (index_path.exists() or old) and not overwrite:
         raise FileExistsError(
-            f"{out} already holds a latent cache ({INDEX_FILE} or shards); pass overwrite=True (--overwrite) to replace it"
+            f"{out} already holds a latent cache ({INDEX_FILE} or shards); "
+            "pass overwrite=True (--overwrite) to replace it"
         )
     index_path.unlink(missing_ok=True)
     for stale in out.glob(f".*{_TMP_SUFFIX}"):  # leftovers of a killed writer
@@ -313,7 +314,8 @@ class LatentCache(Dataset):
             raise ValueError(f"{index_path}: expected a JSON object")
         if index.get("version") != CACHE_VERSION:
             raise ValueError(
-                f"{index_path}: unsupported cache version {index.get('version')!r} (this reader reads version {CACHE_VERSION})"
+                f"{index_path}: unsupported cache version {index.get('version')!r} "
+                f"(this reader reads version {CACHE_VERSION})"
             )
         missing = [k for k in _INDEX_KEYS if k not in index]
         if missing:
@@ -456,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(skipped.values())
     why = (" (" + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")") if total else ""
     print(
-        f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out}; skipped {total} videos{why}"
+        f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out}; "
+        f"skipped {total} videos{why}"
     )
     for path, reason in index["source"]["skipped_videos"]:
         print(f"  skipped {path}: {reason}")

@@ -109,7 +109,8 @@ def read_captions(path: str | Path, root: str | Path | None = None) -> list[Capt
                 raise ValueError(f"{path}, line {line}: not valid JSON ({err})") from None
             if not isinstance(record, dict) or "video" not in record or "caption" not in record:
                 raise ValueError(
-                    f'{path}, line {line}: expected an object {{"video": ..., "caption": ...}}, got {raw.strip()[:80]!r}'
+                    f'{path}, line {line}: expected an object {{"video": ..., "caption": ...}}, '
+                    f"got {raw.strip()[:80]!r}"
                 )
             add(record["video"], record["caption"], line)
     else:

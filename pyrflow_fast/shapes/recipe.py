@@ -229,9 +229,8 @@ def run(
                 commands,
             )
             write_components(work / "components", seed=recipe.seed)
-            commands.append(
-                f"python -c 'from pyrflow_fast.shapes.components import write_components; write_components(\"{work / 'components'}\", seed={recipe.seed})'"
-            )
+            call = f'write_components("{work / "components"}", seed={recipe.seed})'
+            commands.append(f"python -c 'from pyrflow_fast.shapes.components import write_components; {call}'")
             _run(
                 [
                     py,
