@@ -431,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="text encoder dtype")
     p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--allow-outside-root", action="store_true", help="accept caption paths that lead outside --data")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -443,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dataset = VideoTextDataset(args.data, args.captions, args.frames, args.height, args.width, args.fps, args.seed)
+    dataset = VideoTextDataset(
+        args.data, args.captions, args.frames, args.height, args.width, args.fps, args.seed, args.allow_outside_root
+    )
     components = load_components(
         args.model_dir, device=args.device, transformer=False, text_len=args.text_len,
         text_encoder_dtype=getattr(torch, args.dtype), vae_dtype=torch.float32,

@@ -47,13 +47,20 @@ class CaptionRow:
     line: int
 
 
-def read_captions(path: str | Path, root: str | Path | None = None) -> list[CaptionRow]:
+def read_captions(
+    path: str | Path, root: str | Path | None = None, allow_outside_root: bool = False
+) -> list[CaptionRow]:
     """Parse a ``.csv`` or ``.jsonl`` caption file; video paths resolve against ``root`` (default: its folder).
+
+    A UTF-8 byte-order mark (spreadsheet exports) is accepted. Video paths must stay inside
+    ``root`` (no ``..`` or absolute path leading out of it, symlinks resolved) unless
+    ``allow_outside_root``: a caption file is data, and must not make the loader open any file
+    on the machine.
 
     :raises FileNotFoundError: the file does not exist.
     :raises ValueError: an unknown suffix, a missing column/key, a non-string value, an empty
-        video name, a line that is not a JSON object, or a file without rows; the message names the
-        file and the line.
+        video name, a video path outside ``root``, a line that is not a JSON object, or a file
+        without rows; the message names the file and the line.
 
     >>> import pathlib, shutil, tempfile
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -64,6 +71,7 @@ def read_captions(path: str | Path, root: str | Path | None = None) -> list[Capt
     """
     path = Path(path)
     root = path.parent if root is None else Path(root)
+    inside = root.resolve()
     if not path.is_file():
         raise FileNotFoundError(
             f"caption file {path} not found (expected a .csv with columns video,caption or a .jsonl)"
@@ -77,10 +85,16 @@ def read_captions(path: str | Path, root: str | Path | None = None) -> list[Capt
                 raise ValueError(f"{path}, line {line}: {key!r} must be a string, got {value!r}")
         if not video.strip():
             raise ValueError(f"{path}, line {line}: empty video path")
-        rows.append(CaptionRow(video, root / video.strip(), caption, line))
+        resolved = root / video.strip()
+        if not allow_outside_root and not resolved.resolve().is_relative_to(inside):
+            raise ValueError(
+                f"{path}, line {line}: video path {video!r} leads outside the dataset folder {root}; "
+                "use paths inside it (or allow paths outside explicitly)"
+            )
+        rows.append(CaptionRow(video, resolved, caption, line))
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err})") from None
     if suffix == ".csv":
@@ -130,6 +144,7 @@ class VideoTextDataset(Dataset):
     :param width: clip width in pixels.
     :param fps: frame rate the clip is sampled at (timestamps, not frame indices).
     :param seed: ``None``: every clip starts at 0; an integer: seeded random starts.
+    :param allow_outside_root: accept caption paths that lead outside ``root`` (see :func:`read_captions`).
 
     ``dataset[i]`` returns ``{"video", "caption", "path", "index"}`` or raises
     :class:`~pyrflow_fast.data.video.VideoSkipped` (and records the skip); iterating, or
@@ -146,6 +161,7 @@ class VideoTextDataset(Dataset):
         width: int = 64,
         fps: float = 8.0,
         seed: int | None = None,
+        allow_outside_root: bool = False,
     ):
         root = Path(root)
         if not root.exists():
@@ -167,7 +183,7 @@ class VideoTextDataset(Dataset):
         )
         self._skips: dict[str, str] = {}
         self.rows: list[CaptionRow] = []
-        for row in read_captions(self.captions_path, root):
+        for row in read_captions(self.captions_path, root, allow_outside_root):
             if row.path.is_file():
                 self.rows.append(row)
             else:

@@ -201,6 +201,27 @@ def test_dataset_errors(tmp_path, data_root):
     assert rows[0].caption == GOOD["clips/red.mp4"] and rows[2].caption == GOOD["clips/blue.mp4"]  # quotes, commas
 
 
+def test_caption_paths_stay_inside_the_dataset_folder(tmp_path):
+    root = tmp_path / "data"
+    (root / "clips").mkdir(parents=True)
+    (tmp_path / "secret.mp4").write_bytes(b"")
+    (root / "clips" / "a.mp4").write_bytes(b"")
+    (root / "link.mp4").symlink_to(tmp_path / "secret.mp4")
+    for video in ("../secret.mp4", str(tmp_path / "secret.mp4"), "clips/../../secret.mp4", "link.mp4"):
+        (root / "captions.csv").write_text(f"video,caption\nclips/a.mp4,ok\n{video},escape\n")
+        with pytest.raises(ValueError, match="line 3: video path .* leads outside the dataset folder"):
+            read_captions(root / "captions.csv")
+        rows = read_captions(root / "captions.csv", allow_outside_root=True)
+        assert rows[1].path.resolve() == (tmp_path / "secret.mp4").resolve()
+    (root / "captions.csv").write_text("video,caption\nclips/./a.mp4,ok\n")
+    assert read_captions(root / "captions.csv")[0].path == root / "clips" / "a.mp4"
+
+
+def test_csv_with_a_byte_order_mark_reads_like_without(tmp_path):
+    (tmp_path / "captions.csv").write_bytes("\ufeffvideo,caption\nx.mp4,a cat\n".encode())
+    assert [(r.video, r.caption) for r in read_captions(tmp_path / "captions.csv")] == [("x.mp4", "a cat")]
+
+
 # ----------------------------------------------------------------------------- clean pyramids
 class MeanPoolEncoder:
     """A stand-in VAE: mean over the stride (4, 8, 8) with the first-frame rule, then ``act``."""
