@@ -1,12 +1,15 @@
-"""Shared exact machinery of the proofs: zero checks, orthonormal per-axis resamplers, separable transforms.
+"""Shared machinery of the proofs: exact zero checks, and the float64 comparison that ties a closed form to the code.
 
-Everything is exact SymPy arithmetic. A check either passes or raises ``AssertionError`` naming the
-statement that failed and the residual that was not zero.
+Exact checks use SymPy arithmetic and either pass or raise ``AssertionError`` naming the statement
+that failed and the residual that was not zero. Code that cannot take SymPy values (it converts
+to float64) is compared with the proof's closed form by :func:`assert_close`.
 """
 
+import numpy as np
 import sympy as sp
 
 _X = sp.Symbol("_x")
+TOL = 1e-12  # float64 agreement required between the code and a closed form (relative to max(1, |value|))
 
 
 def assert_zero(expr, what):
@@ -48,70 +51,23 @@ def assert_orthogonal(t, what):
     assert_matrix_equal(t * t.T, sp.eye(t.rows), what)
 
 
-def haar_matrix(n, factor=2):
-    """Orthonormal 1-D Haar analysis matrix [L; H] of size n (factor 1: identity).
-
-    Low rows: sums over blocks of ``factor`` elements divided by sqrt(factor); high rows: the
-    normalised differences of the same pairs (PyWavelets' orthonormal Haar up to sign).
-    """
-    if factor == 1:
-        return sp.eye(n)
-    if factor != 2 or n % 2:
-        raise ValueError(f"haar_matrix needs factor 2 and even n, got n={n}, factor={factor}")
-    m, c = n // 2, 1 / sp.sqrt(2)
-    t = sp.zeros(n, n)
-    for j in range(m):
-        t[j, 2 * j] = t[j, 2 * j + 1] = t[m + j, 2 * j] = c
-        t[m + j, 2 * j + 1] = -c
-    return t
+def to_float(value):
+    """A SymPy number or matrix (or anything array-like) as a float64 array."""
+    if isinstance(value, sp.MatrixBase):
+        value = value.evalf().tolist()
+    return np.asarray(value, dtype=np.float64)
 
 
-def dct2_matrix(n):
-    """Orthonormal DCT-II matrix C_n[k, j] = a_k cos(pi (2j + 1) k / (2n)) with exact cosines."""
-    return sp.Matrix(
-        n, n, lambda k, j: sp.sqrt(sp.Rational(1 if k == 0 else 2, n)) * sp.cos(sp.pi * (2 * j + 1) * k / (2 * n))
-    )
-
-
-def dct_matrix(n, factor=2):
-    """DCT resampler [L; H]: keep the low (high) half of the DCT-II coefficients, inverse DCT at n/2.
-
-    L = C_{n/2}^T [I 0] C_n and H = C_{n/2}^T [0 I] C_n, i.e. T = blockdiag(C_{n/2}^T, C_{n/2}^T) C_n.
-    """
-    if factor == 1:
-        return sp.eye(n)
-    if factor != 2 or n % 2:
-        raise ValueError(f"dct_matrix needs factor 2 and even n, got n={n}, factor={factor}")
-    inv_half = dct2_matrix(n // 2).T
-    return sp.diag(inv_half, inv_half) * dct2_matrix(n)
-
-
-FAMILIES = {"haar": haar_matrix, "dct": dct_matrix}
-
-
-def axis_transform(family, n, factor=2, first_frame=False):
-    """Per-axis orthogonal transform and its number of low rows.
-
-    First-frame rule (time axis): frame 0 passes through unchanged, frames 1..n-1 are resampled,
-    so the transform is blockdiag(1, T_{n-1}) and its low band has 1 + (n-1)/factor rows.
-    """
-    if first_frame:
-        return sp.diag(1, FAMILIES[family](n - 1, factor)), 1 + (n - 1) // factor
-    return FAMILIES[family](n, factor), n // factor
-
-
-def separable(family, shape, factors=(2, 2, 2), first_frame=True):
-    """Separable (T, H, W) transform and its low band, C-order flattening (frame slowest).
-
-    Returns (T3, L3, coarse_shape) with T3 = T_t (x) T_h (x) T_w and L3 = L_t (x) L_h (x) L_w.
-    """
-    axes = [
-        axis_transform(family, n, f, first_frame=(first_frame and ax == 0))
-        for ax, (n, f) in enumerate(zip(shape, factors))
-    ]
-    full = sp.kronecker_product(*[t for t, _ in axes])
-    low = sp.kronecker_product(*[t[:k, :] for t, k in axes])
-    return full, low, tuple(k for _, k in axes)
+def assert_close(code, closed, what, tol=TOL):
+    """Raise unless the code's float64 value equals the closed form to ``tol`` (relative to max(1, |closed|))."""
+    code, closed = np.asarray(code, dtype=np.float64), to_float(closed)
+    if code.shape != closed.shape:
+        raise AssertionError(f"{what} does not hold: code shape {code.shape} != closed-form shape {closed.shape}")
+    if not code.size:
+        return
+    err = np.max(np.abs(code - closed))
+    if not err <= tol * max(1.0, np.max(np.abs(closed))):  # also rejects NaN
+        raise AssertionError(f"{what} does not hold: max |code - closed form| = {err:.3g} (tolerance {tol:g})")
 
 
 def vector(name, n):

@@ -3,13 +3,15 @@
 Statement: if L L^T = I then P = L^T L is symmetric and idempotent (P^2 = P) and
 down(up(y)) = L L^T y = y. Shown abstractly (word rewriting with the single rule L L^T -> I; a
 generic orthogonal matrix via the Cayley transform of a symbolic skew-symmetric matrix) and for
-the concrete Haar and DCT first-frame-rule transforms.
+pyrflow_ref's resamplers: the Haar and DCT first-frame-rule transforms and the ``orthogonal`` family
+with exact rational matrices (each checked against the code's down / up / project first).
 """
 
 import sympy as sp
 from sympy.polys.matrices import DomainMatrix
 
-from ._core import assert_matrix_equal, derivation, separable, vector
+from ._core import assert_matrix_equal, derivation, vector
+from ._resamplers import rational_matrices, separable
 
 CAYLEY_SIZES = (3, 4)
 SHAPES = ((3, 2, 2), (5, 4, 2))
@@ -17,11 +19,11 @@ SHAPES = ((3, 2, 2), (5, 4, 2))
 
 def _abstract():
     """Non-commutative symbols: L, Lt = L^T; the hypothesis is the rewrite L Lt -> 1."""
-    l, lt, y = sp.symbols("L Lt y", commutative=False)
-    p = lt * l
-    if sp.expand(p * p).subs(l * lt, 1) != p:
+    low, low_t, y = sp.symbols("L Lt y", commutative=False)
+    p = low_t * low
+    if sp.expand(p * p).subs(low * low_t, 1) != p:
         raise AssertionError("abstract P^2 = P does not follow from L L^T = I")
-    if (l * lt * y).subs(l * lt, 1) != y:
+    if (low * low_t * y).subs(low * low_t, 1) != y:
         raise AssertionError("abstract down(up(y)) = y does not follow from L L^T = I")
     lm = sp.MatrixSymbol("L", 2, 5)
     if (lm.T * lm).T != lm.T * lm:  # (L^T L)^T = L^T L^TT = L^T L
@@ -67,13 +69,16 @@ def prove():
         assert_matrix_equal(num * num.T, d**2 * sp.eye(n), f"Cayley Q_{n} orthogonal")
         for k in range(1, n):
             _check_projection(num[:k, :], f"generic orthogonal n={n}, low rows k={k}", d)
-    for family in ("haar", "dct"):
-        for shape in SHAPES:
+    for shape in SHAPES:
+        for family in ("haar", "dct"):
             _check_projection(separable(family, shape)[1], f"{family} first-frame {shape}")
+        low = separable("orthogonal", shape, matrices=rational_matrices(shape, seed=10))[1]
+        _check_projection(low, f"orthogonal first-frame {shape}")
     return derivation(
         "L L^T = I  =>  P = L^T L symmetric, P^2 = P, down(up(y)) = L L^T y = y.",
         "P^T = L^T L^TT = P; P^2 = L^T (L L^T) L -> L^T L = P; L (L^T y) -> y (rewrite L L^T -> I).",
         f"Generic: Q = (I - A)(I + A)^-1 with symbolic skew A is orthogonal (n = {CAYLEY_SIZES});"
         " its first k rows satisfy all three for every k.",
-        f"Concrete: Haar and DCT first-frame separable low bands, shapes {SHAPES}.",
+        f"pyrflow_ref's resamplers (down / up / project = L, L^T, L^T L to 1e-12): Haar, DCT and rational"
+        f" 'orthogonal' first-frame separable low bands, shapes {SHAPES}.",
     )

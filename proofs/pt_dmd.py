@@ -5,12 +5,35 @@ M = (1 - sigma) P + (1 - rho)(1 - sigma_c)(I - P), the stage's x of the forward 
 eps = (x - M x0) / sigma. M is symmetric and
 M^T M = (1 - sigma)^2 P + ((1 - rho)(1 - sigma_c))^2 (I - P), using P^2 = P and P^T = P: the band
 weights (1 - sigma)^2 and ((1 - rho)(1 - sigma_c))^2 of the back-propagated score difference.
+The stage's x is pyrflow_ref's (process.y_c, y_n symbolically; forward_sample in float64).
 """
 
+import numpy as np
 import sympy as sp
 
-from ._core import assert_matrix_equal, derivation, separable, vector
-from .forward_properties import stage
+from pyrflow_ref import process, resample, windows
+
+from ._core import assert_close, assert_matrix_equal, derivation, vector
+from ._resamplers import separable
+from .forward_properties import SHAPE, stage
+
+
+def _check_code(rng, weights, draws=10):
+    """eps = (x - M x0) / sigma recovers the noise of pyrflow_ref.process.forward_sample (Haar, every stage)."""
+    pyramid = resample.Pyramid.uniform("haar", (2, 2, 2), num_stages=3)
+    for _ in range(draws):
+        w = windows.StageWindows([rng.uniform(0.1, 0.5), rng.uniform(0.6, 0.95)])
+        x0s = process.clean_pyramid_latent(rng.standard_normal(SHAPE), pyramid)
+        for i in range(2):  # the stages with a high band (the coarsest has M = (1 - sigma) I)
+            sc, sn = w.sigma_c(i), w.sigma_n(i)
+            sigma = rng.uniform(max(sc, 0.05), sn, SHAPE[0])  # away from 0, where / sigma amplifies rounding
+            b = sigma.reshape(-1, 1, 1, 1, 1)
+            eps = rng.standard_normal(x0s[i].shape)
+            x, _ = process.forward_sample(x0s, eps, sigma, i, w, pyramid)
+            alpha, beta = weights(b, sc, sn)
+            px0 = pyramid.levels[i].project(x0s[i])
+            m_x0 = alpha * px0 + beta * (x0s[i] - px0)
+            assert_close((x - m_x0) / b, eps, f"stage {i}, window [{sc:.3f}, {sn:.3f}]: eps = (x - M x0) / sigma")
 
 
 def prove():
@@ -39,6 +62,7 @@ def prove():
         raise AssertionError("M^T M = alpha^2 P + beta^2 (I - P) does not follow from P^2 = P")
 
     # Concrete: the exact Haar first-frame projection of a (3, 2, 2) video.
+    _check_code(np.random.default_rng(1), sp.lambdify((sigma, sigma_c, sigma_n), (alpha, beta), "numpy"))
     _, low, _ = separable("haar", (3, 2, 2))
     pc = low.T * low
     q = sp.eye(pc.rows) - pc
@@ -50,9 +74,12 @@ def prove():
     assert_matrix_equal(mc.T, mc, "M symmetric (Haar 3x2x2)")
     assert_matrix_equal(mc.T * mc, alpha**2 * pc + beta**2 * q, "M^T M band weights (Haar 3x2x2)")
     return derivation(
-        "x = M x0 + sigma eps, M = (1 - sigma) P + (1 - rho)(1 - sigma_c)(I - P); M^T M = (1 - sigma)^2 P + ((1 - rho)(1 - sigma_c))^2 (I - P).",
-        "Bands: low coefficient (1 - sigma), high (1 - rho)(1 - sigma_c), noise sigma in both: the stage's x (Definition 1).",
-        "eps = (x - M x0) / sigma in closed form.",
-        "M^T = M from P^T = P; M^2 = a^2 P^2 + ab (P(I - P) + (I - P)P) + b^2 (I - P)^2 = a^2 P + b^2 (I - P) from P^2 = P.",
+        "x = M x0 + sigma eps, M = (1 - sigma) P + (1 - rho)(1 - sigma_c)(I - P);"
+        " M^T M = (1 - sigma)^2 P + ((1 - rho)(1 - sigma_c))^2 (I - P).",
+        "Bands: low coefficient (1 - sigma), high (1 - rho)(1 - sigma_c), noise sigma in both:"
+        " the stage's x (Definition 1, pyrflow_ref y_c and y_n).",
+        "eps = (x - M x0) / sigma in closed form; it recovers pyrflow_ref forward_sample's noise (1e-12).",
+        "M^T = M from P^T = P; M^2 = a^2 P^2 + ab (P(I - P) + (I - P)P) + b^2 (I - P)^2 = a^2 P + b^2 (I - P)"
+        " from P^2 = P.",
         "Concrete check with the exact Haar first-frame P of a (3, 2, 2) video.",
     )

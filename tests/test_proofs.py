@@ -9,7 +9,7 @@ import pytest
 import sympy as sp
 
 import proofs
-from proofs import _core
+from proofs import _core, _resamplers
 from proofs.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +47,16 @@ def test_checkers_reject_false_statements():
         _core.assert_zero(sp.cos(sp.pi / 8) - sp.Rational(9, 10), "cos(pi/8) = 0.9")
     with pytest.raises(AssertionError):
         _core.assert_zero((x + 1) ** 2 - x**2 - 1, "binomial without the cross term")
-    unnormalised = _core.haar_matrix(4) * sp.sqrt(2)  # block sums without the 1/sqrt(2)
+    unnormalised = _resamplers.axis_matrix("haar", 4) * sp.sqrt(2)  # block sums without the 1/sqrt(2)
     with pytest.raises(AssertionError, match="orthogonal"):
         _core.assert_orthogonal(unnormalised, "unnormalised Haar orthogonal")
     with pytest.raises(AssertionError):
         _core.assert_positive(-sp.Symbol("g", positive=True), "-g > 0")
+    with pytest.raises(AssertionError, match="max \\|code - closed form\\| = 3e-12"):
+        _core.assert_close([1.0, 2.0 + 3e-12], [1, 2], "float64 off by 3e-12")
+    with pytest.raises(AssertionError, match="NaN near 1"):
+        _core.assert_close(float("nan"), 1, "NaN near 1")
+    _core.assert_close([1e6 + 1e-7], [10**6], "1e-7 at 1e6 is within 1e-12 relative")
 
 
 def test_failure_is_reported(monkeypatch, capsys):
