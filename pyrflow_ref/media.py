@@ -24,17 +24,29 @@ def write_gif(frames: np.ndarray, path: Path, scale: int, fps: int) -> None:
 
 
 def write_mp4(frames: np.ndarray, path: Path, scale: int, fps: int) -> bool:
-    """Write an H.264 MP4 with PyAV; returns False when PyAV is not installed."""
+    """Write an H.264 MP4 with PyAV; returns False when PyAV is not installed.
+
+    Deterministic: the same frames give the same bytes on any machine with the same PyAV build
+    (its libx264 and libavformat). The encoder runs on one thread: by default x264 picks its thread
+    count from the CPUs the process may use and, as PyAV asks for slice threads, splits every
+    frame into that many slices, so the bitstream (and the option string x264 writes into it)
+    depended on the machine, its load and the process's CPU affinity. Timestamps are the frame
+    indices at ``1 / fps``, and the muxer runs bit-exact (no library version string; no creation
+    time is written).
+    """
     try:
         import av
     except ImportError:
         return False
     big = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = big.shape[2], big.shape[1], "yuv420p"
-        for f in big:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        stream.codec_context.thread_count = 1
+        for k, f in enumerate(big):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts = k
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return True
 

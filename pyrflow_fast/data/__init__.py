@@ -1,7 +1,8 @@
 """Training data for pyramidal Wan: video clips, captions, clean stage pyramids, the latent cache.
 
 - :mod:`~pyrflow_fast.data.video`: :func:`read_video` (PyAV; timestamp sampling at a target fps,
-  antialiased aspect-preserving resize + center crop) and :class:`VideoSkipped`;
+  antialiased aspect-preserving resize + center crop, frame by frame as it decodes; frames above
+  :data:`DEFAULT_MAX_PIXELS` are skipped as too large) and :class:`VideoSkipped`;
 - :mod:`~pyrflow_fast.data.dataset`: :class:`VideoTextDataset`, a folder of videos with a CSV or
   JSONL caption file that skips (logs and counts) bad videos;
 - :mod:`~pyrflow_fast.data.pyramid`: :func:`clean_pyramid`, the clean per-stage signals under
@@ -19,6 +20,7 @@ _EXPORTS = {
     "read_captions": "dataset",
     "clean_pyramid": "pyramid",
     "pixel_pyramid_for": "pyramid",
+    "DEFAULT_MAX_PIXELS": "video",
     "REASONS": "video",
     "VideoSkipped": "video",
     "probe_video": "video",

@@ -32,6 +32,10 @@ Command line::
 
     python -m pyrflow_fast.data.cache --data ROOT --captions captions.csv --model-dir DIR \
         --out CACHE --frames 17 --height 64 --width 64 --fps 8 --definition 1 --shard-size 64
+
+Videos that cannot give a clip are skipped and counted by reason (``missing``, ``unreadable``,
+``no_video_stream``, ``decode_error``, ``too_short``, ``too_large``: frames above
+``--max-pixels``, default DCI 4K, or out of memory while decoding); the summary line names them.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..process import clean_pyramid_latent
 from ..resample import WAN_PYRAMID, Pyramid
 from .pyramid import DEFINITIONS, clean_pyramid
+from .video import DEFAULT_MAX_PIXELS
 
 __all__ = ["CACHE_VERSION", "INDEX_FILE", "LatentCache", "main", "shard_name", "write_cache"]
 
@@ -432,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="text encoder dtype")
     p.add_argument("--text-len", type=int, default=512)
     p.add_argument("--allow-outside-root", action="store_true", help="accept caption paths that lead outside --data")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"skip videos whose frames have more pixels (width * height) than this as too_large "
+        f"(default {DEFAULT_MAX_PIXELS} = 4096x2160; 0: no limit)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -441,12 +453,16 @@ def main(argv: list[str] | None = None) -> int:
     from ..pipeline import load_components
     from .dataset import VideoTextDataset
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_pixels < 0:
+        parser.error(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     dataset = VideoTextDataset(
-        args.data, args.captions, args.frames, args.height, args.width, args.fps, args.seed, args.allow_outside_root
-    )
+        args.data, args.captions, args.frames, args.height, args.width, args.fps, args.seed, args.allow_outside_root,
+        max_pixels=args.max_pixels or None,
+    )  # fmt: skip
     components = load_components(
         args.model_dir, device=args.device, transformer=False, text_len=args.text_len,
         text_encoder_dtype=getattr(torch, args.dtype), vae_dtype=torch.float32,

@@ -6,8 +6,9 @@ The folder holds video files and a caption file, either CSV with a header row th
 paths are kept). The same video may appear in several rows (several captions).
 
 Bad *videos* never stop a run: a row naming a missing file is dropped when the dataset is built,
-and a corrupt, undecodable or too short video is skipped when it is read; each is logged once (a
-``WARNING`` on the ``pyrflow_fast.data`` logger) and counted in :attr:`VideoTextDataset.skipped`.
+and a corrupt, undecodable, too short or too large (``max_pixels``, or out of memory while
+decoding) video is skipped when it is read; each is logged once (a ``WARNING`` on the
+``pyrflow_fast.data`` logger) and counted in :attr:`VideoTextDataset.skipped` by reason.
 A bad *dataset* is an error at construction: a missing or non-directory root, a missing caption
 file, or a malformed caption file raise ``FileNotFoundError`` / ``NotADirectoryError`` /
 ``ValueError`` naming the path and what was expected.
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from .video import VideoSkipped, read_video
+from .video import DEFAULT_MAX_PIXELS, VideoSkipped, read_video
 
 __all__ = ["CaptionRow", "VideoTextDataset", "read_captions"]
 
@@ -145,6 +146,9 @@ class VideoTextDataset(Dataset):
     :param fps: frame rate the clip is sampled at (timestamps, not frame indices).
     :param seed: ``None``: every clip starts at 0; an integer: seeded random starts.
     :param allow_outside_root: accept caption paths that lead outside ``root`` (see :func:`read_captions`).
+    :param max_pixels: skip as ``too_large`` a video whose frames have more than this many pixels
+        (source ``width * height``, default :data:`~pyrflow_fast.data.video.DEFAULT_MAX_PIXELS`,
+        DCI 4K); ``None``: no limit.
 
     ``dataset[i]`` returns ``{"video", "caption", "path", "index"}`` or raises
     :class:`~pyrflow_fast.data.video.VideoSkipped` (and records the skip); iterating, or
@@ -162,6 +166,7 @@ class VideoTextDataset(Dataset):
         fps: float = 8.0,
         seed: int | None = None,
         allow_outside_root: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         root = Path(root)
         if not root.exists():
@@ -172,7 +177,10 @@ class VideoTextDataset(Dataset):
             )
         if frames < 1 or height < 1 or width < 1 or not fps > 0:
             raise ValueError(f"need frames, height, width >= 1 and fps > 0, got {frames}, {height}, {width}, {fps}")
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1 or None (no limit), got {max_pixels}")
         self.root = root
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
         self.captions_path = Path(captions) if Path(captions).is_absolute() else root / captions
         self.frames, self.height, self.width, self.fps, self.seed = (
             int(frames),
@@ -217,7 +225,9 @@ class VideoTextDataset(Dataset):
         row = self.rows[index]
         rng = None if self.seed is None else np.random.default_rng([int(self.seed), int(index) % len(self.rows)])
         try:
-            video = read_video(row.path, self.frames, self.height, self.width, self.fps, rng=rng)
+            video = read_video(
+                row.path, self.frames, self.height, self.width, self.fps, rng=rng, max_pixels=self.max_pixels
+            )
         except VideoSkipped as err:
             self._skip(err)
             raise
@@ -246,4 +256,5 @@ class VideoTextDataset(Dataset):
             "width": self.width,
             "fps": self.fps,
             "seed": self.seed,
+            "max_pixels": self.max_pixels,
         }

