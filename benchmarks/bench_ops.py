@@ -75,7 +75,7 @@ def test_up_noisy(benchmark, impl):
     assert tuple(out.shape) == SHAPE
 
 
-def test_cfg_euler(benchmark, impl):
+def test_guided_euler(benchmark, impl):
     x, v_c, v_u = arrays(impl, SHAPE, SHAPE, SHAPE)
     g = rr.WAN_PYRAMID.gain(0, SHAPE[-3])
     if impl == "ref":
@@ -87,5 +87,5 @@ def test_cfg_euler(benchmark, impl):
         out = run(benchmark, impl, step, x, v_c, v_u)
     else:
         g = torch.as_tensor(g, dtype=torch.float32, device=x.device)
-        out = run(benchmark, impl, kernels.cfg_euler, x, v_c, v_u, SIGMA, DSIGMA, g, SCALE)
+        out = run(benchmark, impl, kernels.guided_euler, x, v_c, v_u, SIGMA, DSIGMA, g, SCALE)
     assert tuple(out.shape) == SHAPE

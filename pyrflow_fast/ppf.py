@@ -33,8 +33,10 @@ Sampling: PPF runs the plain process :math:`x = (1 - \sigma) x_0 + \sigma \epsil
 latent; level :math:`l` serves the noise levels of window :math:`l` of a
 :class:`~pyrflow_ref.windows.StageWindows` (no transitions, no re-noising at boundaries).
 :func:`sample_ppf` runs a schedule such as ``"20-20-10"`` (Euler) or ``"2-2-1"`` (few-step
-x0 prediction); :class:`PPFModel` is the samplers' model contract with the level chosen from the
-timestep, e.g. as a DMD teacher or critic with :meth:`pyrflow_fast.distill.dmd.StageProcess.plain`.
+x0 prediction) through the samplers of :mod:`pyrflow_fast.samplers` with one model per level
+(:func:`ppf_levels`) and no pyramid; :class:`pyrflow_fast.contract.PPFDenoiser` is the denoiser
+with the level chosen from the timestep, e.g. as a DMD teacher or critic with
+:meth:`pyrflow_fast.process.StageProcess.plain`.
 
 >>> from pyrflow_fast.wan import WanDiT
 >>> ppf = PPFWan(WanDiT("tiny"))
@@ -56,10 +58,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pyrflow_ref.windows import StageWindows, parse_schedule, step_grid
+from pyrflow_ref.plan import Plan
+from pyrflow_ref.windows import StageWindows
 
-from .contract import frame_timesteps
+from .contract import Denoiser, check_ppf_windows, frame_timesteps
 from .flops import PAPER_STAGES, FlopsBreakdown, forward_flops, latent_size, schedule_flops
+from .samplers import guided, sample_euler, sample_few_step
 from .wan.config import WanConfig, get_config
 from .wan.model import _layer_norm32, _linear32, sinusoidal_embedding
 from .wan.rope import grid_positions, rope_cos_sin
@@ -67,10 +71,11 @@ from .wan.rope import grid_positions, rope_cos_sin
 __all__ = [
     "DEFAULT_PATCHES",
     "PAPER_LATENCY_MS",
-    "PPFModel",
+    "PPFLevel",
     "PPFWan",
     "main",
     "ppf_forward_flops",
+    "ppf_levels",
     "ppf_schedule_flops",
     "sample_ppf",
     "subpatch_factors",
@@ -199,7 +204,7 @@ class PPFWan(nn.Module):
         return e, e0
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor, level: int = 0) -> torch.Tensor:
-        """Velocity of the full-resolution latent ``x`` at ``level`` (float32, shape of ``x`` with ``out_dim`` channels)."""
+        """Velocity of the full-resolution latent ``x`` at ``level`` (float32; ``x``'s shape, ``out_dim`` channels)."""
         cfg, m = self.config, self.model
         if x.ndim != 5 or x.shape[1] != cfg.in_dim:
             raise ValueError(f"x must be (B, {cfg.in_dim}, F, H, W), got {tuple(x.shape)}")
@@ -231,43 +236,28 @@ class PPFWan(nn.Module):
 
 
 # --------------------------------------------------------------------------------- sampling
-class PPFModel:
-    """The samplers' model contract ``model(x, t, context) -> v`` over a :class:`PPFWan`.
+class PPFLevel:
+    """One level of a :class:`PPFWan` as a :class:`~pyrflow_fast.contract.Denoiser` ``model(x, t, context) -> v``.
 
-    Each sample runs at the level whose window holds its noise level ``t / 1000`` (PPF uses the
-    plain process at gain 1, so ``t`` must be equal over frames; a window boundary belongs to the
-    finer level, as in :meth:`~pyrflow_ref.windows.StageWindows.stage_of`). Samples of one level
-    run as one batch.
-
-    :param ppf: the model.
-    :param windows: one window per level (finest first).
+    The samplers run PPF with one of these per stage (``pyramid=None``, finest first): every step
+    of stage ``l`` runs level ``l``, boundary levels included (unlike
+    :class:`~pyrflow_fast.contract.PPFDenoiser`, which gives a boundary to the finer level).
     """
 
-    def __init__(self, ppf: PPFWan, windows: StageWindows) -> None:
-        if windows.num_stages != ppf.num_levels:
-            raise ValueError(f"{windows.num_stages} windows for {ppf.num_levels} PPF levels")
+    def __init__(self, ppf: PPFWan, level: int) -> None:
+        if not 0 <= level < ppf.num_levels:
+            raise ValueError(f"level {level} out of range for {ppf.num_levels} levels")
         self.ppf = ppf
-        self.windows = windows
+        self.level = level
 
-    def levels(self, t: torch.Tensor, batch: int, frames: int) -> list[int]:
-        """Level of each sample from its timesteps."""
-        t = frame_timesteps(t, batch, frames, None)
-        if not bool((t == t[:, :1]).all()):
-            raise ValueError("PPF levels need one timestep per sample (equal over frames)")
-        return [self.windows.stage_of(min(max(float(v) / 1000.0, 0.0), 1.0)) for v in t[:, 0].tolist()]
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.ppf(x, t, context, level=self.level)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
-        b, f = x.shape[0], x.shape[2]
-        levels = self.levels(t, b, f)
-        t = frame_timesteps(t, b, f, x.device)
-        out = None
-        for level in sorted(set(levels)):
-            idx = torch.tensor([i for i, lv in enumerate(levels) if lv == level], device=x.device)
-            v = self.ppf(x[idx], t[idx], context[idx], level=level)
-            if out is None:
-                out = v.new_empty((b,) + tuple(v.shape[1:]))
-            out[idx] = v
-        return out
+
+def ppf_levels(ppf: PPFWan, guidance: float = 1.0, uncond: torch.Tensor | None = None) -> list[Denoiser]:
+    """The samplers' per-stage models of ``ppf`` (finest first), guided when ``guidance != 1``."""
+    levels = [PPFLevel(ppf, lvl) for lvl in range(ppf.num_levels)]
+    return levels if guidance == 1.0 else [guided(m, guidance, uncond) for m in levels]
 
 
 def sample_ppf(
@@ -275,48 +265,30 @@ def sample_ppf(
     noise: torch.Tensor,
     context: torch.Tensor,
     windows: StageWindows,
-    steps: str | Sequence[int],
+    steps: str | Sequence[int] | Plan,
     *,
     shift: float = 1.0,
     few_step: bool = False,
     guidance: float = 1.0,
     uncond: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Sample with a PPF schedule (steps per level, coarsest first; only the coarsest levels may take 0).
+    r"""Sample with a PPF schedule (steps per level, coarsest first; only the coarsest levels may take 0).
 
-    Level ``l`` takes ``n_l`` steps on its window's grid (:func:`~pyrflow_ref.windows.step_grid`,
-    shifted by ``shift``; a skipped coarse window joins the next finer one). Euler steps
-    ``x += (s' - s) v``; with ``few_step`` every evaluation predicts ``x0 = x - s v`` and re-noises it
-    to the next level ``(1 - s') x0 + s' eps`` (fresh noise from ``generator``), returning the last
-    ``x0``. ``guidance != 1`` applies CFG ``u + w (c - u)`` with the ``uncond`` context.
+    :func:`~pyrflow_fast.samplers.sample_euler` or, with ``few_step``,
+    :func:`~pyrflow_fast.samplers.sample_few_step` over :func:`ppf_levels` without a pyramid: level
+    ``l`` takes ``n_l`` steps on its window's grid (shifted by ``shift``; a skipped coarse window
+    joins the next finer one), on the full-resolution latent ``noise`` ``(B, C, F, H, W)``.
+    Euler steps :math:`x \mathrel{+}= (s' - s) v`; a few-step evaluation predicts
+    :math:`x_0 = x - s v` and re-noises it to the next level, :math:`(1 - s') x_0 + s' \epsilon`
+    (fresh noise from ``rng``), returning the last :math:`x_0`. ``guidance != 1`` applies
+    :func:`~pyrflow_fast.samplers.guided` with the ``uncond`` context.
     """
-    if windows.num_stages != ppf.num_levels:
-        raise ValueError(f"{windows.num_stages} windows for {ppf.num_levels} PPF levels")
-    steps = parse_schedule(steps, ppf.num_levels) if isinstance(steps, str) else tuple(int(n) for n in steps)
-    eff = windows.for_schedule(steps)
-    x = torch.as_tensor(noise)
-    for level in range(eff.num_stages - 1, -1, -1):
-        n = steps[ppf.num_levels - 1 - level]
-        grid = step_grid(eff.sigma_n(level), eff.sigma_c(level), n, shift)
-        for k in range(n):
-            s, s_next = float(grid[k]), float(grid[k + 1])
-            t = torch.full((x.shape[0],), 1000.0 * s, device=x.device)
-            v = ppf(x, t, context, level=level)
-            if guidance != 1.0:
-                u = ppf(x, t, uncond, level=level)
-                v = u + guidance * (v - u)
-            v = v.to(x.dtype)
-            if not few_step:
-                x = x + (s_next - s) * v
-                continue
-            x0 = x - s * v
-            if s_next > 0.0:
-                eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                x = (1 - s_next) * x0 + s_next * eps
-            else:
-                x = x0
-    return x
+    check_ppf_windows(ppf, windows)
+    models = ppf_levels(ppf, guidance, uncond)
+    if few_step:
+        return sample_few_step(models, noise, None, windows, steps, cond=context, shift=shift, rng=rng)
+    return sample_euler(models, noise, None, windows, steps, cond=context, shift=shift)
 
 
 # ------------------------------------------------------------------------------------ FLOPs
@@ -405,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, row in rep["schedules"].items():
         paper = rep["paper_latency_ms"].get(name)
         print(
-            f"{name:>14}  {row['tflops']:>8.1f}  {row['latency_ms']:>15.1f}  {'-' if paper is None else f'{paper:.1f}':>8}"
+            f"{name:>14}  {row['tflops']:>8.1f}  {row['latency_ms']:>15.1f}  "
+            f"{'-' if paper is None else f'{paper:.1f}':>8}"
         )
     return 0
 

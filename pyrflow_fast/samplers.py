@@ -1,85 +1,77 @@
 r"""Torch twin of :mod:`pyrflow_ref.samplers`: the same samplers over the same model contract.
 
-``model(x_nat, t, cond) -> v_hat`` with ``x_nat = x / c`` ``(B, C, F, H, W)`` and per-frame
-timesteps ``t = 1000 * varsigma`` ``(B, F)`` (a tensor on the sample's device, in
-``promote_types(x.dtype, float32)``). Step grids and windows are the reference's host-side
-floats. Samples keep the dtype of ``noise``; gains, timesteps and the fused ops compute in at
-least float32.
+The model is a :class:`~pyrflow_fast.contract.Denoiser`, ``model(x_nat, t, cond) -> v_hat`` with
+``x_nat = x / c`` ``(B, C, F, H, W)`` and per-frame timesteps ``t = 1000 * varsigma`` ``(B, F)``
+(a tensor on the sample's device, in ``promote_types(x.dtype, float32)``). Step grids and windows
+are the reference's host-side floats. Samples keep the dtype of ``noise``; gains, timesteps and
+the fused ops compute in at least float32.
 
 Fast paths (Triton on CUDA, torch twins elsewhere, :mod:`pyrflow_fast.kernels`): every Euler
-step is one fused CFG-combine + bridge + update (a :func:`cfg` model is evaluated as its two
-branches so the combine fuses too), and Haar transitions are one fused ``up_noisy`` pass. With
+step is one fused guidance-combine + bridge + update (a :func:`guided` model is evaluated as its
+two branches so the combine fuses too), and Haar transitions are one fused ``up_noisy`` pass. With
 ``rng`` a ``torch.Generator`` (or None) on the Triton path the transition noise is generated
 in-kernel from a seed drawn from ``rng``, so it never touches memory; a callable ``rng`` always
 supplies the noise tensor, which is how two implementations are fed identical noise.
+
+Schedules, plans, ``pyramid=None`` (PPF) and per-stage models as in :mod:`pyrflow_ref.samplers`.
+Stopped at an evaluation, the few-step sampler is the distillation roll-out:
+
+>>> from pyrflow_ref.windows import StageWindows
+>>> pyramid, windows = Pyramid.uniform("haar", (1, 2, 2), 2), StageWindows((0.5,))
+>>> x0, stage, process = sample_few_step(lambda x, t, c: -x, torch.ones(1, 2, 1, 2, 2), pyramid, windows, "1-1", stop=0)
+>>> stage, (process.sigma_c, process.sigma_n), tuple(x0.shape)
+(1, (0.5, 1.0), (1, 2, 1, 2, 2))
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from pyrflow_ref.samplers import plan_schedule
-from pyrflow_ref.windows import StageWindows, step_grid
+from pyrflow_ref.plan import Plan
+from pyrflow_ref.samplers import guidance_combine
+from pyrflow_ref.windows import StageWindows
 
 from . import kernels
-from .natural import bridge_velocity, per_frame, scale_c, varsigma
-from .process import pyramidal_x, rho, x0_from_velocity, y_c, y_n
+from .contract import Denoiser
+from .process import StageProcess, _gain, model_velocity, natural_input, timesteps
 from .resample import Pyramid, Resampler
 
-Model = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 Callback = Callable[[int, int, float, torch.Tensor], None]
 NoiseSource = torch.Generator | Callable[[tuple[int, ...]], torch.Tensor] | None
+Models = Denoiser | Sequence[Denoiser]
+"""One model, or one per stage (finest first)."""
 
-__all__ = ["Guided", "cfg", "model_velocity", "sample_euler", "sample_few_step", "sample_plain", "timesteps"]
-
-
-def timesteps(sigma, g, batch: int) -> torch.Tensor:
-    r"""Per-frame model timesteps :math:`1000\,\varsigma(\sigma, g)`, shape ``(B, F)``, on ``g``'s device and dtype.
-
-    >>> timesteps(0.5, torch.tensor([1.0, 2.0], dtype=torch.float64), 2).tolist()  # gain 2: varsigma = 1/3
-    [[500.0, 333.3333333333333], [500.0, 333.3333333333333]]
-    """
-    g = torch.as_tensor(g, dtype=None if torch.is_tensor(g) else torch.float64)
-    s = torch.as_tensor(sigma, dtype=g.dtype, device=g.device).reshape(-1, 1).expand(batch, 1)
-    return 1000.0 * varsigma(s, g[None, :])
-
-
-def _gain(g, x: torch.Tensor) -> torch.Tensor:
-    """A per-frame gain as a tensor on ``x``'s device, in at least float32."""
-    return torch.as_tensor(g, dtype=kernels.torch_ops.compute_dtype(x.dtype), device=x.device)
-
-
-def _natural_input(x: torch.Tensor, sigma, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the model sees: ``(x / c, t)``."""
-    s, gg = per_frame(sigma, g, x.ndim)
-    return x / scale_c(s, gg), timesteps(sigma, g, x.shape[0])
-
-
-def model_velocity(model: Model, x: torch.Tensor, sigma, g, cond: Any = None) -> torch.Tensor:
-    r""":math:`dx/d\sigma` of a stage sample ``x`` at global level ``sigma`` with per-frame gain ``g``."""
-    g = _gain(g, x)
-    v_hat = model(*_natural_input(x, sigma, g), cond)
-    return bridge_velocity(x, *per_frame(sigma, g, x.ndim), v_hat)
+__all__ = [
+    "Guided",
+    "Prediction",
+    "guidance_combine",
+    "guided",
+    "model_velocity",
+    "sample_euler",
+    "sample_few_step",
+    "sample_plain",
+    "timesteps",
+]
 
 
 @dataclass(frozen=True)
 class Guided:
-    r"""A classifier-free-guided model (returned by :func:`cfg`); callable as a :data:`Model`."""
+    r"""A classifier-free-guided model (from :func:`guided`), itself a :class:`~pyrflow_fast.contract.Denoiser`."""
 
-    model: Model
+    model: Denoiser
     scale: float
     uncond: Any = None
 
     def __call__(self, x_nat: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        u = self.model(x_nat, t, self.uncond)
-        return u + self.scale * (self.model(x_nat, t, cond) - u)
+        return guidance_combine(self.model(x_nat, t, self.uncond), self.model(x_nat, t, cond), self.scale)
 
 
-def cfg(model: Model, scale: float, uncond: Any = None) -> Guided:
+def guided(model: Denoiser, scale: float, uncond: Any = None) -> Guided:
     r"""Classifier-free guidance :math:`\hat v_u + w(\hat v_c - \hat v_u)` on the natural velocity.
 
     The bridge is affine in :math:`\hat v` with a condition-free offset, so guiding :math:`\hat v`
@@ -88,13 +80,27 @@ def cfg(model: Model, scale: float, uncond: Any = None) -> Guided:
     return Guided(model, scale, uncond)
 
 
-def _euler_step(model: Model, x: torch.Tensor, sigma: float, dsigma: float, g: torch.Tensor, cond: Any) -> torch.Tensor:
-    """``x + dsigma * dx/dsigma`` through the fused CFG + Euler op."""
-    x_nat, t = _natural_input(x, sigma, g)
+def _stage_model(model: Models, stage: int) -> Denoiser:
+    """The model of ``stage``: ``model`` itself, or its ``stage``-th entry when one is given per stage."""
+    return model[stage] if isinstance(model, Sequence) else model
+
+
+def stage_process(pyramid: Pyramid | None, plan: Plan, stage: int, frames: int) -> StageProcess:
+    """The process a sampler runs ``stage`` with: pyramidal on the plan's effective windows, plain without a pyramid."""
+    if pyramid is None:
+        return StageProcess.plain()
+    return StageProcess.pyramidal(pyramid, plan.effective_windows, stage, frames)
+
+
+def _euler_step(
+    model: Denoiser, x: torch.Tensor, sigma: float, dsigma: float, g: torch.Tensor, cond: Any
+) -> torch.Tensor:
+    """``x + dsigma * dx/dsigma`` through the fused guidance + Euler op."""
+    x_nat, t = natural_input(x, sigma, g)
     if isinstance(model, Guided):
         v_u = model.model(x_nat, t, model.uncond)
-        return kernels.cfg_euler(x, model.model(x_nat, t, cond), v_u, sigma, dsigma, g, model.scale)
-    return kernels.cfg_euler(x, model(x_nat, t, cond), None, sigma, dsigma, g)
+        return kernels.guided_euler(x, model.model(x_nat, t, cond), v_u, sigma, dsigma, g, model.scale)
+    return kernels.guided_euler(x, model(x_nat, t, cond), None, sigma, dsigma, g)
 
 
 def _draw(rng: NoiseSource, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -113,11 +119,11 @@ def _transition(level: Resampler, x: torch.Tensor, s: float, rng: NoiseSource) -
 
 
 def sample_euler(
-    model: Model,
+    model: Models,
     noise: torch.Tensor,
-    pyramid: Pyramid,
+    pyramid: Pyramid | None,
     windows: StageWindows,
-    steps: str | Sequence[int],
+    steps: str | Sequence[int] | Plan,
     *,
     cond: Any = None,
     shift: float = 1.0,
@@ -130,23 +136,22 @@ def sample_euler(
         noise`` (to feed identical noise to two implementations), for the high-band noise of each
         transition.
     """
-    steps, eff, top = plan_schedule(pyramid, windows, steps)
+    plan = Plan.build(steps, pyramid, windows, shift)
     x = torch.as_tensor(noise)
-    for i in range(top, -1, -1):
-        n = steps[pyramid.num_stages - 1 - i]
-        grid = step_grid(eff.sigma_n(i), eff.sigma_c(i), n, shift)
-        g = _gain(pyramid.gain(i, x.shape[-3]), x)
-        for k in range(n):
-            x = _euler_step(model, x, float(grid[k]), float(grid[k + 1] - grid[k]), g, cond)
+    for sp in plan.stages:
+        i, grid = sp.stage, sp.grid
+        g = _gain(stage_process(pyramid, plan, i, x.shape[-3]).frame_gain(x.shape[-3]), x)
+        for k in range(sp.steps):
+            x = _euler_step(_stage_model(model, i), x, float(grid[k]), float(grid[k + 1] - grid[k]), g, cond)
             if callback is not None:
                 callback(i, k, float(grid[k + 1]), x)
-        if i > 0:
-            x = _transition(pyramid.levels[i - 1], x, eff.sigma_c(i), rng)
+        if i > 0 and pyramid is not None:
+            x = _transition(pyramid.levels[i - 1], x, sp.sigma_c, rng)
     return x
 
 
 def sample_plain(
-    model: Model,
+    model: Denoiser,
     noise: torch.Tensor,
     steps: int,
     *,
@@ -160,45 +165,61 @@ def sample_plain(
     )
 
 
+class Prediction(NamedTuple):
+    """What :func:`sample_few_step` returns when stopped (see :class:`pyrflow_ref.samplers.Prediction`)."""
+
+    x0: torch.Tensor
+    stage: int
+    process: Any  # a pyrflow_fast.process.StageProcess (see the reference's field)
+
+
 def sample_few_step(
-    model: Model,
+    model: Models,
     noise: torch.Tensor,
-    pyramid: Pyramid,
+    pyramid: Pyramid | None,
     windows: StageWindows,
-    steps: str | Sequence[int],
+    steps: str | Sequence[int] | Plan,
     *,
     cond: Any = None,
     shift: float = 1.0,
     rng: NoiseSource = None,
     callback: Callback | None = None,
-) -> torch.Tensor:
+    stop: int | None = None,
+) -> torch.Tensor | Prediction:
     """Few-step x0-prediction sampling (distilled generators, e.g. ``"2-2-1"``), no CFG.
 
-    See :func:`pyrflow_ref.samplers.sample_few_step`; ``rng`` as in :func:`sample_euler`.
+    See :func:`pyrflow_ref.samplers.sample_few_step`; ``rng`` as in :func:`sample_euler`. Samples
+    keep the dtype of ``noise``. With ``stop`` (backward simulation, e.g. DMD's generator
+    roll-out) the evaluations before ``stop`` and their re-noising run under ``torch.no_grad``
+    and evaluation ``stop`` in the caller's grad mode, so only it carries a gradient; its ``x0``
+    is in the velocity's dtype (at least float32).
     """
-    steps, eff, top = plan_schedule(pyramid, windows, steps)
+    plan = Plan.build(steps, pyramid, windows, shift)
+    if stop is not None:
+        plan.locate(stop)  # validates the index before any evaluation
     x = torch.as_tensor(noise)
     noise_dtype = x.dtype
-    for i in range(top, -1, -1):
-        n = steps[pyramid.num_stages - 1 - i]
-        sc, sn = eff.sigma_c(i), eff.sigma_n(i)
-        grid = step_grid(sn, sc, n, shift)
-        g = pyramid.gain(i, x.shape[-3])
-        project = pyramid.levels[i].project if i < top else None
+    count = 0
+    for sp in plan.stages:
+        i, n, grid = sp.stage, sp.steps, sp.grid
+        process = stage_process(pyramid, plan, i, x.shape[-3])
         for k in range(n):
-            v = model_velocity(model, x, float(grid[k]), g, cond)
-            x0 = x0_from_velocity(x, v, float(grid[k]), sc, sn, project)
-            if k + 1 < n:
-                eps = _draw(rng, tuple(x.shape), x)
-                coarse = project(x0) if project is not None else torch.zeros_like(x0)
-                x = pyramidal_x(y_c(x0, eps, sc), y_n(coarse, eps, sn), rho(float(grid[k + 1]), sc, sn))
-            elif i > 0:
-                level = pyramid.levels[i - 1]
-                fine = level.fine_shape(tuple(x.shape))
-                x = y_n(level.up(x0, fine), _draw(rng, fine, x), sc)
-            else:
-                x = x0
-            x = x.to(noise_dtype)  # the velocity is computed in at least float32
+            last = count == stop
+            with torch.no_grad() if stop is not None and not last else contextlib.nullcontext():
+                x0 = process.denoise(_stage_model(model, i), x, float(grid[k]), cond)
+                if last:
+                    return Prediction(x0, i, process)
+                count += 1
+                if k + 1 < n:
+                    x = process.sample(x0, _draw(rng, tuple(x.shape), x), float(grid[k + 1]))
+                elif i > 0:  # the finer stage's process at the boundary, coarse signal up(x0)
+                    fine = pyramid.levels[i - 1].fine_shape(tuple(x.shape)) if pyramid is not None else tuple(x.shape)
+                    up = pyramid.levels[i - 1].up(x0, fine) if pyramid is not None else x0
+                    finer = stage_process(pyramid, plan, i - 1, fine[-3])
+                    x = finer.sample(up, _draw(rng, fine, x), sp.sigma_c, coarse=up)
+                else:
+                    x = x0
+                x = x.to(noise_dtype)  # the velocity is computed in at least float32
             if callback is not None:
                 callback(i, k, float(grid[k + 1]), x)
     return x

@@ -18,10 +18,11 @@ import numpy as np
 
 from .gaussian import SpectralGaussianVideo
 from .media import to_uint8, write_gif, write_mp4, write_strip
+from .plan import Plan
 from .process import x0_from_velocity
 from .resample import Pyramid
 from .samplers import model_velocity, sample_euler
-from .windows import WAN_DEFAULT_BOUNDARIES, StageWindows, parse_schedule
+from .windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 
 # Colour covariance of the demo: strongly correlated channels with a warm tint.
 CHANNEL_COV = np.array([[1.0, 0.8, 0.6], [0.8, 1.0, 0.7], [0.6, 0.7, 1.0]])
@@ -41,30 +42,29 @@ def main(argv: list[str] | None = None) -> int:
 
     pyramid = Pyramid.uniform("dct", (2, 2, 2), num_stages=3, first_frame=False)
     try:
-        steps = parse_schedule(args.schedule, pyramid.num_stages)
-        eff = StageWindows(WAN_DEFAULT_BOUNDARIES).for_schedule(steps)
-        sub = Pyramid(pyramid.levels[: eff.num_stages - 1])
+        plan = Plan.build(args.schedule, pyramid, StageWindows(WAN_DEFAULT_BOUNDARIES), args.shift)
+        # the Gaussian lives on the stages that take steps: coarsest stages with 0 steps are skipped
+        eff, sub = plan.effective_windows, Pyramid(pyramid.levels[: plan.top])
         model = SpectralGaussianVideo((3, args.frames, args.size, args.size), sub, eff, channel_cov=CHANNEL_COV)
     except ValueError as err:
         ap.error(str(err))
-    active = steps[pyramid.num_stages - eff.num_stages :]  # coarsest stages with 0 steps are skipped
     rng = np.random.default_rng(args.seed)
     noise = rng.standard_normal((1, *model.shapes[-1]))
 
     stage_ends: dict[int, np.ndarray] = {}
 
     def record(stage: int, step: int, sigma: float, x: np.ndarray) -> None:
-        if step != active[sub.num_stages - 1 - stage] - 1:
+        if step != plan.steps_of(stage) - 1:
             return
         g = sub.gain(stage, x.shape[-3])
         if stage:  # show the stage's clean estimate, not its noisy end
-            project = sub.levels[stage].project if stage < sub.num_stages - 1 else None
+            project = sub.levels[stage].project if stage < plan.top else None
             v = model_velocity(model, x, sigma, g)
             x = x0_from_velocity(x, v, sigma, eff.sigma_c(stage), eff.sigma_n(stage), project)
         stage_ends[stage] = x[0] / g[:, None, None]  # natural scale for display
 
     start = time.perf_counter()
-    video = sample_euler(model, noise, sub, eff, active, shift=args.shift, rng=rng, callback=record)[0]
+    video = sample_euler(model, noise, pyramid, plan.windows, plan, shift=plan.shift, rng=rng, callback=record)[0]
     seconds = time.perf_counter() - start
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,9 @@ from functools import cache
 import numpy as np
 
 FAMILIES = ("haar", "dct", "orthogonal", "avgpool")
+TRANSITION_FAMILIES = ("haar", "dct")
+"""The families a pyramid's stage transitions may use: orthonormal (exact ``up_noisy``) and fixed
+(no per-axis matrices to store), as opposed to ``orthogonal`` (user matrices) and ``avgpool``."""
 AXES = ("frames", "height", "width")
 _ORTHO_TOL = 1e-10
 

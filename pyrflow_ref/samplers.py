@@ -11,52 +11,64 @@ The model contract, shared by every sampler and by the fast twin:
 
 The samplers turn it into :math:`dx/d\sigma` with the exact bridge of
 :mod:`pyrflow_ref.natural`, so a backbone never sees orthonormal units. Schedules are steps per
-stage, coarsest first (``"20-20-10"``); coarsest stages may take 0 steps
-(:meth:`pyrflow_ref.windows.StageWindows.for_schedule`).
+stage, coarsest first (``"20-20-10"``), or a :class:`~pyrflow_ref.plan.Plan` built from one;
+coarsest stages may take 0 steps (:meth:`pyrflow_ref.windows.StageWindows.for_schedule`).
+
+A ``pyramid`` of ``None`` runs every stage on the noise's own resolution with the plain process
+at gain 1 and no resampling at the boundaries: Pyramidal Patchification (PPF), where the
+stages differ only in the model, given as one model per stage (finest first).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .natural import bridge_velocity, per_frame, scale_c, varsigma
-from .process import pyramidal_x, rho, x0_from_velocity, y_c, y_n
+from .plan import Plan
+from .process import Model, StageProcess, model_velocity, timesteps
 from .resample import Pyramid
-from .windows import StageWindows, parse_schedule, step_grid
+from .windows import StageWindows
 
-Model = Callable[[np.ndarray, np.ndarray, Any], np.ndarray]
+__all__ = [
+    "Model",
+    "Prediction",
+    "guidance_combine",
+    "guided",
+    "model_velocity",
+    "sample_euler",
+    "sample_few_step",
+    "sample_plain",
+    "timesteps",
+]
+
 Callback = Callable[[int, int, float, np.ndarray], None]
 NoiseSource = np.random.Generator | Callable[[tuple[int, ...]], np.ndarray] | None
+Models = Model | Sequence[Model]
+"""One model, or one per stage (finest first)."""
 
 
-def timesteps(sigma, g: np.ndarray, batch: int) -> np.ndarray:
-    r"""Per-frame model timesteps :math:`1000\,\varsigma(\sigma, g)`, shape ``(B, F)``."""
-    s = np.broadcast_to(np.asarray(sigma, dtype=np.float64).reshape(-1, 1), (batch, 1))
-    return 1000.0 * varsigma(s, np.asarray(g, dtype=np.float64)[None, :])
+def guidance_combine(uncond, cond, scale: float):
+    r"""Classifier-free guidance in the standard form :math:`u + w (c - u)` (arrays or tensors).
+
+    >>> float(guidance_combine(1.0, 3.0, 4.5))
+    10.0
+    """
+    return uncond + scale * (cond - uncond)
 
 
-def model_velocity(model: Model, x: np.ndarray, sigma, g: np.ndarray, cond: Any = None) -> np.ndarray:
-    r""":math:`dx/d\sigma` of a stage sample ``x`` at global level ``sigma`` with per-frame gain ``g``."""
-    s, gg = per_frame(sigma, g, x.ndim)
-    v_hat = model(x / scale_c(s, gg), timesteps(sigma, g, x.shape[0]), cond)
-    return bridge_velocity(x, s, gg, v_hat)
-
-
-def cfg(model: Model, scale: float, uncond: Any = None) -> Model:
+def guided(model: Model, scale: float, uncond: Any = None) -> Model:
     r"""Classifier-free guidance :math:`\hat v_u + w(\hat v_c - \hat v_u)` on the natural velocity.
 
     The bridge is affine in :math:`\hat v` with a condition-free offset, so guiding :math:`\hat v`
     guides :math:`dx/d\sigma` identically.
     """
 
-    def guided(x_nat: np.ndarray, t: np.ndarray, cond: Any) -> np.ndarray:
-        u = model(x_nat, t, uncond)
-        return u + scale * (model(x_nat, t, cond) - u)
+    def run(x_nat: np.ndarray, t: np.ndarray, cond: Any) -> np.ndarray:
+        return guidance_combine(model(x_nat, t, uncond), model(x_nat, t, cond), scale)
 
-    return guided
+    return run
 
 
 def _noise_fn(rng: NoiseSource) -> Callable[[tuple[int, ...]], np.ndarray]:
@@ -67,26 +79,24 @@ def _noise_fn(rng: NoiseSource) -> Callable[[tuple[int, ...]], np.ndarray]:
     return rng
 
 
-def plan_schedule(pyramid: Pyramid, windows: StageWindows, steps) -> tuple[tuple[int, ...], StageWindows, int]:
-    """``(steps, effective windows, top)`` of a schedule; ``top`` is the coarsest stage with steps.
+def _stage_model(model: Models, stage: int) -> Model:
+    """The model of ``stage``: ``model`` itself, or its ``stage``-th entry when one is given per stage."""
+    return model[stage] if isinstance(model, Sequence) else model
 
-    The noise a sampler starts from has the shape of stage ``top``.
-    """
-    if pyramid.num_stages != windows.num_stages:
-        raise ValueError(f"pyramid has {pyramid.num_stages} stages but the windows have {windows.num_stages}")
-    if isinstance(steps, str):
-        steps = parse_schedule(steps, pyramid.num_stages)
-    steps = tuple(int(n) for n in steps)
-    eff = windows.for_schedule(steps)
-    return steps, eff, eff.num_stages - 1
+
+def stage_process(pyramid: Pyramid | None, plan: Plan, stage: int, frames: int) -> StageProcess:
+    """The process a sampler runs ``stage`` with: pyramidal on the plan's effective windows, plain without a pyramid."""
+    if pyramid is None:
+        return StageProcess.plain()
+    return StageProcess.pyramidal(pyramid, plan.effective_windows, stage, frames)
 
 
 def sample_euler(
-    model: Model,
+    model: Models,
     noise: np.ndarray,
-    pyramid: Pyramid,
+    pyramid: Pyramid | None,
     windows: StageWindows,
-    steps: str | Sequence[int],
+    steps: str | Sequence[int] | Plan,
     *,
     cond: Any = None,
     shift: float = 1.0,
@@ -95,27 +105,29 @@ def sample_euler(
 ) -> np.ndarray:
     """Pyramidal Euler sampling from pure noise to a stage-0 sample.
 
+    :param model: the model, or one per stage (finest first).
     :param noise: white noise at the shape of the coarsest stage that takes steps.
-    :param steps: steps per stage, coarsest first, e.g. ``"20-20-10"``.
+    :param pyramid: the resolution pyramid; ``None``: no resampling (PPF, see the module docstring).
+    :param steps: steps per stage, coarsest first, e.g. ``"20-20-10"``, or a :class:`Plan`.
     :param shift: timestep shift of every stage grid (:func:`pyrflow_ref.windows.step_grid`).
     :param rng: a Generator, or a callable ``shape -> white noise`` (to feed identical noise to
         two implementations), for the high-band noise of each transition.
     :param callback: called as ``callback(stage, step, sigma, x)`` after every step.
     """
-    steps, eff, top = plan_schedule(pyramid, windows, steps)
+    plan = Plan.build(steps, pyramid, windows, shift)
     draw = _noise_fn(rng)
     x = np.asarray(noise, dtype=np.float64)
-    for i in range(top, -1, -1):
-        n = steps[pyramid.num_stages - 1 - i]
-        grid = step_grid(eff.sigma_n(i), eff.sigma_c(i), n, shift)
-        g = pyramid.gain(i, x.shape[-3])
-        for k in range(n):
-            x = x + (grid[k + 1] - grid[k]) * model_velocity(model, x, grid[k], g, cond)
+    for sp in plan.stages:
+        i, grid = sp.stage, sp.grid
+        g = stage_process(pyramid, plan, i, x.shape[-3]).frame_gain(x.shape[-3])
+        for k in range(sp.steps):
+            v = model_velocity(_stage_model(model, i), x, grid[k], g, cond)
+            x = x + (grid[k + 1] - grid[k]) * v
             if callback is not None:
                 callback(i, k, float(grid[k + 1]), x)
-        if i > 0:
+        if i > 0 and pyramid is not None:
             level = pyramid.levels[i - 1]
-            x = level.up_noisy(x, eff.sigma_c(i), draw(level.fine_shape(x.shape)))
+            x = level.up_noisy(x, sp.sigma_c, draw(level.fine_shape(x.shape)))
     return x
 
 
@@ -134,46 +146,64 @@ def sample_plain(
     )
 
 
+class Prediction(NamedTuple):
+    """What :func:`sample_few_step` returns when stopped at an evaluation."""
+
+    x0: np.ndarray
+    """The evaluation's clean prediction of its stage, ``(B, C, F_i, H_i, W_i)``."""
+    stage: int
+    process: Any
+    """The stage's :class:`pyrflow_ref.process.StageProcess` (effective windows of the schedule; plain without
+    a pyramid; typed ``Any`` so the docs need not pick between the twins)."""
+
+
 def sample_few_step(
-    model: Model,
+    model: Models,
     noise: np.ndarray,
-    pyramid: Pyramid,
+    pyramid: Pyramid | None,
     windows: StageWindows,
-    steps: str | Sequence[int],
+    steps: str | Sequence[int] | Plan,
     *,
     cond: Any = None,
     shift: float = 1.0,
     rng: NoiseSource = None,
     callback: Callback | None = None,
-) -> np.ndarray:
-    """Few-step x0-prediction sampling (distilled generators, e.g. ``"2-2-1"``), no CFG.
+    stop: int | None = None,
+) -> np.ndarray | Prediction:
+    r"""Few-step x0-prediction sampling (distilled generators, e.g. ``"2-2-1"``), no CFG (theory §3.3).
 
     Stage ``i`` with ``n`` steps evaluates the model at the first ``n`` levels of its grid. Each
-    evaluation decodes the clean stage signal (:func:`pyrflow_ref.process.x0_from_velocity`), then
-    re-noises it: to the next level of the stage with the stage's forward process, or across the
-    boundary as the finer stage's :math:`y_n = (1 - \\sigma) \\mathrm{up}(x_0) + \\sigma \\epsilon`.
-    Returns the last clean prediction.
+    evaluation decodes the clean stage signal (:meth:`StageProcess.x0_from_velocity`), then
+    re-noises it with fresh noise (:meth:`StageProcess.sample`): to the next level of the stage
+    with the stage's process, or across the boundary with the finer stage's process at its
+    noisiest level and coarse signal :math:`\mathrm{up}(x_0)`, i.e. its
+    :math:`y_n = (1 - \sigma) \mathrm{up}(x_0) + \sigma \epsilon` (without a pyramid: the plain
+    :math:`(1 - \sigma) x_0 + \sigma \epsilon`). Returns the last clean prediction.
+
+    :param stop: global index (from 0, coarsest stage first) of the evaluation to stop at: returns
+        its :class:`Prediction` ``(x0, stage, process)`` instead; with the last index ``x0`` is
+        the sampler's output. Other arguments as in :func:`sample_euler`.
     """
-    steps, eff, top = plan_schedule(pyramid, windows, steps)
+    plan = Plan.build(steps, pyramid, windows, shift)
+    if stop is not None:
+        plan.locate(stop)  # validates the index before any evaluation
     draw = _noise_fn(rng)
     x = np.asarray(noise, dtype=np.float64)
-    for i in range(top, -1, -1):
-        n = steps[pyramid.num_stages - 1 - i]
-        sc, sn = eff.sigma_c(i), eff.sigma_n(i)
-        grid = step_grid(sn, sc, n, shift)
-        g = pyramid.gain(i, x.shape[-3])
-        project = pyramid.levels[i].project if i < top else None
+    count = 0
+    for sp in plan.stages:
+        i, n, grid = sp.stage, sp.steps, sp.grid
+        process = stage_process(pyramid, plan, i, x.shape[-3])
         for k in range(n):
-            v = model_velocity(model, x, grid[k], g, cond)
-            x0 = x0_from_velocity(x, v, grid[k], sc, sn, project)
+            x0 = process.denoise(_stage_model(model, i), x, grid[k], cond)
+            if count == stop:
+                return Prediction(x0, i, process)
+            count += 1
             if k + 1 < n:
-                eps = draw(x.shape)
-                coarse = project(x0) if project is not None else np.zeros_like(x0)
-                x = pyramidal_x(y_c(x0, eps, sc), y_n(coarse, eps, sn), rho(grid[k + 1], sc, sn))
-            elif i > 0:
-                level = pyramid.levels[i - 1]
-                fine = level.fine_shape(x.shape)
-                x = y_n(level.up(x0, fine), draw(fine), sc)
+                x = process.sample(x0, draw(x.shape), grid[k + 1])
+            elif i > 0:  # the finer stage's process at the boundary, coarse signal up(x0)
+                fine = pyramid.levels[i - 1].fine_shape(x.shape) if pyramid is not None else x.shape
+                up = pyramid.levels[i - 1].up(x0, fine) if pyramid is not None else x0
+                x = stage_process(pyramid, plan, i - 1, fine[-3]).sample(up, draw(fine), sp.sigma_c, coarse=up)
             else:
                 x = x0
             if callback is not None:

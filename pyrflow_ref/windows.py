@@ -90,7 +90,8 @@ class StageWindows:
         first = active.index(True)
         if not all(active[first:]):
             raise ValueError(
-                f"schedule {format_schedule(steps)!r} skips a stage below one with steps; only the coarsest stages may take 0 steps"
+                f"schedule {format_schedule(steps)!r} skips a stage below one with steps; "
+                "only the coarsest stages may take 0 steps"
             )
         return StageWindows(self.boundaries[1 : self.num_stages - first])
 

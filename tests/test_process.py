@@ -6,20 +6,22 @@ import pytest
 from pyrflow_ref.gaussian import LinearPatchEncoder
 from pyrflow_ref.natural import bridge_velocity, natural_velocity, per_frame, scale_c, sigma_from_varsigma, varsigma
 from pyrflow_ref.process import (
+    StageProcess,
     clean_pyramid_latent,
     clean_pyramid_pixel,
     coarse_signal_up,
     forward_sample,
+    model_velocity,
     x0_from_velocity,
 )
-from pyrflow_ref.resample import Pyramid
+from pyrflow_ref.resample import TRANSITION_FAMILIES, Pyramid
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 
 SHAPE = (2, 3, 9, 8, 8)
 WINDOWS = StageWindows(WAN_DEFAULT_BOUNDARIES)
 
 
-@pytest.fixture(params=["haar", "dct"])
+@pytest.fixture(params=TRANSITION_FAMILIES)
 def pyramid(request):
     return Pyramid.uniform(request.param, (2, 2, 2), 3)
 
@@ -142,3 +144,70 @@ def test_forward_sample_rejects_sigma_outside_window():
     x0s = clean_pyramid_latent(np.zeros(SHAPE), Pyramid.uniform("haar", (2, 2, 2), 3))
     with pytest.raises(ValueError, match=r"outside stage 0's window \[0.0, 0.5555"):
         forward_sample(x0s, np.zeros(SHAPE), 0.9, 0, WINDOWS, Pyramid.uniform("haar", (2, 2, 2), 3))
+
+
+# ------------------------------------------------------------------------------ StageProcess
+def dense(fn, shape):
+    """The matrix of a linear map on one ``(C, F, H, W)`` sample."""
+    n = int(np.prod(shape))
+    return fn(np.eye(n).reshape(n, *shape)).reshape(n, n).T
+
+
+def test_stage_process_is_the_forward_process(pyramid):
+    """Sample and target equal forward_sample's (Definition 1), M is explicit, eps and x0 decode exactly."""
+    rng = np.random.default_rng(5)
+    x0s = clean_pyramid_latent(rng.standard_normal(SHAPE), pyramid)
+    for i in range(3):
+        proc = StageProcess.pyramidal(pyramid, WINDOWS, i, x0s[i].shape[-3])
+        assert (proc.sigma_c, proc.sigma_n, proc.project is None) == (WINDOWS.sigma_c(i), WINDOWS.sigma_n(i), i == 2)
+        np.testing.assert_array_equal(proc.gain, pyramid.gain(i, x0s[i].shape[-3]))
+        eps = rng.standard_normal(x0s[i].shape)
+        sigma = proc.sigma(np.array([0.25, 0.8]))
+        np.testing.assert_allclose(proc.rho(sigma), [0.25, 0.8], atol=1e-15)
+        x, v = forward_sample(x0s, eps, sigma, i, WINDOWS, pyramid)
+        np.testing.assert_array_equal(proc.sample(x0s[i], eps, sigma), x)
+        np.testing.assert_array_equal(proc.target(x0s[i], eps), v)
+        np.testing.assert_array_equal(proc.forward(x0s[i], eps, sigma)[1], v)
+        s = sigma[:, None, None, None, None]
+        np.testing.assert_allclose(proc.apply_m(x0s[i], sigma) + s * eps, x, atol=1e-12)
+        np.testing.assert_allclose(proc.eps(x, x0s[i], sigma), eps, atol=1e-12)
+        np.testing.assert_allclose(proc.x0_from_velocity(x, v, sigma), x0s[i], atol=1e-10)
+
+
+def test_stage_process_mtm_band_weights(pyramid):
+    """M^T M = (1 - sigma)^2 P + ((1 - rho)(1 - sigma_c))^2 (I - P) as a dense matrix (stage 1)."""
+    shape = (1, 5, 4, 4)
+    proc = StageProcess.pyramidal(pyramid, WINDOWS, 1, shape[1])
+    sigma = proc.sigma(0.4)
+    m = dense(lambda b: proc.apply_m(b, sigma), shape)
+    d = np.random.default_rng(6).standard_normal((1, *shape))
+    mtm_d = (m.T @ m @ d.reshape(-1)).reshape(d.shape)
+    np.testing.assert_allclose(proc.apply_mtm(d, sigma), mtm_d, atol=1e-12)
+    np.testing.assert_allclose(proc.apply_mtm(d, sigma, "low"), mtm_d / (1 - sigma) ** 2, atol=1e-12)
+    low, high = proc.band_weights(sigma)
+    assert low == pytest.approx((1 - sigma) ** 2) and high == pytest.approx((0.6 * (1 - proc.sigma_c)) ** 2)
+    with pytest.raises(ValueError, match="band_norm"):
+        proc.apply_mtm(d, sigma, "both")
+
+
+def test_plain_stage_process_and_validation():
+    rng = np.random.default_rng(7)
+    x0, eps = rng.standard_normal((2, *SHAPE))
+    plain = StageProcess.plain(2.0)
+    np.testing.assert_allclose(plain.sample(x0, eps, 0.3), 0.7 * x0 + 0.3 * eps, atol=1e-15)
+    np.testing.assert_allclose(plain.target(x0, eps), eps - x0, atol=1e-15)
+    np.testing.assert_array_equal(plain.frame_gain(3), [2.0, 2.0, 2.0])
+    x_nat, t = plain.natural_input(plain.sample(x0, eps, 0.3), 0.3)
+    np.testing.assert_allclose(x_nat, (0.7 * x0 + 0.3 * eps) / (2 * 0.7 + 0.3), atol=1e-15)
+    np.testing.assert_allclose(t, 1000 * 0.3 / (0.3 + 2 * 0.7))
+
+    def model(xn, tt, cond):
+        return 0.5 * xn + tt[:, None, :, None, None] / 1000
+
+    x = plain.sample(x0, eps, 0.3)
+    np.testing.assert_array_equal(plain.velocity(model, x, 0.3), model_velocity(model, x, 0.3, np.full(9, 2.0)))
+    np.testing.assert_array_equal(plain.denoise(model, x, 0.3), x - 0.3 * plain.velocity(model, x, 0.3))
+    with pytest.raises(ValueError, match="needs the projection"):
+        StageProcess(0.3, 0.7)
+    with pytest.raises(ValueError, match="sigma_c < sigma_n"):
+        StageProcess(0.5, 0.5)

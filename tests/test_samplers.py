@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from pyrflow_ref.gaussian import GaussianVideoModel, power_law_covariance
-from pyrflow_ref.resample import Pyramid
-from pyrflow_ref.samplers import cfg, model_velocity, sample_euler, sample_few_step, sample_plain, timesteps
+from pyrflow_ref.plan import Plan
+from pyrflow_ref.resample import TRANSITION_FAMILIES, Pyramid
+from pyrflow_ref.samplers import guided, model_velocity, sample_euler, sample_few_step, sample_plain, timesteps
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows, shift_sigma
 
 SHAPE = (1, 5, 4, 4)
@@ -60,21 +61,21 @@ def test_model_sees_natural_scale_and_per_frame_timesteps():
     np.testing.assert_allclose(timesteps(0.5, np.ones(3), 2), 500.0)
 
 
-def test_cfg_combines_natural_velocities():
+def test_guided_combines_natural_velocities():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, *SHAPE))
     t = np.full((2, SHAPE[1]), 400.0)
-    guided = cfg(toy_model, 5.0, uncond=None)
+    guided_model = guided(toy_model, 5.0, uncond=None)
     u, c = toy_model(x, t, None), toy_model(x, t, 2.0)
-    np.testing.assert_allclose(guided(x, t, 2.0), u + 5.0 * (c - u), atol=1e-15)
-    np.testing.assert_allclose(cfg(toy_model, 1.0)(x, t, 2.0), c, atol=1e-15)
+    np.testing.assert_allclose(guided_model(x, t, 2.0), u + 5.0 * (c - u), atol=1e-15)
+    np.testing.assert_allclose(guided(toy_model, 1.0)(x, t, 2.0), c, atol=1e-15)
     g = np.ones(SHAPE[1])
     # guidance on v_hat is guidance on dx/dsigma (the bridge is affine with a condition-free offset)
     vu, vc = (model_velocity(toy_model, x, 0.4, g, cond) for cond in (None, 2.0))
-    np.testing.assert_allclose(model_velocity(guided, x, 0.4, g, 2.0), vu + 5.0 * (vc - vu), atol=1e-13)
+    np.testing.assert_allclose(model_velocity(guided_model, x, 0.4, g, 2.0), vu + 5.0 * (vc - vu), atol=1e-13)
 
 
-@pytest.mark.parametrize("family", ["haar", "dct"])
+@pytest.mark.parametrize("family", TRANSITION_FAMILIES)
 @pytest.mark.parametrize("schedule", ["2-2-1", "1-1-1", "0-0-2", "0-1-1", "3-2-2"])
 def test_few_step_sampler_is_exact_for_a_point_mass(family, schedule):
     """With the exact velocity of a point-mass data set, every few-step schedule returns the point."""
@@ -129,3 +130,62 @@ def test_bad_input():
         sample_euler(toy_model, np.zeros((1, *SHAPE)), pyramid, WINDOWS, "2-2")
     with pytest.raises(ValueError, match="pyramid has 2 stages but the windows have 3"):
         sample_euler(toy_model, np.zeros((1, *SHAPE)), Pyramid.uniform("haar", (2, 2, 2), 2), WINDOWS, "2-2-2")
+
+
+def test_few_step_stops_at_each_evaluation():
+    """``stop=k`` returns evaluation k's clean prediction of the state the full run reaches there."""
+    pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
+    model = GaussianVideoModel.latent(power_law_covariance(SHAPE), SHAPE, pyramid, WINDOWS)
+    noise = np.random.default_rng(5).standard_normal((2, *model.shapes[-1]))
+    states = [noise]
+    out = sample_few_step(
+        model, noise, pyramid, WINDOWS, "2-2-1", shift=3.0, rng=np.random.default_rng(6),
+        callback=lambda i, k, s, x: states.append(x),
+    )  # fmt: skip
+    plan = Plan.build("2-2-1", pyramid, WINDOWS, 3.0)
+    levels = [float(s) for sp in plan.stages for s in sp.grid[:-1]]
+    stages = []
+    for k in range(5):
+        x0, stage, process = sample_few_step(
+            model, noise, pyramid, WINDOWS, plan, shift=3.0, rng=np.random.default_rng(6), stop=k
+        )
+        stages.append(stage)
+        assert (process.sigma_c, process.sigma_n) == (WINDOWS.sigma_c(stage), WINDOWS.sigma_n(stage))
+        np.testing.assert_array_equal(x0, process.denoise(model, states[k], levels[k]))
+    assert stages == [2, 2, 1, 1, 0]
+    np.testing.assert_array_equal(x0, out)
+    with pytest.raises(ValueError, match="stop 5 outside the 5 evaluations"):
+        sample_few_step(model, noise, pyramid, WINDOWS, "2-2-1", stop=5)
+
+
+def test_samplers_accept_a_plan():
+    pyramid = Pyramid.uniform("dct", (2, 2, 2), 3)
+    model = GaussianVideoModel.latent(power_law_covariance(SHAPE), SHAPE, pyramid, WINDOWS)
+    noise = np.random.default_rng(8).standard_normal((1, *model.shapes[-2]))
+    plan = Plan.build("0-2-3", pyramid, WINDOWS, 2.0)
+    for sampler in (sample_euler, sample_few_step):
+        want = sampler(model, noise, pyramid, WINDOWS, "0-2-3", shift=2.0, rng=np.random.default_rng(1))
+        got = sampler(model, noise, pyramid, WINDOWS, plan, shift=2.0, rng=np.random.default_rng(1))
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="at shift 2.0 used with"):
+        sample_euler(model, noise, pyramid, WINDOWS, plan)
+
+
+def test_without_a_pyramid_stages_share_the_resolution():
+    """``pyramid=None``: one model per stage, the plain process, no resampling (PPF)."""
+    x = np.random.default_rng(9).standard_normal((2, *SHAPE))
+    models = [lambda xn, t, c, a=a: a * xn - 0.1 for a in (0.5, 0.7, 0.9)]
+    plan = Plan.build("1-2-1", None, WINDOWS, 2.0)
+    grid = [float(s) for sp in plan.stages for s in sp.grid[:-1]] + [0.0]
+    stage = [sp.stage for sp in plan.stages for _ in range(sp.steps)]
+    draws = np.random.default_rng(3).standard_normal((4, 2, *SHAPE))
+    euler, few = x, x
+    for n, (s, s_next) in enumerate(zip(grid, grid[1:])):
+        t = np.full((2, SHAPE[1]), 1000.0 * s)
+        euler = euler + (s_next - s) * models[stage[n]](euler, t, None)
+        x0 = few - s * models[stage[n]](few, t, None)
+        few = (1 - s_next) * x0 + s_next * draws[n] if s_next > 0 else x0
+    np.testing.assert_allclose(sample_euler(models, x, None, WINDOWS, plan, shift=2.0), euler, rtol=0, atol=1e-12)
+    noise = iter(draws)
+    got = sample_few_step(models, x, None, WINDOWS, plan, shift=2.0, rng=lambda shape: next(noise))
+    np.testing.assert_allclose(got, few, rtol=0, atol=1e-12)

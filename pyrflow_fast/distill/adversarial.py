@@ -8,8 +8,8 @@ convolutions), each producing a per-position logit map that is averaged; the log
 branches and blocks are summed. Which backbone is passed decides the variant: the original Wan
 (**OD**) or the pyramidal finetune (**PD**). The backbone sees what it is trained on: a
 natural-scale (re-noised) latent and its timesteps, exactly the arguments of ``WanDiT.forward``;
-for a stage sample use :meth:`pyrflow_fast.distill.dmd.StageProcess.natural_input`, e.g.
-``disc(*process.natural_input(process.noise(x0, eps, sigma), sigma), context)``.
+for a stage sample use :meth:`pyrflow_fast.process.StageProcess.natural_input`, e.g.
+``disc(*process.natural_input(process.sample(x0, eps, sigma), sigma), context)``.
 
 Losses, with :math:`D` the summed logits of a batch (means over the batch):
 

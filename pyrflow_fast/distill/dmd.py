@@ -5,10 +5,10 @@ Three roles (theory §4): the **generator** (student) produces the clean signal
 and the **fake score** (critic, trained online by flow matching on generator samples) both
 denoise a re-noised generator sample. Every model here is a natural-scale backbone with the
 samplers' contract ``model(x / c, 1000 * varsigma, cond) -> v_hat``
-(:mod:`pyrflow_fast.samplers`), evaluated through :func:`pyrflow_fast.samplers.model_velocity`.
+(:mod:`pyrflow_fast.samplers`), evaluated through :meth:`pyrflow_fast.process.StageProcess.velocity`.
 
-Re-noising (:class:`StageProcess`)
-----------------------------------
+Re-noising (:class:`pyrflow_fast.process.StageProcess`)
+-------------------------------------------------------
 Inside a stage with window :math:`[\sigma_c, \sigma_n]`, local level
 :math:`\rho = (\sigma - \sigma_c)/(\sigma_n - \sigma_c)` and the projection :math:`P` onto the
 low band of the level below (Definition 1, :math:`\mathrm{up}(x_0^{(i+1)}) = P x_0`), the
@@ -23,7 +23,8 @@ so the noise is recoverable in closed form, :math:`\epsilon = (x - M x_0)/\sigma
 ``proofs/pt_dmd.py`` from :math:`P^\top = P`, :math:`P^2 = P`). The plain process
 :math:`x = (1 - \sigma) x_0 + \sigma\epsilon` is the window :math:`[0, 1]`, where
 :math:`M = (1 - \sigma) I` and no :math:`P` is needed. Clean predictions are decoded by
-:func:`pyrflow_fast.process.x0_from_velocity` (plain: :math:`x - \sigma v`).
+:meth:`~pyrflow_fast.process.StageProcess.x0_from_velocity` (plain: :math:`x - \sigma v`);
+:func:`variant_process` picks a variant's process.
 
 Variants (:class:`DMDVariant`)
 ------------------------------
@@ -55,9 +56,10 @@ window, shifted by :math:`s' = k s/(1 + (k-1) s)` and clamped to :math:`[0.02, 0
     L_{gen} &= \tfrac12 \operatorname{mean}\big(\hat x_0 - \mathrm{sg}(\hat x_0 - \mathrm{grad})\big)^2
              + \lambda_{reg} \operatorname{mean}(\hat x_0 - x_0^{teacher})^2,
 
-where :math:`u, c` are the teacher's unconditional and conditional natural velocities (CFG in
-the standard form; the bridge to :math:`dx/d\sigma` and the decoding are affine with
-condition-free offsets, so guiding :math:`\hat v` guides :math:`x_0^{real}` identically).
+where :math:`u, c` are the teacher's unconditional and conditional natural velocities (guidance
+in the standard form, :func:`pyrflow_fast.samplers.guided`; the bridge to :math:`dx/d\sigma` and
+the decoding are affine with condition-free offsets, so guiding :math:`\hat v` guides
+:math:`x_0^{real}` identically).
 :math:`W = I` for ``ot`` and ``pt*``; for ``pt``, :math:`W = M^\top M` divided by the common
 factor :math:`(1-\sigma)^2` (``band_norm="low"``, the default: exactly the scalar plain DMD drops,
 so ``pt`` equals plain DMD wherever :math:`M \propto I`, e.g. at the coarsest stage) or the raw
@@ -72,7 +74,7 @@ The critic is updated ``critic_ratio`` (5) times per generator update.
 
 >>> DMDVariant.parse("PT*"), DMDVariant.parse("ot").value
 (<DMDVariant.PT_STAR: 'pt*'>, 'ot')
->>> s = score_sigmas(1000, shift=5.0, generator=torch.Generator().manual_seed(0))
+>>> s = score_sigmas(1000, shift=5.0, rng=torch.Generator().manual_seed(0))
 >>> bool(s.min() >= 0.02 and s.max() <= 0.98), s.dtype
 (True, torch.float64)
 """
@@ -89,29 +91,26 @@ import torch.nn.functional as F
 
 from pyrflow_ref.windows import StageWindows, shift_sigma, unshift_sigma
 
-from ..natural import per_frame, scale_c
-from ..process import pyramidal_x, rho, x0_from_velocity, y_c, y_n
-from ..resample import Pyramid, batch_scalar
-from ..samplers import Model, cfg, model_velocity, timesteps
+from ..contract import Denoiser
+from ..process import StageProcess
+from ..resample import Pyramid
+from ..samplers import guided
 
 __all__ = [
     "DMD",
     "DMDConfig",
     "DMDLoss",
     "DMDVariant",
-    "StageProcess",
-    "cfg_combine",
     "critic_loss",
     "dmd_gradient",
     "generator_loss",
     "regression_loss",
     "score_sigmas",
+    "variant_process",
 ]
 
-Projection = Callable[[torch.Tensor], torch.Tensor]
 
-
-class DMDVariant(str, enum.Enum):
+class DMDVariant(str, enum.Enum):  # noqa: UP042 (a StrEnum would change str() of the members)
     """DMD variants: ``ot`` (original teacher), ``pt`` (pyramidal teacher), ``pt*`` (PT without band weights)."""
 
     OT = "ot"
@@ -193,7 +192,7 @@ def score_sigmas(
     shift: float = 5.0,
     window: tuple[float, float] = (0.0, 1.0),
     clamp: tuple[float, float] = (0.02, 0.98),
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
     device: Any = None,
 ) -> torch.Tensor:
     """Per-sample score levels ``(B,)`` (float64): uniform in the unshifted variable over ``window``,
@@ -208,132 +207,18 @@ def score_sigmas(
     if not 0.0 <= lo < hi <= 1.0 or a > b:
         raise ValueError(f"window {window} and clamp {clamp} leave no admissible score level")
     u_lo, u_hi = float(unshift_sigma(lo, shift)), float(unshift_sigma(hi, shift))
-    u = u_lo + (u_hi - u_lo) * torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
+    u = u_lo + (u_hi - u_lo) * torch.rand(batch, generator=rng, dtype=torch.float64, device=device)
     return shift_sigma(u, shift).clamp(a, b)
 
 
-def cfg_combine(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance in the standard form ``u + w (c - u)``.
-
-    >>> cfg_combine(torch.tensor(1.0), torch.tensor(3.0), 4.5).item()
-    10.0
-    """
-    return uncond + scale * (cond - uncond)
-
-
-@dataclass(frozen=True)
-class StageProcess:
-    r"""The forward process a DMD variant re-noises a stage's clean prediction with.
-
-    :param sigma_c: cleaner end of the window.
-    :param sigma_n: noisier end (1 for the plain process and the coarsest stage).
-    :param gain: the stage's per-frame gain :math:`g_i` ``(F,)`` or a number (what the
-        natural-scale contract divides by).
-    :param project: :math:`P` of the level below the stage; required when ``sigma_n < 1``.
-    """
-
-    sigma_c: float
-    sigma_n: float
-    gain: Any = 1.0
-    project: Projection | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.sigma_c < self.sigma_n <= 1.0:
-            raise ValueError(f"need 0 <= sigma_c < sigma_n <= 1, got [{self.sigma_c}, {self.sigma_n}]")
-        if self.sigma_n < 1.0 and self.project is None:
-            raise ValueError(f"a window [{self.sigma_c}, {self.sigma_n}] with sigma_n < 1 needs the projection P")
-
-    @classmethod
-    def plain(cls, gain: Any = 1.0) -> StageProcess:
-        r"""The plain process :math:`x = (1 - \sigma) x_0 + \sigma \epsilon` (window [0, 1])."""
-        return cls(0.0, 1.0, gain, None)
-
-    @classmethod
-    def pyramidal(cls, pyramid: Pyramid, windows: StageWindows, stage: int, frames: int) -> StageProcess:
-        """The pyramidal process of ``stage`` (``frames``: the stage's latent frame count, for the gain)."""
-        project = pyramid.levels[stage].project if stage < pyramid.num_stages - 1 else None
-        return cls(windows.sigma_c(stage), windows.sigma_n(stage), pyramid.gain(stage, frames), project)
-
-    @classmethod
-    def for_variant(
-        cls, variant: DMDVariant | str, pyramid: Pyramid, windows: StageWindows, stage: int, frames: int
-    ) -> StageProcess:
-        """OT: :meth:`plain` with the stage's gain; PT and PT*: :meth:`pyramidal`."""
-        if DMDVariant.parse(variant).pyramidal:
-            return cls.pyramidal(pyramid, windows, stage, frames)
-        return cls.plain(pyramid.gain(stage, frames))
-
-    # ----------------------------------------------------------------------- coefficients
-    def rho(self, sigma) -> torch.Tensor:
-        """Local level inside the window."""
-        return rho(sigma, self.sigma_c, self.sigma_n)
-
-    def band_weights(self, sigma) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Band weights of :math:`M^\top M`: :math:`((1 - \sigma)^2, ((1 - \rho)(1 - \sigma_c))^2)`."""
-        s = torch.as_tensor(sigma, dtype=None if torch.is_tensor(sigma) else torch.float64)
-        return (1 - s) ** 2, ((1 - self.rho(s)) * (1 - self.sigma_c)) ** 2
-
-    def _bands(self, x: torch.Tensor, low, high) -> torch.Tensor:
-        """``low P x + high (I - P) x`` (``low``, ``high`` scalar or ``(B,)``)."""
-        lo = batch_scalar(low, x.ndim, x.dtype, x.device)
-        hi = batch_scalar(high, x.ndim, x.dtype, x.device)
-        if self.project is None:  # sigma_n = 1: both coefficients agree, M = (1 - sigma) I
-            return lo * x
-        px = self.project(x)
-        return lo * px + hi * (x - px)
-
-    def apply_m(self, x0: torch.Tensor, sigma) -> torch.Tensor:
-        r""":math:`M x_0 = (1 - \sigma) P x_0 + (1 - \rho)(1 - \sigma_c)(I - P) x_0`."""
-        s = torch.as_tensor(sigma, dtype=None if torch.is_tensor(sigma) else torch.float64)
-        return self._bands(x0, 1 - s, (1 - self.rho(s)) * (1 - self.sigma_c))
-
-    def apply_mtm(self, d: torch.Tensor, sigma, band_norm: str = "none") -> torch.Tensor:
-        r""":math:`M^\top M d` by band weights; ``band_norm="low"`` divides both by :math:`(1-\sigma)^2`."""
-        low, high = self.band_weights(sigma)
-        if band_norm == "low":
-            low, high = torch.ones_like(low), high / low
-        elif band_norm != "none":
-            raise ValueError(f"band_norm must be 'low' or 'none', got {band_norm!r}")
-        return self._bands(d, low, high)
-
-    # ---------------------------------------------------------------------- the process
-    def noise(self, x0: torch.Tensor, eps: torch.Tensor, sigma) -> torch.Tensor:
-        r"""The stage sample :math:`(1 - \rho) y_c + \rho y_n` (:math:`= M x_0 + \sigma\epsilon`)."""
-        coarse = self.project(x0) if self.project is not None else torch.zeros_like(x0)
-        return pyramidal_x(y_c(x0, eps, self.sigma_c), y_n(coarse, eps, self.sigma_n), self.rho(sigma))
-
-    def target(self, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        r"""Flow-matching target :math:`dx/d\sigma = (y_n - y_c)/(\sigma_n - \sigma_c)`."""
-        coarse = self.project(x0) if self.project is not None else torch.zeros_like(x0)
-        yc, yn = y_c(x0, eps, self.sigma_c), y_n(coarse, eps, self.sigma_n)
-        return (yn - yc) / (self.sigma_n - self.sigma_c)
-
-    def eps(self, x: torch.Tensor, x0: torch.Tensor, sigma) -> torch.Tensor:
-        r"""Closed-form noise :math:`\epsilon = (x - M x_0)/\sigma` (uses :math:`P^2 = P`)."""
-        return (x - self.apply_m(x0, sigma)) / batch_scalar(sigma, x.ndim, x.dtype, x.device)
-
-    def _frame_gain(self, x: torch.Tensor) -> torch.Tensor:
-        """The gain as a per-frame ``(F,)`` tensor (a number is used for every frame)."""
-        g = torch.as_tensor(self.gain, dtype=None if torch.is_tensor(self.gain) else torch.float64)
-        return g.expand(x.shape[-3]) if g.ndim == 0 else g
-
-    def natural_input(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""What a natural-scale backbone sees of ``x``: :math:`(x / c, 1000\,\varsigma)`, ``t`` per frame ``(B, F)``."""
-        g = torch.as_tensor(self._frame_gain(x), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-        s, gg = per_frame(sigma, g, x.ndim)
-        return x / scale_c(s, gg), timesteps(sigma, g, x.shape[0])
-
-    def velocity(self, model: Model, x: torch.Tensor, sigma, cond: Any = None) -> torch.Tensor:
-        r""":math:`dx/d\sigma` of a natural-scale backbone at the stage's gain."""
-        return model_velocity(model, x, sigma, self._frame_gain(x), cond)
-
-    def x0(self, x: torch.Tensor, v: torch.Tensor, sigma) -> torch.Tensor:
-        """Clean prediction from a velocity (:func:`pyrflow_fast.process.x0_from_velocity`)."""
-        return x0_from_velocity(x, v, sigma, self.sigma_c, self.sigma_n, self.project)
-
-    def denoise(self, model: Model, x: torch.Tensor, sigma, cond: Any = None) -> torch.Tensor:
-        """The model's clean prediction at ``(x, sigma)``."""
-        return self.x0(x, self.velocity(model, x, sigma, cond), sigma)
+def variant_process(
+    variant: DMDVariant | str, pyramid: Pyramid, windows: StageWindows, stage: int, frames: int
+) -> StageProcess:
+    """The process ``variant`` re-noises ``stage`` with: OT :meth:`~StageProcess.plain` at the stage's gain,
+    PT and PT* :meth:`~StageProcess.pyramidal`."""
+    if DMDVariant.parse(variant).pyramidal:
+        return StageProcess.pyramidal(pyramid, windows, stage, frames)
+    return StageProcess.plain(pyramid.gain(stage, frames))
 
 
 def dmd_gradient(
@@ -358,7 +243,10 @@ def dmd_gradient(
 
 
 def generator_loss(x_gen: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    r""":math:`\tfrac12 \operatorname{mean}(\hat x_0 - \mathrm{sg}(\hat x_0 - \mathrm{grad}))^2` over all elements; its gradient is ``grad / numel``."""
+    r""":math:`\tfrac12 \operatorname{mean}(\hat x_0 - \mathrm{sg}(\hat x_0 - \mathrm{grad}))^2` over all elements.
+
+    Its gradient is ``grad / numel``.
+    """
     x = x_gen.to(torch.promote_types(x_gen.dtype, torch.float32))
     return 0.5 * F.mse_loss(x, (x - grad.to(x.dtype)).detach(), reduction="mean")
 
@@ -400,13 +288,13 @@ class DMDLoss:
 class DMD:
     """DMD losses for a generator, a frozen real score and a trainable fake score.
 
-    :param real: the teacher (natural-scale backbone, samplers' :data:`~pyrflow_fast.samplers.Model`).
+    :param real: the teacher (natural-scale backbone, a :class:`~pyrflow_fast.contract.Denoiser`).
     :param fake: the critic (same contract).
     :param config: :class:`DMDConfig`.
     :param uncond: the unconditional ``cond`` for the teacher's CFG (e.g. empty-prompt embeddings).
     """
 
-    def __init__(self, real: Model, fake: Model, config: DMDConfig | None = None, uncond: Any = None) -> None:
+    def __init__(self, real: Denoiser, fake: Denoiser, config: DMDConfig | None = None, uncond: Any = None) -> None:
         self.real = real
         self.fake = fake
         self.config = config if config is not None else DMDConfig()
@@ -419,27 +307,27 @@ class DMD:
 
     def process(self, pyramid: Pyramid, windows: StageWindows, stage: int, frames: int) -> StageProcess:
         """The variant's :class:`StageProcess` for ``stage``."""
-        return StageProcess.for_variant(self.variant, pyramid, windows, stage, frames)
+        return variant_process(self.variant, pyramid, windows, stage, frames)
 
     def sigmas(
-        self, process: StageProcess, batch: int, generator: torch.Generator | None = None, device: Any = None
+        self, process: StageProcess, batch: int, rng: torch.Generator | None = None, device: Any = None
     ) -> torch.Tensor:
         """Score levels ``(B,)`` for ``process`` (its window; shift and clamp from the config)."""
         c = self.config
         window, clamp = (process.sigma_c, process.sigma_n), (c.sigma_min, c.sigma_max)
-        return score_sigmas(batch, shift=c.shift, window=window, clamp=clamp, generator=generator, device=device)
+        return score_sigmas(batch, shift=c.shift, window=window, clamp=clamp, rng=rng, device=device)
 
-    def _noisy(self, x_gen: torch.Tensor, process: StageProcess, generator: torch.Generator | None):
+    def _noisy(self, x_gen: torch.Tensor, process: StageProcess, rng: torch.Generator | None):
         """``(x0, sigma, eps, x)``: the detached sample, score levels, noise (drawn after sigma), noisy sample."""
         x0 = x_gen.detach()
-        sigma = self.sigmas(process, x0.shape[0], generator, device=x0.device)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        return x0, sigma, eps, process.noise(x0, eps, sigma)
+        sigma = self.sigmas(process, x0.shape[0], rng, device=x0.device)
+        eps = torch.randn(x0.shape, generator=rng, dtype=x0.dtype, device=x0.device)
+        return x0, sigma, eps, process.sample(x0, eps, sigma)
 
-    def teacher(self) -> Model:
+    def teacher(self) -> Denoiser:
         """The teacher as a model, guided when ``guidance != 1``."""
         g = self.config.guidance
-        return self.real if g == 1.0 else cfg(self.real, g, self.uncond)
+        return self.real if g == 1.0 else guided(self.real, g, self.uncond)
 
     def generator_loss(
         self,
@@ -448,14 +336,14 @@ class DMD:
         cond: Any = None,
         *,
         x_teacher: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> DMDLoss:
         """The generator's loss on its clean stage prediction ``x_gen`` (with gradient).
 
         :param x_teacher: target of the optional regression term (weighted by ``regression_weight``).
-        :param generator: source of the score levels and the noise (drawn on ``x_gen``'s device).
+        :param rng: source of the score levels and the noise (drawn on ``x_gen``'s device).
         """
-        _, sigma, _, x = self._noisy(x_gen, process, generator)
+        _, sigma, _, x = self._noisy(x_gen, process, rng)
         with torch.no_grad():
             x0_real = process.denoise(self.teacher(), x, sigma, cond)
             x0_fake = process.denoise(self.fake, x, sigma, cond)
@@ -472,8 +360,13 @@ class DMD:
         return DMDLoss(total, dmd, reg, grad, sigma, x0_fake, x0_real)
 
     def critic_loss(
-        self, x_gen: torch.Tensor, process: StageProcess, cond: Any = None, *, generator: torch.Generator | None = None
+        self,
+        x_gen: torch.Tensor,
+        process: StageProcess,
+        cond: Any = None,
+        *,
+        rng: torch.Generator | None = None,
     ) -> torch.Tensor:
         """The critic's flow-matching loss on a re-noised, detached generator sample."""
-        x0, sigma, eps, x = self._noisy(x_gen, process, generator)
+        x0, sigma, eps, x = self._noisy(x_gen, process, rng)
         return critic_loss(process.velocity(self.fake, x, sigma, cond), process.target(x0, eps))

@@ -3,7 +3,8 @@
 - :func:`haar_down`: orthonormal Haar ``L x`` (factors ``(2, 2, 2)`` or ``(1, 2, 2)``, first-frame
   rule), optionally times a per-frame gain (e.g. ``1 / g`` to reach natural scale);
 - :func:`haar_up_noisy`: ``up(y) + s (w - up(down(w)))`` in one pass, ``w`` given or drawn in-kernel;
-- :func:`cfg_euler`: CFG combine of the natural velocities, velocity bridge and Euler update.
+- :func:`guided_euler`: guidance combine of the natural velocities
+  (:func:`pyrflow_ref.samplers.guidance_combine`), velocity bridge and Euler update.
 
 Each op has a Triton kernel (:mod:`.triton_ops`) and a pure-torch twin (:mod:`.torch_ops`, the
 oracle of the tests and the fallback). :func:`use_triton` picks: Triton for float32/16 tensors on
@@ -30,7 +31,7 @@ from pyrflow_ref.resample import Resampler
 
 from . import torch_ops
 
-__all__ = ["FUSED_FACTORS", "cfg_euler", "haar_down", "haar_up_noisy", "use_triton"]
+__all__ = ["FUSED_FACTORS", "guided_euler", "haar_down", "haar_up_noisy", "use_triton"]
 
 FUSED_FACTORS = ((2, 2, 2), (1, 2, 2))
 """Per-axis ``(T, H, W)`` factors the Haar kernels implement."""
@@ -104,7 +105,7 @@ def haar_up_noisy(
     return _impl(y).haar_up_noisy(y, s, w, tuple(factors), first_frame, seed)
 
 
-def cfg_euler(
+def guided_euler(
     x: torch.Tensor,
     v_cond: torch.Tensor,
     v_uncond: torch.Tensor | None,
@@ -117,6 +118,7 @@ def cfg_euler(
 
     ``dx/dsigma`` is the velocity bridge (:func:`pyrflow_ref.natural.bridge_velocity`) with per-frame
     gain ``g`` ``(F,)`` applied to the guided natural velocity ``v_u + scale (v_c - v_u)``
+    (:func:`pyrflow_ref.samplers.guidance_combine`)
     (``v_cond`` alone when ``v_uncond`` is None).
     """
     if tuple(g.shape) != tuple(x.shape[-3:-2]):
@@ -124,4 +126,4 @@ def cfg_euler(
     for name, v in (("v_cond", v_cond), ("v_uncond", v_uncond)):
         if v is not None and v.shape != x.shape:
             raise ValueError(f"{name} has shape {tuple(v.shape)}, x has {tuple(x.shape)}")
-    return _impl(x).cfg_euler(x, v_cond, v_uncond, sigma, dsigma, g, scale)
+    return _impl(x).guided_euler(x, v_cond, v_uncond, sigma, dsigma, g, scale)

@@ -13,6 +13,7 @@ import torch
 
 from pyrflow_ref.natural import scale_c, varsigma
 from pyrflow_ref.resample import Resampler
+from pyrflow_ref.samplers import guidance_combine
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -85,7 +86,7 @@ def haar_up_noisy(
     return out.to(y.dtype)
 
 
-def cfg_euler(
+def guided_euler(
     x: torch.Tensor,
     v_cond: torch.Tensor,
     v_uncond: torch.Tensor | None,
@@ -102,7 +103,7 @@ def cfg_euler(
     ct = compute_dtype(x.dtype)
     v = v_cond.to(ct)
     if v_uncond is not None:
-        v = torch.lerp(v_uncond.to(ct), v, scale)
+        v = guidance_combine(v_uncond.to(ct), v, scale)
     g = g.to(device=x.device, dtype=ct).reshape(-1, 1, 1)
     vs = varsigma(sigma, g)
     a = 1 + dsigma * (1 - g) / scale_c(sigma, g)

@@ -98,7 +98,7 @@ def _haar_up_noisy_kernel(
 
 
 @triton.jit
-def _cfg_euler_kernel(
+def _guided_euler_kernel(
     x_ptr, vc_ptr, vu_ptr, g_ptr, out_ptr, n, F, HW, sigma, dsigma, scale,
     HAS_UNCOND: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -109,7 +109,7 @@ def _cfg_euler_kernel(
     v = tl.load(vc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_UNCOND:
         u = tl.load(vu_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        v = u + scale * (v - u)
+        v = u + scale * (v - u)  # pyrflow_ref.samplers.guidance_combine (a kernel cannot call Python)
     c = g * (1.0 - sigma) + sigma
     vs = sigma / c
     out = x + dsigma * ((1.0 - g) * (x / c) + ((1.0 - vs) + g * vs) * v)
@@ -155,7 +155,7 @@ def haar_up_noisy(
     return out
 
 
-def cfg_euler(
+def guided_euler(
     x: torch.Tensor,
     v_cond: torch.Tensor,
     v_uncond: torch.Tensor | None,
@@ -164,14 +164,14 @@ def cfg_euler(
     g: torch.Tensor,
     scale: float = 1.0,
 ) -> torch.Tensor:
-    """Triton twin of :func:`pyrflow_fast.kernels.torch_ops.cfg_euler`."""
+    """Triton twin of :func:`pyrflow_fast.kernels.torch_ops.guided_euler`."""
     x, v_cond = x.contiguous(), v_cond.contiguous()
     out = torch.empty_like(x)
     if x.numel():
         f, h, w = x.shape[-3:]
         vu = v_uncond.contiguous() if v_uncond is not None else v_cond
         grid = (triton.cdiv(x.numel(), EULER_BLOCK),)
-        _cfg_euler_kernel[grid](
+        _guided_euler_kernel[grid](
             x, v_cond, vu, _fp32(g, x.device), out, x.numel(), f, h * w, float(sigma), float(dsigma), float(scale),
             HAS_UNCOND=v_uncond is not None, BLOCK=EULER_BLOCK,
         )  # fmt: skip

@@ -2,16 +2,17 @@ r"""The pyramidal flow-matching loss (theory §3) and its per-sample random draw
 
 For a sample assigned to stage :math:`i` with window :math:`[\sigma_c, \sigma_n]`:
 :math:`\rho \sim U(0, 1)`, :math:`\sigma = \sigma_c + \rho(\sigma_n - \sigma_c)`, white noise
-:math:`\epsilon` at the stage's resolution, and ``(x, target) = forward_sample(x0s, eps, sigma, i)``
-(:math:`y_n` uses :math:`\mathrm{up}(x_0^{(i+1)})`; a Definition-2 pyramid simply carries its own
-stage signals in ``x0s``). The backbone sees the natural-scale input :math:`x / c` and per-frame
-timesteps :math:`t = 1000\,\varsigma(\sigma, g_i)`; its natural velocity is mapped to
-:math:`dx/d\sigma` by :func:`~pyrflow_fast.natural.bridge_velocity` and regressed on the target
-in float32:
+:math:`\epsilon` at the stage's resolution, and ``(x, target)`` from the stage's
+:class:`~pyrflow_fast.process.StageProcess` (:math:`y_n` uses :math:`\mathrm{up}(x_0^{(i+1)})`; a
+Definition-2 pyramid simply carries its own stage signals in ``x0s``). The backbone sees the
+natural-scale input :math:`x / c` and per-frame timesteps :math:`t = 1000\,\varsigma(\sigma, g_i)`;
+its natural velocity is mapped to :math:`dx/d\sigma` by :func:`~pyrflow_fast.natural.bridge_velocity`
+and regressed on the target in float32:
 
 .. math::
 
-    L = \mathbb{E}\,\big\| \mathrm{bridge}(\hat v(x / c, 1000 \varsigma)) - \tfrac{y_n - y_c}{\sigma_n - \sigma_c} \big\|^2 .
+    L = \mathbb{E}\,\big\| \mathrm{bridge}(\hat v(x / c, 1000 \varsigma))
+        - \tfrac{y_n - y_c}{\sigma_n - \sigma_c} \big\|^2 .
 
 With :math:`S = 1` this is Wan's loss :math:`\|\hat v(x_\sigma, 1000\sigma) - (\epsilon - x_0)\|^2`.
 An optional distillation term adds ``weight * ||dx/dsigma_student - dx/dsigma_teacher||^2`` with the
@@ -40,7 +41,7 @@ import torch
 from pyrflow_ref.windows import StageWindows
 
 from ..natural import scale_c, varsigma
-from ..process import forward_sample
+from ..process import StageProcess, coarse_signal_up
 from ..resample import Pyramid
 
 __all__ = ["Draw", "GroupLoss", "PyramidalLoss", "draw", "sample_seed", "stage_of_slot"]
@@ -113,10 +114,9 @@ class PyramidalLoss:
     def num_stages(self) -> int:
         return self.pyramid.num_stages
 
-    def sigma(self, stage: int, rho) -> torch.Tensor:
-        """Global levels ``sigma_c + rho (sigma_n - sigma_c)`` (float64)."""
-        sc, sn = self.windows.sigma_c(stage), self.windows.sigma_n(stage)
-        return sc + torch.as_tensor(rho, dtype=torch.float64) * (sn - sc)
+    def process(self, stage: int, frames: int) -> StageProcess:
+        """The pyramidal process of ``stage`` (``frames``: its latent frame count)."""
+        return StageProcess.pyramidal(self.pyramid, self.windows, stage, frames)
 
     def inputs(
         self, x0s: Sequence[torch.Tensor], eps: torch.Tensor, rho, stage: int
@@ -130,11 +130,12 @@ class PyramidalLoss:
         :returns: ``x``, ``target``, ``x_nat = x / c``, ``t`` ``(B, F)`` (float32) and the bridge
             coefficients ``(1 - g, (1 - vs) + g vs)`` shaped ``(B, 1, F, 1, 1)`` in ``x``'s dtype.
         """
-        sigma = self.sigma(stage, rho)
-        x, tgt = forward_sample(x0s, eps, sigma, stage, self.windows, self.pyramid)
+        process = self.process(stage, x0s[stage].shape[-3])
+        sigma = process.sigma(torch.as_tensor(rho, dtype=torch.float64))
+        x, tgt = process.forward(x0s[stage], eps, sigma, coarse_signal_up(x0s, stage, self.pyramid))
         b, f = x.shape[0], x.shape[-3]
         # host-side float64 coefficients, cast once: with g = 1 they are exactly 1 and 0
-        g = torch.as_tensor(self.pyramid.gain(stage, f), dtype=torch.float64)[None, :]
+        g = process.frame_gain(f)[None, :]
         s = sigma.reshape(b, 1)
         c = scale_c(s, g)
         vs = varsigma(s, g)

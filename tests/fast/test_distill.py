@@ -18,17 +18,18 @@ from pyrflow_fast.distill.dmd import (
     DMD,
     DMDConfig,
     DMDVariant,
-    StageProcess,
-    cfg_combine,
     critic_loss,
     dmd_gradient,
     generator_loss,
     regression_loss,
     score_sigmas,
+    variant_process,
 )
 from pyrflow_fast.distill.lora import AdaptersOff, student_lora
 from pyrflow_fast.natural import bridge_velocity, per_frame, varsigma
+from pyrflow_fast.process import StageProcess
 from pyrflow_fast.resample import Pyramid
+from pyrflow_fast.samplers import guidance_combine
 from pyrflow_ref import process as ref_process
 from pyrflow_ref.resample import Pyramid as RefPyramid
 from pyrflow_ref.windows import StageWindows
@@ -73,12 +74,12 @@ def test_variant_parsing_and_config_validation():
 
 def test_score_sigmas_are_shifted_uniform_and_clamped():
     u = torch.rand(4000, generator=torch.Generator().manual_seed(3), dtype=torch.float64).numpy()
-    s = score_sigmas(4000, shift=5.0, generator=torch.Generator().manual_seed(3)).numpy()
+    s = score_sigmas(4000, shift=5.0, rng=torch.Generator().manual_seed(3)).numpy()
     expected = np.clip(5 * u / (1 + 4 * u), 0.02, 0.98)  # Wan's shift, then CausVid's clamp
     np.testing.assert_allclose(s, expected, rtol=1e-13)
     assert s.min() == 0.02 and s.max() == 0.98
     # a stage window: the window's piece of the same shifted distribution
-    w = score_sigmas(4000, shift=5.0, window=(0.3, 0.7), generator=torch.Generator().manual_seed(3)).numpy()
+    w = score_sigmas(4000, shift=5.0, window=(0.3, 0.7), rng=torch.Generator().manual_seed(3)).numpy()
     ulo, uhi = 0.3 / (0.3 + 5 * 0.7), 0.7 / (0.7 + 5 * 0.3)
     uu = ulo + (uhi - ulo) * u
     np.testing.assert_allclose(w, 5 * uu / (1 + 4 * uu), rtol=1e-13)
@@ -86,10 +87,10 @@ def test_score_sigmas_are_shifted_uniform_and_clamped():
         score_sigmas(2, window=(0.985, 1.0))
 
 
-def test_cfg_combine_standard_form():
+def test_guidance_combine_standard_form():
     u, c = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
-    assert cfg_combine(u, c, 5.0).tolist() == [11.0, 8.0]
-    assert torch.equal(cfg_combine(u, c, 1.0), c) and torch.equal(cfg_combine(u, c, 0.0), u)
+    assert guidance_combine(u, c, 5.0).tolist() == [11.0, 8.0]
+    assert torch.equal(guidance_combine(u, c, 1.0), c) and torch.equal(guidance_combine(u, c, 0.0), u)
 
 
 # ------------------------------------------------------------------------ losses, hand-computed
@@ -131,9 +132,9 @@ def test_critic_flow_matching_loss_plain_hand_computed():
     x0 = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64).reshape(1, 1, 1, 2, 2)
     gen = torch.Generator().manual_seed(7)
     dmd = DMD(constant_model(0.25), constant_model(0.25), DMDConfig(variant="ot", shift=1.0))
-    loss = dmd.critic_loss(x0, StageProcess.plain(), generator=gen)
+    loss = dmd.critic_loss(x0, StageProcess.plain(), rng=gen)
     gen = torch.Generator().manual_seed(7)  # same draws: sigma first, then eps
-    score_sigmas(1, shift=1.0, generator=gen)
+    score_sigmas(1, shift=1.0, rng=gen)
     eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
     expected = np.mean((0.25 - (eps - x0).numpy()) ** 2)  # target eps - x0, g = 1: dx/dsigma = v_hat
     assert loss.item() == pytest.approx(expected, rel=1e-12)
@@ -147,7 +148,7 @@ def test_critic_target_pyramidal_matches_reference():
     sigma = np.array([0.35, 0.6])
     x_ref, target_ref = ref_process.forward_sample(x0s, eps, sigma, 1, WINDOWS, ref_pyr)
     proc = StageProcess.pyramidal(HAAR, WINDOWS, 1, SHAPE[2])
-    x = proc.noise(torch.from_numpy(x0), torch.from_numpy(eps), torch.from_numpy(sigma))
+    x = proc.sample(torch.from_numpy(x0), torch.from_numpy(eps), torch.from_numpy(sigma))
     np.testing.assert_allclose(x.numpy(), x_ref, atol=1e-13)
     np.testing.assert_allclose(proc.target(torch.from_numpy(x0), torch.from_numpy(eps)).numpy(), target_ref, atol=1e-13)
 
@@ -162,7 +163,7 @@ def test_closed_form_eps_recovers_the_noise(stage):
     sigma = torch.tensor(
         [proc.sigma_c + 0.2 * (proc.sigma_n - proc.sigma_c) + 1e-3, proc.sigma_n - 1e-3], dtype=torch.float64
     )
-    x = proc.noise(x0, eps, sigma)
+    x = proc.sample(x0, eps, sigma)
     torch.testing.assert_close(proc.eps(x, x0, sigma), eps, rtol=0, atol=1e-12)
     torch.testing.assert_close(proc.apply_m(x0, sigma) + sigma.reshape(-1, 1, 1, 1, 1) * eps, x, rtol=0, atol=1e-13)
 
@@ -208,7 +209,7 @@ def test_pt_star_equals_pt_without_the_weights(stage):
     for v in ("pt", "pt*"):
         dmd = DMD(real, fake, DMDConfig(variant=v, guidance=3.0), uncond=torch.tensor(0.0))
         outs[v] = dmd.generator_loss(
-            x_gen.clone().requires_grad_(), proc, torch.tensor(2.0), generator=torch.Generator().manual_seed(9)
+            x_gen.clone().requires_grad_(), proc, torch.tensor(2.0), rng=torch.Generator().manual_seed(9)
         )
     pt, star = outs["pt"], outs["pt*"]
     assert torch.equal(pt.sigma, star.sigma) and torch.equal(pt.x0_real, star.x0_real)
@@ -223,17 +224,17 @@ def test_teacher_cfg_and_x0_decoding():
     x_gen = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     cond, uncond, w = torch.tensor(2.0), torch.tensor(0.0), 4.0
     for variant, proc in (
-        ("ot", StageProcess.for_variant("ot", HAAR, WINDOWS, 1, SHAPE[2])),
-        ("pt", StageProcess.for_variant("pt", HAAR, WINDOWS, 1, SHAPE[2])),
+        ("ot", variant_process("ot", HAAR, WINDOWS, 1, SHAPE[2])),
+        ("pt", variant_process("pt", HAAR, WINDOWS, 1, SHAPE[2])),
     ):
         dmd = DMD(real, fake, DMDConfig(variant=variant, guidance=w), uncond=uncond)
-        out = dmd.generator_loss(x_gen.clone().requires_grad_(), proc, cond, generator=torch.Generator().manual_seed(4))
+        out = dmd.generator_loss(x_gen.clone().requires_grad_(), proc, cond, rng=torch.Generator().manual_seed(4))
         gen = torch.Generator().manual_seed(4)
         sigma = dmd.sigmas(proc, SHAPE[0], gen)
         eps = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
-        x = proc.noise(x_gen, eps, sigma)
+        x = proc.sample(x_gen, eps, sigma)
         x0_c, x0_u = proc.denoise(real, x, sigma, cond), proc.denoise(real, x, sigma, uncond)
-        torch.testing.assert_close(out.x0_real, cfg_combine(x0_u, x0_c, w), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.x0_real, guidance_combine(x0_u, x0_c, w), rtol=1e-12, atol=1e-12)
         v = proc.velocity(fake, x, sigma)
         if variant == "ot":  # plain process: x0 = x - sigma v, window [0, 1], stage gain
             assert (proc.sigma_c, proc.sigma_n, proc.project) == (0.0, 1.0, None)
@@ -252,10 +253,10 @@ def test_regression_term_weight():
     x_gen = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64).requires_grad_()
     target = torch.zeros(SHAPE, dtype=torch.float64)
     dmd = DMD(real, fake, DMDConfig(variant="ot", guidance=1.0))
-    out = dmd.generator_loss(x_gen, proc, x_teacher=target, generator=torch.Generator().manual_seed(1))
+    out = dmd.generator_loss(x_gen, proc, x_teacher=target, rng=torch.Generator().manual_seed(1))
     assert out.regression.item() == pytest.approx(float((x_gen.detach() ** 2).mean()))
     assert out.total.item() == pytest.approx(out.dmd.item() + 0.01 * out.regression.item())
-    assert dmd.generator_loss(x_gen, proc, generator=torch.Generator().manual_seed(1)).regression is None
+    assert dmd.generator_loss(x_gen, proc, rng=torch.Generator().manual_seed(1)).regression is None
 
 
 def test_stage_process_validation():
@@ -337,7 +338,7 @@ def test_dmd_moves_a_gaussian_generator_to_the_teacher(variant):
         fake = GaussianScore(b.detach().clone(), (a @ a.T).detach().clone(), proc, pmat)
         z = torch.randn(64, D, generator=gen, dtype=torch.float64)
         x_gen = (z @ a.T + b).reshape(64, D, 1, 1, 1)
-        loss = DMD(real, fake, config).generator_loss(x_gen, proc, generator=gen).total
+        loss = DMD(real, fake, config).generator_loss(x_gen, proc, rng=gen).total
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -456,7 +457,7 @@ def test_dmd_on_wan_backbones_at_a_pyramid_stage():
     ctx = torch.randn(2, 5, teacher.config.text_dim, generator=torch.Generator().manual_seed(0))
     x_gen = torch.randn(shapes[1], generator=torch.Generator().manual_seed(1)).requires_grad_()
     sigma = torch.tensor([0.5, 0.65])
-    x = proc.noise(x_gen.detach(), torch.randn(shapes[1], generator=torch.Generator().manual_seed(4)), sigma)
+    x = proc.sample(x_gen.detach(), torch.randn(shapes[1], generator=torch.Generator().manual_seed(4)), sigma)
     x_nat, t = proc.natural_input(x, sigma)
     assert t.shape == (2, 3) and t[0, 0] != t[0, 1]  # per-frame timesteps 1000 varsigma
     gain = torch.as_tensor(proc.gain, dtype=torch.float32)
@@ -466,14 +467,12 @@ def test_dmd_on_wan_backbones_at_a_pyramid_stage():
         expected = bridge_velocity(x, *per_frame(sigma, gain), teacher(x_nat, t, ctx))
     torch.testing.assert_close(v, expected)
     same = DMD(teacher, teacher, DMDConfig(variant="pt", guidance=1.0))
-    out = same.generator_loss(x_gen, proc, ctx, generator=torch.Generator().manual_seed(2))
+    out = same.generator_loss(x_gen, proc, ctx, rng=torch.Generator().manual_seed(2))
     assert out.grad.abs().max() == 0  # fake = real: no DMD gradient
     dmd = DMD(teacher, critic, DMDConfig(variant="pt", guidance=3.0), uncond=torch.zeros_like(ctx))
-    out = dmd.generator_loss(
-        x_gen, proc, ctx, x_teacher=torch.zeros(shapes[1]), generator=torch.Generator().manual_seed(2)
-    )
+    out = dmd.generator_loss(x_gen, proc, ctx, x_teacher=torch.zeros(shapes[1]), rng=torch.Generator().manual_seed(2))
     out.total.backward()
     assert x_gen.grad.shape == x_gen.shape and x_gen.grad.abs().sum() > 0
     critic.requires_grad_(True)
-    dmd.critic_loss(x_gen, proc, ctx, generator=torch.Generator().manual_seed(3)).backward()
+    dmd.critic_loss(x_gen, proc, ctx, rng=torch.Generator().manual_seed(3)).backward()
     assert all(p.grad is not None for p in critic.blocks.parameters())

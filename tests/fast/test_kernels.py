@@ -107,14 +107,14 @@ def test_haar_up_noisy_philox_statistics(factors, first_frame, frames):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cfg_euler(dtype):
+def test_guided_euler(dtype):
     shape = (2, 3, 5, 7, 31)  # 6510 elements: a partial last EULER_BLOCK
     x, vc, vu = randn(shape, 3, dtype), randn(shape, 4), randn(shape, 5)
     g = torch.tensor([2.0, 2.8, 2.8, 2.8, 2.8])
     for v_u, scale in ((vu, 5.0), (None, 1.0)):
-        want = torch_ops.cfg_euler(x.float(), vc, v_u, 0.7, -0.05, g, scale)
-        check(triton_ops.cfg_euler(x, vc, v_u, 0.7, -0.05, g, scale), want, dtype)
-    assert torch_ops.cfg_euler(x, vc, vu, 0.7, -0.05, g, 5.0).dtype == dtype
+        want = torch_ops.guided_euler(x.float(), vc, v_u, 0.7, -0.05, g, scale)
+        check(triton_ops.guided_euler(x, vc, v_u, 0.7, -0.05, g, scale), want, dtype)
+    assert torch_ops.guided_euler(x, vc, vu, 0.7, -0.05, g, 5.0).dtype == dtype
 
 
 def test_dispatcher_validates(monkeypatch):
@@ -132,9 +132,9 @@ def test_dispatcher_validates(monkeypatch):
     with pytest.raises(ValueError, match=r"needs \(1, 1, 5, 4, 4\)"):
         kernels.haar_up_noisy(y, 0.5, torch.zeros(1, 1, 5, 4, 6))
     with pytest.raises(ValueError, match="one value per frame"):
-        kernels.cfg_euler(x, x, None, 0.5, -0.1, torch.ones(3))
+        kernels.guided_euler(x, x, None, 0.5, -0.1, torch.ones(3))
     with pytest.raises(ValueError, match="v_uncond has shape"):
-        kernels.cfg_euler(x, x, y, 0.5, -0.1, torch.ones(5))
+        kernels.guided_euler(x, x, y, 0.5, -0.1, torch.ones(5))
 
 
 def test_dispatcher_routes(monkeypatch):

@@ -9,10 +9,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from wan_fixtures import random_wan
 
+from pyrflow_fast.contract import PPFDenoiser
 from pyrflow_fast.flops import forward_flops, latent_size, schedule_flops
 from pyrflow_fast.ppf import (
     DEFAULT_PATCHES,
-    PPFModel,
     PPFWan,
     main,
     ppf_forward_flops,
@@ -174,12 +174,12 @@ def test_cli(capsys):
 # ------------------------------------------------------------------------------------- sampling
 
 
-def test_ppf_model_dispatches_levels_by_timestep(ppf):
+def test_ppf_denoiser_dispatches_levels_by_timestep(ppf):
     x, _, ctx = inputs(ppf.config)
     x3 = torch.cat([x, x[:1]])
     ctx3 = torch.cat([ctx, ctx[:1]])
     t = torch.tensor([900.0, 400.0, 100.0])  # levels 2, 0 (a boundary belongs to the finer level), 0
-    model = PPFModel(ppf, WINDOWS)
+    model = PPFDenoiser(ppf, WINDOWS)
     assert model.levels(t, 3, 3) == [2, 0, 0]
     with torch.no_grad():
         out = model(x3, t, ctx3)
@@ -188,7 +188,7 @@ def test_ppf_model_dispatches_levels_by_timestep(ppf):
     with pytest.raises(ValueError, match="equal over frames"):
         model(x, torch.tensor([[100.0, 200.0, 300.0], [1.0, 1.0, 1.0]]), ctx)
     with pytest.raises(ValueError, match="windows for"):
-        PPFModel(ppf, StageWindows((0.5,)))
+        PPFDenoiser(ppf, StageWindows((0.5,)))
 
 
 def test_sample_ppf_full_resolution_schedule_is_plain_sampling(ppf):
@@ -204,11 +204,9 @@ def test_sample_ppf_full_resolution_schedule_is_plain_sampling(ppf):
 def test_sample_ppf_few_step(ppf):
     x, _, ctx = inputs(ppf.config, batch=1)
     with torch.no_grad():
-        ours = sample_ppf(
-            ppf, x, ctx, WINDOWS, "2-1-1", shift=2.0, few_step=True, generator=torch.Generator().manual_seed(0)
-        )
+        ours = sample_ppf(ppf, x, ctx, WINDOWS, "2-1-1", shift=2.0, few_step=True, rng=torch.Generator().manual_seed(0))
         # the same schedule by hand: the level of each step comes from its noise level
-        model, gen = PPFModel(ppf, WINDOWS), torch.Generator().manual_seed(0)
+        model, gen = PPFDenoiser(ppf, WINDOWS), torch.Generator().manual_seed(0)
         grids = [
             step_grid(WINDOWS.sigma_n(lvl), WINDOWS.sigma_c(lvl), n, 2.0)[:-1] for lvl, n in ((2, 2), (1, 1), (0, 1))
         ]
@@ -223,17 +221,18 @@ def test_sample_ppf_few_step(ppf):
 
 
 def test_ppf_as_dmd_teacher_and_critic(ppf):
-    """PPF distils with the plain process: PPFModel picks each sample's level from its score level."""
-    from pyrflow_fast.distill.dmd import DMD, DMDConfig, StageProcess
+    """PPF distils with the plain process: PPFDenoiser picks each sample's level from its score level."""
+    from pyrflow_fast.distill.dmd import DMD, DMDConfig
+    from pyrflow_fast.process import StageProcess
 
     x, _, ctx = inputs(ppf.config)
-    model = PPFModel(ppf, WINDOWS)
+    model = PPFDenoiser(ppf, WINDOWS)
     dmd = DMD(model, model, DMDConfig(variant="ot", guidance=1.0))
     x_gen = x.clone().requires_grad_()
-    out = dmd.generator_loss(x_gen, StageProcess.plain(), ctx, generator=torch.Generator().manual_seed(0))
+    out = dmd.generator_loss(x_gen, StageProcess.plain(), ctx, rng=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.x0_fake, out.x0_real)  # same model: zero DMD gradient
     assert out.grad.abs().max() == 0 and out.total.item() == 0.0
-    loss = dmd.critic_loss(x_gen, StageProcess.plain(), ctx, generator=torch.Generator().manual_seed(0))
+    loss = dmd.critic_loss(x_gen, StageProcess.plain(), ctx, rng=torch.Generator().manual_seed(0))
     loss.backward()
     assert loss.item() > 0 and x_gen.grad is None  # the critic loss never reaches the generator
     assert any(p.grad is not None for p in ppf.parameters())

@@ -223,8 +223,8 @@ def test_timesteps_and_model_velocity():
     close(t, rs.timesteps(np.array([0.3, 0.6]), g, 2), torch.float64)
     x_np, x = data((2, 2, 3, 2, 2), torch.float64)
     close(fs.model_velocity(fast_model, x, 0.7, g, 2.0), rs.model_velocity(ref_model, x_np, 0.7, g, 2.0), torch.float64)
-    guided = fs.cfg(fast_model, 4.0)
-    close(guided(x, t, 2.0), rs.cfg(ref_model, 4.0)(x_np, t.numpy(), 2.0), torch.float64)
+    guided = fs.guided(fast_model, 4.0)
+    close(guided(x, t, 2.0), rs.guided(ref_model, 4.0)(x_np, t.numpy(), 2.0), torch.float64)
 
 
 SAMPLER_CASES = [
@@ -267,11 +267,11 @@ def test_sample_euler(family, factors, first_frame, schedule, dtype):
     calls = ([], [])
     gen, draw = numpy_noise(3)
     want = rs.sample_euler(
-        rs.cfg(ref_model, 3.0), noise_np, ref, WINDOWS, schedule, cond=2.0, shift=3.0, rng=gen,
+        rs.guided(ref_model, 3.0), noise_np, ref, WINDOWS, schedule, cond=2.0, shift=3.0, rng=gen,
         callback=lambda *a: calls[0].append(a[:3]),
     )  # fmt: skip
     got = fs.sample_euler(
-        fs.cfg(fast_model, 3.0), noise, fast, WINDOWS, schedule, cond=2.0, shift=3.0, rng=draw,
+        fs.guided(fast_model, 3.0), noise, fast, WINDOWS, schedule, cond=2.0, shift=3.0, rng=draw,
         callback=lambda *a: calls[1].append(a[:3]),
     )  # fmt: skip
     assert got.dtype == dtype and calls[0] == calls[1]
@@ -293,8 +293,8 @@ def test_sample_few_step(family, factors, first_frame, schedule):
 
 def test_sample_plain():
     noise_np, noise = data((2, 3, 5, 4, 4), torch.float64)
-    want = rs.sample_plain(rs.cfg(ref_model, 2.0), noise_np, 6, cond=1.5, shift=5.0)
-    close(fs.sample_plain(fs.cfg(fast_model, 2.0), noise, 6, cond=1.5, shift=5.0), want, torch.float64)
+    want = rs.sample_plain(rs.guided(ref_model, 2.0), noise_np, 6, cond=1.5, shift=5.0)
+    close(fs.sample_plain(fs.guided(fast_model, 2.0), noise, 6, cond=1.5, shift=5.0), want, torch.float64)
     close(fs.sample_plain(fast_model, noise, 4), rs.sample_plain(ref_model, noise_np, 4), torch.float64)
 
 
@@ -305,7 +305,7 @@ def test_triton_path_matches_torch_path(monkeypatch):
 
     def run():
         draw = numpy_noise(8)[1]
-        return fs.sample_euler(fs.cfg(fast_model, 3.0), noise, pyramid, WINDOWS, "1-1-1", cond=2.0, rng=draw)
+        return fs.sample_euler(fs.guided(fast_model, 3.0), noise, pyramid, WINDOWS, "1-1-1", cond=2.0, rng=draw)
 
     monkeypatch.setenv("PYRFLOW_TRITON", "0")
     want = run()
@@ -326,3 +326,67 @@ def test_samplers_keep_the_noise_dtype():
     for sampler, schedule in ((fs.sample_euler, "1-1-1"), (fs.sample_few_step, "2-2-1")):
         out = sampler(fast_model, noise, pyramid, WINDOWS, schedule, rng=torch.Generator().manual_seed(0))
         assert out.dtype == torch.bfloat16 and out.shape == (1, 2, 5, 8, 8)
+
+
+# ------------------------------------------------------------------------------ StageProcess
+def test_stage_process_has_the_reference_api():
+    public = [{n for n in dir(c) if not n.startswith("_")} for c in (rp.StageProcess, fp.StageProcess)]
+    assert public[0] == public[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("family", ["haar", "dct", "orthogonal"])
+def test_stage_process(family, stage, dtype):
+    ref, fast, f = sampler_pair(family, (2, 2, 2), True)
+    shape = ref.shapes((2, 2, f, 8, 8))[stage]
+    procs = (
+        rp.StageProcess.pyramidal(ref, WINDOWS, stage, shape[-3]),
+        fp.StageProcess.pyramidal(fast, WINDOWS, stage, shape[-3]),
+    )
+    (x0_np, x0), (eps_np, eps), (v_np, v) = (data(shape, dtype, seed=k) for k in range(3))
+    rho = np.array([0.2, 0.9])
+    sig = [p.sigma(r) for p, r in zip(procs, (rho, torch.from_numpy(rho)), strict=True)]
+    close(sig[1], sig[0], torch.float64)
+    r, q = procs
+    close(q.rho(sig[1]), r.rho(sig[0]), torch.float64)
+    close(q.sample(x0, eps, sig[1]), r.sample(x0_np, eps_np, sig[0]), dtype)
+    close(q.target(x0, eps), r.target(x0_np, eps_np), dtype)
+    for a, b in zip(q.forward(x0, eps, sig[1], coarse=v), r.forward(x0_np, eps_np, sig[0], coarse=v_np), strict=True):
+        close(a, b, dtype)
+    close(q.x0_from_velocity(x0, v, sig[1]), r.x0_from_velocity(x0_np, v_np, sig[0]), dtype)
+    close(q.eps(x0, v, sig[1]), r.eps(x0_np, v_np, sig[0]), dtype)
+    close(q.apply_m(x0, sig[1]), r.apply_m(x0_np, sig[0]), dtype)
+    for norm in ("none", "low"):
+        close(q.apply_mtm(x0, sig[1], norm), r.apply_mtm(x0_np, sig[0], norm), dtype)
+    for a, b in zip(q.band_weights(sig[1]), r.band_weights(sig[0]), strict=True):
+        close(a, b, torch.float64)
+    close(q.frame_gain(shape[-3]), r.frame_gain(shape[-3]), torch.float64)
+    for a, b in zip(q.natural_input(x0, sig[1]), r.natural_input(x0_np, sig[0]), strict=True):
+        close(a, b, dtype)
+    if dtype == torch.float64:  # float32: the bridge cancels (1 - g) x / c against g v_hat / c (g up to 8)
+        close(q.velocity(fast_model, x0, sig[1], 2.0), r.velocity(ref_model, x0_np, sig[0], 2.0), dtype)
+        close(q.denoise(fast_model, x0, sig[1], 2.0), r.denoise(ref_model, x0_np, sig[0], 2.0), dtype)
+
+
+def test_stage_process_errors():
+    for cls in (rp.StageProcess, fp.StageProcess):
+        with pytest.raises(ValueError, match=re.escape("a window [0.3, 0.7] with sigma_n < 1 needs the projection P")):
+            cls(0.3, 0.7)
+        with pytest.raises(ValueError, match=re.escape("need 0 <= sigma_c < sigma_n <= 1, got [0.5, 0.5]")):
+            cls(0.5, 0.5)
+        with pytest.raises(ValueError, match="band_norm must be 'low' or 'none', got 'both'"):
+            ones = torch.ones(1, 1, 1, 1, 1) if cls is fp.StageProcess else np.ones((1,) * 5)
+            cls.plain().apply_mtm(ones, 0.5, "both")
+
+
+@pytest.mark.parametrize("stop", range(5))
+def test_sample_few_step_stop(stop):
+    ref, fast, f = sampler_pair("dct", (2, 2, 2), True)
+    noise_np, noise = start_noise(ref, f, "2-2-1", torch.float64)
+    gen, draw = numpy_noise(5)
+    want = rs.sample_few_step(ref_model, noise_np, ref, WINDOWS, "2-2-1", cond=0.5, shift=2.0, rng=gen, stop=stop)
+    got = fs.sample_few_step(fast_model, noise, fast, WINDOWS, "2-2-1", cond=0.5, shift=2.0, rng=draw, stop=stop)
+    assert got.stage == want.stage
+    assert (got.process.sigma_c, got.process.sigma_n) == (want.process.sigma_c, want.process.sigma_n)
+    close(got.x0, want.x0, torch.float64)
