@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from pyrflow_fast.card import latent_pyramid
 from pyrflow_fast.contract import WanBackbone
 from pyrflow_fast.flops import forward_flops, schedule_flops
-from pyrflow_fast.resample import Pyramid
-from pyrflow_fast.samplers import cfg, sample_euler, sample_few_step
+from pyrflow_fast.samplers import guided, sample_euler, sample_few_step
 from pyrflow_fast.wan import WanConfig, WanDiT
-from pyrflow_ref.samplers import plan_schedule
-from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows, parse_schedule
+from pyrflow_ref.plan import Plan
+from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Bench:
         with torch.no_grad():  # Wan zero-initialises the head; give the output some signal
             self.model.head.head.weight.normal_(0, 0.02)
         self.backbone = WanBackbone(self.model)
-        self.pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
+        self.pyramid = latent_pyramid("haar", (2, 2, 2), 3)  # the pyramid generate samples Wan with
         self.windows = StageWindows(WAN_DEFAULT_BOUNDARIES)
         self.shapes = [s[1:] for s in self.pyramid.shapes((1, self.config.in_dim, *self.size))]
         gen = torch.Generator().manual_seed(0)
@@ -64,16 +64,15 @@ class Bench:
     @torch.no_grad()
     def sample(self, schedule: str, guidance: float | None) -> torch.Tensor:
         """One sampling run (Euler with CFG when ``guidance`` is set, else few-step)."""
-        steps = parse_schedule(schedule, 3)
-        _, _, top = plan_schedule(self.pyramid, self.windows, steps)
+        plan = Plan.build(schedule, self.pyramid, self.windows, shift=5.0)
         gen = torch.Generator(self.device).manual_seed(0)
-        noise = torch.randn((1, *self.shapes[top]), generator=gen, device=self.device)
+        noise = torch.randn((1, *self.shapes[plan.top]), generator=gen, device=self.device)
         if guidance is None:
             return sample_few_step(
-                self._model, noise, self.pyramid, self.windows, steps, cond=self.context, shift=5.0, rng=gen
+                self._model, noise, self.pyramid, self.windows, plan, cond=self.context, shift=5.0, rng=gen
             )
-        model = cfg(self._model, guidance, uncond=self.uncond)
-        return sample_euler(model, noise, self.pyramid, self.windows, steps, cond=self.context, shift=5.0, rng=gen)
+        model = guided(self._model, guidance, uncond=self.uncond)
+        return sample_euler(model, noise, self.pyramid, self.windows, plan, cond=self.context, shift=5.0, rng=gen)
 
     def schedule_seconds(self, schedule: str, guidance: float | None, repeats: int = 1, warmup: bool = True) -> float:
         return median_seconds(lambda: self.sample(schedule, guidance), self.sync, repeats, warmup)
@@ -115,7 +114,8 @@ def compare(
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| pyramidal | plain | CFG | pyramidal s | plain s | wall ratio | pyramidal TFLOPs | plain TFLOPs | FLOPs ratio |",
+        "| pyramidal | plain | CFG | pyramidal s | plain s | wall ratio "
+        "| pyramidal TFLOPs | plain TFLOPs | FLOPs ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -1,33 +1,56 @@
-"""The backbone contract used by all pyramid code, and adapters that satisfy it.
+"""The model contracts used by all pyramid code, and the adapters between them.
 
-A *backbone* maps
+Two signatures, both in float32 and on natural-scale latents (the pyramid divides its stage sample
+by ``c = g (1 - sigma) + sigma`` before calling, theory §3.1):
 
-- a natural-scale latent ``x`` of shape ``(B, C, F, H, W)`` (the pyramid divides its stage sample by
-  ``c = g (1 - sigma) + sigma`` before calling, theory §3.1),
-- per-frame timesteps ``t`` of shape ``(B, F)`` with ``t = 1000 * varsigma`` (a ``(B,)`` tensor or a
-  number is broadcast to every frame),
-- text embeddings ``context`` of shape ``(B, L, text_dim)``,
+- a :class:`Backbone` is what a network computes: ``backbone(x, t, context, full_size=None) -> v_hat``;
+- a :class:`Denoiser` is what the samplers (:mod:`pyrflow_fast.samplers`), the losses and the
+  distillation call: ``model(x_nat, t, cond) -> v_hat``, the condition opaque to the caller.
 
-to the predicted natural velocity ``v_hat`` of shape ``(B, C, F, H, W)`` in float32. Optionally it
-takes ``full_size``, the full-resolution latent size ``(F, H, W)``, which backbones with
+The arguments:
+
+- a natural-scale latent ``x`` / ``x_nat`` of shape ``(B, C, F, H, W)``,
+- per-frame timesteps ``t`` of shape ``(B, F)`` with ``t = 1000 * varsigma`` (a backbone also
+  takes a ``(B,)`` tensor or a number, broadcast to every frame),
+- text embeddings ``context`` (for a denoiser: ``cond``) of shape ``(B, L, text_dim)``,
+
+and the result, the predicted natural velocity ``v_hat`` of shape ``(B, C, F, H, W)`` in float32.
+``full_size``, the full-resolution latent size ``(F, H, W)``, is what backbones with
 full-resolution-scaled RoPE positions need at coarse stages.
 
-:class:`Backbone` is the interface. :class:`WanBackbone` wraps :class:`pyrflow_fast.wan.WanDiT`;
-:class:`DiffusersWanBackbone` wraps a diffusers ``WanTransformer3DModel`` instance so that it can be
-plugged in directly.
+Backbones: :class:`WanBackbone` wraps :class:`pyrflow_fast.wan.WanDiT`; :class:`DiffusersWanBackbone`
+wraps a diffusers ``WanTransformer3DModel`` instance so that it can be plugged in directly.
+
+Denoisers: :class:`BackboneDenoiser` turns a backbone into a denoiser (``full_size`` bound, an
+optional per-stage adapter selection for per-stage LoRA); :class:`FrozenDenoiser` runs any model in
+``torch.inference_mode`` (a frozen teacher or real score); :class:`PPFDenoiser` runs a
+pyramidal-patchification model (:class:`pyrflow_fast.ppf.PPFWan`) at the level of each sample's
+noise level.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Backbone", "WanBackbone", "DiffusersWanBackbone", "frame_timesteps"]
+from pyrflow_ref.windows import StageWindows
+
+__all__ = [
+    "Backbone",
+    "BackboneDenoiser",
+    "Denoiser",
+    "DiffusersWanBackbone",
+    "FrozenDenoiser",
+    "PPFDenoiser",
+    "WanBackbone",
+    "check_ppf_windows",
+    "frame_timesteps",
+]
 
 
 def frame_timesteps(t: torch.Tensor | float, batch: int, frames: int, device: Any = None) -> torch.Tensor:
@@ -172,4 +195,126 @@ class DiffusersWanBackbone(Backbone):
             )
         dtype = next(self.transformer.parameters()).dtype
         out = self.transformer(x.to(dtype), timestep, context.to(dtype), return_dict=False)[0]
+        return out
+
+
+# ------------------------------------------------------------------------------- denoisers
+class Denoiser(Protocol):
+    """Interface of the samplers' model: ``model(x_nat, t, cond) -> v_hat``.
+
+    :param x_nat: natural-scale latent ``(B, C, F, H, W)`` (the stage sample divided by ``c``).
+    :param t: per-frame timesteps ``1000 * varsigma``, ``(B, F)``, on ``x_nat``'s device.
+    :param cond: the condition, passed through untouched (text embeddings ``(B, L, text_dim)`` for
+        the Wan adapters; ``None`` or anything else for other models).
+    :returns: the natural velocity ``v_hat`` ``(B, C, F, H, W)``, float32.
+    """
+
+    def __call__(self, x_nat: torch.Tensor, t: torch.Tensor, cond: Any, /) -> torch.Tensor: ...
+
+
+class BackboneDenoiser(nn.Module):
+    """A :class:`Backbone` as a :class:`Denoiser`: ``model(x_nat, t, cond) = backbone(x_nat, t, cond, full_size)``.
+
+    ``forward(x_nat, t, cond, full_size=None, stage=0)`` also serves the trainer's loss, which
+    passes the full-resolution size and the stage of each group: a ``full_size`` given to the call
+    overrides the bound one, and ``stage`` selects the adapter set of ``lora`` before the backbone
+    runs. The backbone and ``lora`` are submodules (state-dict keys ``backbone.*`` and ``lora.*``),
+    so the adapter trains, wraps (DDP, FSDP) and checkpoints as one module.
+
+    :param backbone: a :class:`Backbone` ``(B, C, F, H, W)`` -> ``(B, C_out, F, H, W)``, or a compiled one.
+    :param full_size: the full-resolution latent size ``(F, H, W)`` passed to every call (``None``:
+        the backbone's default, the input size).
+    :param lora: per-stage adapters: any module with ``select(stage)`` (e.g.
+        :class:`pyrflow_fast.train.lora.LoRA`), called with ``stage`` before each evaluation.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, full_size: Sequence[int] | None = None, lora: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.full_size = tuple(int(n) for n in full_size) if full_size is not None else None
+        self.lora = lora
+
+    def forward(
+        self,
+        x_nat: torch.Tensor,
+        t: torch.Tensor,
+        cond: Any,
+        full_size: Sequence[int] | None = None,
+        stage: int = 0,
+    ) -> torch.Tensor:
+        """``v_hat`` ``(B, C_out, F, H, W)`` (float32) of ``x_nat`` ``(B, C, F, H, W)`` at ``t`` ``(B, F)``."""
+        if self.lora is not None:
+            self.lora.select(stage)
+        return self.backbone(x_nat, t, cond, full_size=self.full_size if full_size is None else full_size)
+
+
+class FrozenDenoiser:
+    """Run ``fn`` in ``torch.inference_mode`` and return an ordinary tensor (a clone).
+
+    For frozen models (a teacher, DMD's real score): no autograd records, no saved activations,
+    and the result may enter autograd-recorded computation. Calls pass through unchanged, so it
+    wraps a :class:`Denoiser` (``(B, C, F, H, W)`` in and out) or any tensor-valued callable.
+
+    :param fn: the frozen model (kept as ``fn``).
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.fn(*args, **kwargs)
+        return out.clone()
+
+
+def check_ppf_windows(ppf: nn.Module, windows: StageWindows) -> None:
+    """ValueError unless ``windows`` has one window per level of the PPF model ``ppf`` (``ppf.num_levels``).
+
+    Every PPF sampler and adapter calls it first: a schedule indexes the levels by window, so a
+    mismatch would otherwise surface as an index error deep in sampling, or not at all.
+    """
+    if windows.num_stages != ppf.num_levels:
+        raise ValueError(f"{windows.num_stages} windows for {ppf.num_levels} PPF levels")
+
+
+class PPFDenoiser:
+    """A pyramidal-patchification model as a :class:`Denoiser`, with the level chosen from the timestep.
+
+    ``ppf(x, t, context, level=l)`` (a :class:`pyrflow_fast.ppf.PPFWan`, or any module with
+    ``num_levels`` and that call) maps a full-resolution latent ``(B, C, F, H, W)`` to its velocity
+    at level ``l``. Each sample runs at the level whose window holds its noise level ``t / 1000``
+    (PPF uses the plain process at gain 1, so ``t`` must be equal over frames; a window boundary
+    belongs to the finer level, as in :meth:`~pyrflow_ref.windows.StageWindows.stage_of`). Samples
+    of one level run as one batch.
+
+    :param ppf: the model.
+    :param windows: one window per level (finest first).
+    """
+
+    def __init__(self, ppf: nn.Module, windows: StageWindows) -> None:
+        check_ppf_windows(ppf, windows)
+        self.ppf = ppf
+        self.windows = windows
+
+    def levels(self, t: torch.Tensor | float, batch: int, frames: int) -> list[int]:
+        """Level of each sample from its timesteps (a number, ``(B,)`` or ``(B, F)``)."""
+        t = frame_timesteps(t, batch, frames, None)
+        if not bool((t == t[:, :1]).all()):
+            raise ValueError("PPF levels need one timestep per sample (equal over frames)")
+        return [self.windows.stage_of(min(max(float(v) / 1000.0, 0.0), 1.0)) for v in t[:, 0].tolist()]
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+        """``v_hat`` ``(B, C_out, F, H, W)`` (float32) of ``x`` ``(B, C, F, H, W)``, each sample at its level."""
+        b, f = x.shape[0], x.shape[2]
+        levels = self.levels(t, b, f)
+        t = frame_timesteps(t, b, f, x.device)
+        out = None
+        for level in sorted(set(levels)):
+            idx = torch.tensor([i for i, lv in enumerate(levels) if lv == level], device=x.device)
+            v = self.ppf(x[idx], t[idx], context[idx], level=level)
+            if out is None:
+                out = v.new_empty((b,) + tuple(v.shape[1:]))
+            out[idx] = v
         return out

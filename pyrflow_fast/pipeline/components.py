@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..wan import WanDiT
-from ..wan.checkpoint import CheckpointError, assign_state_dict, check_state_dict, read_state_dict
+from ..wan.checkpoint import CheckpointError, assign_state_dict, check_state_dict, load_wan, read_state_dict
 from .layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG, find_layout
 from .pixel import PixelSpace, is_pixel_space
 from .t5_keys import TIED_EMBEDDING, infer_umt5_config, to_hf_t5_state_dict, to_wan_t5_state_dict
@@ -112,7 +112,7 @@ def _assign(
     except CheckpointError as err:
         raise CheckpointError(f"{what}: {err}") from None
     moved: dict[int, torch.Tensor] = {}  # tied tensors (umT5's embedding) are moved/cast once
-    for k, v in sd.items():
+    for v in sd.values():
         if id(v) not in moved:
             moved[id(v)] = v.to(device=device, dtype=dtype if v.is_floating_point() else None)
     assign_state_dict(model, {k: moved[id(v)] for k, v in sd.items()})
@@ -419,7 +419,7 @@ def load_components(
     vae = load_vae(files[2], layout=layout, device=dev, dtype=vae_dtype or dtype)
     dit = None
     if transformer:
-        dit = WanDiT.from_pretrained(root, dtype=dtype, device=dev, text_len=text_len).eval().requires_grad_(False)
+        dit = load_wan(root, dtype=dtype, device=dev, text_len=text_len).eval().requires_grad_(False)
         problems = []
         width = text_encoder.config.d_model
         if dit.config.text_dim != width:

@@ -24,7 +24,9 @@ MODELS: dict[str, str] = {
     "conventional": "trained with Wan's flow-matching loss; samples 0-0-50 (plain Euler, CFG)",
     "pyramidal": "the conventional model finetuned pyramidally; samples 20-20-10 (pyramidal Euler, CFG)",
     "distilled": "the pyramidal model distilled with DMD (dmd-pt*) to 2-2-1 (few-step, no CFG)",
-    "distilled-plain": "the conventional model distilled with DMD (dmd-ot) to 0-0-2 at full resolution (few-step, no CFG)",
+    "distilled-plain": (
+        "the conventional model distilled with DMD (dmd-ot) to 0-0-2 at full resolution (few-step, no CFG)"
+    ),
 }
 
 

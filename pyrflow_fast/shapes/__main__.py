@@ -15,8 +15,9 @@ import torch
 
 from pyrflow_ref.media import to_uint8, write_strip, write_video
 
+from ..card import ModelCard
 from ..pipeline import load_components
-from ..sample import ModelCard, generate
+from ..sample import generate
 from . import MODELS, model_dir
 from .analyze import analyze
 from .data import FPS, FRAMES, SIZE

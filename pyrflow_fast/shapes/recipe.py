@@ -34,8 +34,8 @@ from pathlib import Path
 
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, parse_schedule
 
-from ..sample import ModelCard
-from ..wan import WanDiT
+from ..card import ModelCard
+from ..wan.checkpoint import load_wan, save_wan
 from . import MODELS, SHIPPED
 from .components import TEXT_LEN, write_components
 from .data import FPS, FRAMES, SIZE
@@ -180,7 +180,7 @@ def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(components, target)
         export = work / name / "export"
-        WanDiT.from_pretrained(export).save_pretrained(target, layout="diffusers")
+        save_wan(load_wan(export), target, layout="diffusers")
         exported = ModelCard.load(export)
         if (
             exported.kind != cards[name].kind

@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..card import ModelCard
 from ..flops import forward_flops, schedule_flops
 from ..pipeline import load_components
-from ..sample import ModelCard, generate
+from ..sample import generate
 from ..train.evidence import features, frechet_distance
 from . import SHIPPED, model_dir
 from .analyze import analyze_batch
@@ -161,7 +162,8 @@ def run(
         row["cpu_s"] = float(np.median(times[1:]))
         measured[label] = row
         log(
-            f"[{time.perf_counter() - start:6.1f} s] {label}: all {row['all_ok'][0]:.3f}, FD {row['fd'][0]:.3f}, {row['gflops']:.1f} GFLOPs, {row['cpu_s']:.3f} s"
+            f"[{time.perf_counter() - start:6.1f} s] {label}: all {row['all_ok'][0]:.3f}, FD {row['fd'][0]:.3f}, "
+            f"{row['gflops']:.1f} GFLOPs, {row['cpu_s']:.3f} s"
         )
     base = measured[rows[0][0]]["gflops"]
     for label, *_ in rows:
@@ -184,12 +186,16 @@ def to_markdown(results: dict) -> str:
     def pm(v, digits=3):
         return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
-    head = "| row | colour | shape | direction | all | subject | flicker | FD | GFLOPs / video | FLOPs ratio | CPU s / video |"
+    head = (
+        "| row | colour | shape | direction | all | subject | flicker | FD "
+        "| GFLOPs / video | FLOPs ratio | CPU s / video |"
+    )
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for label, r in results["rows"].items():
         cost = (f"{r['gflops']:.1f}", f"{r['flops_ratio']:.3f}", f"{r['cpu_s']:.3f}") if "gflops" in r else ("", "", "")
         lines.append(
-            f"| {label} | {pm(r['color_ok'], 2)} | {pm(r['shape_ok'], 2)} | {pm(r['direction_ok'], 2)} | {pm(r['all_ok'], 2)} "
+            f"| {label} | {pm(r['color_ok'], 2)} | {pm(r['shape_ok'], 2)} | {pm(r['direction_ok'], 2)} "
+            f"| {pm(r['all_ok'], 2)} "
             f"| {pm(r['subject'], 3)} | {pm(r['flicker'], 2)} | {pm(r['fd'], 3)} | {' | '.join(cost)} |"
         )
     return "\n".join(lines) + "\n"
@@ -213,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(to_markdown(results), end="")
     print(
-        f"\n{results['setup']['videos_per_row']} videos per row; {results['setup']['machine']}; {results['setup']['seconds']} s",
+        f"\n{results['setup']['videos_per_row']} videos per row; {results['setup']['machine']}; "
+        f"{results['setup']['seconds']} s",
         file=sys.stderr,
     )
     return 0

@@ -1,7 +1,10 @@
 """The Wan2.1 text-to-video diffusion transformer (``WanDiT``), with per-frame timesteps.
 
 Module and parameter names follow the original Wan2.1 code, so ``WanDiT.state_dict()`` *is* the
-original checkpoint layout (see :mod:`pyrflow_fast.wan.checkpoint` for the diffusers layout).
+original checkpoint layout. This module is the architecture only: checkpoints in either layout are
+read and written by :func:`~pyrflow_fast.wan.checkpoint.load_wan` and
+:func:`~pyrflow_fast.wan.checkpoint.save_wan` (:mod:`pyrflow_fast.wan.checkpoint`, which imports
+this module; this module does not import it).
 
 Numerics follow Wan2.1: the timestep sinusoid is computed in float64 (``[cos, sin]``, cos first);
 the time MLP, the modulation sums, every LayerNorm, the gated residual adds and the whole output
@@ -18,7 +21,6 @@ values runs exactly the same operations as the ``(B,)`` one and gives bit-identi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -182,6 +184,10 @@ class WanDiT(nn.Module):
     them) or low precision (the residual stream stays float32, so low-precision weights need
     autocast).
 
+    A new model has Wan's initialisation (zero output head); load a checkpoint in either layout
+    with :func:`~pyrflow_fast.wan.checkpoint.load_wan` and save one with
+    :func:`~pyrflow_fast.wan.checkpoint.save_wan`.
+
     :param config: a :class:`~pyrflow_fast.wan.config.WanConfig` or a name from
         :data:`~pyrflow_fast.wan.config.CONFIGS` (default: Wan2.1-T2V-1.3B).
     """
@@ -313,21 +319,6 @@ class WanDiT(nn.Module):
         out = out.reshape(b, *grid, pt, ph, pw, cfg.out_dim)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.reshape(b, cfg.out_dim, f, h, w)
-
-    # ------------------------------------------------------------------------ checkpoints
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> WanDiT:
-        """Load a checkpoint in the original Wan or the diffusers layout; see
-        :func:`pyrflow_fast.wan.checkpoint.load_wan`, which takes the same keyword arguments."""
-        from .checkpoint import load_wan
-
-        return load_wan(path, **kwargs)
-
-    def save_pretrained(self, path: str | Path, **kwargs: Any) -> Path:
-        """Save in the original or diffusers layout; see :func:`pyrflow_fast.wan.checkpoint.save_wan`."""
-        from .checkpoint import save_wan
-
-        return save_wan(self, path, **kwargs)
 
     def num_parameters(self) -> int:
         """Total number of parameter elements (works on the meta device)."""

@@ -22,6 +22,7 @@ from pyrflow_fast.pipeline.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGIN
 from pyrflow_fast.pipeline.tokenizer import word_tokenizer
 from pyrflow_fast.pipeline.vae_keys import WAN_LATENTS_MEAN, WAN_LATENTS_STD
 from pyrflow_fast.wan import WanConfig, WanDiT
+from pyrflow_fast.wan.checkpoint import save_wan
 
 __all__ = ["TINY_WORDS", "TINY_TEXT_DIM", "tiny_tokenizer", "tiny_components", "write_tiny_wan_dir"]
 
@@ -117,7 +118,7 @@ def write_tiny_wan_dir(path: str | Path, layout: str = "diffusers", seed: int = 
         c.tokenizer.save_pretrained(path / "tokenizer")
         c.text_encoder.save_pretrained(path / "text_encoder")
         c.vae.save_pretrained(path / "vae")
-        c.transformer.save_pretrained(path, layout="diffusers")
+        save_wan(c.transformer, path, layout="diffusers")
         index = {
             "_class_name": "WanPipeline",
             "_diffusers_version": diffusers.__version__,
@@ -131,7 +132,7 @@ def write_tiny_wan_dir(path: str | Path, layout: str = "diffusers", seed: int = 
         write_original_vae(c.vae, path / ORIGINAL_VAE)
         write_original_text_encoder(c.text_encoder, path / ORIGINAL_T5)
         c.tokenizer.save_pretrained(path / ORIGINAL_TOKENIZER)
-        c.transformer.save_pretrained(path, layout="original")
+        save_wan(c.transformer, path, layout="original")
     else:
         raise ValueError(f"layout must be 'diffusers' or 'original', got {layout!r}")
     return path

@@ -31,7 +31,7 @@ from pyrflow_fast.pipeline.vae_keys import (
     to_original_vae_state_dict,
 )
 from pyrflow_fast.wan import WanDiT
-from pyrflow_fast.wan.checkpoint import CheckpointError
+from pyrflow_fast.wan.checkpoint import CheckpointError, save_wan
 
 PROMPTS = ["a red cat", "the old man is walking in the park at night", "  a   &amp; zebra\n"]
 
@@ -313,7 +313,7 @@ def test_strict_loading_lists_key_problems(dirs, tmp_path):
 
 def test_mismatched_transformer_is_an_error(dirs, tmp_path):
     orig = shutil.copytree(dirs["original"], tmp_path / "orig")
-    WanDiT("tiny").save_pretrained(orig, layout="original")  # text_dim 16 but in_dim 4
+    save_wan(WanDiT("tiny"), orig, layout="original")  # text_dim 16 but in_dim 4
     with pytest.raises(ValueError, match="in_dim 4 != VAE z_dim 16"):
         load_components(orig)
 

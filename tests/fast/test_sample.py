@@ -6,8 +6,9 @@ import torch
 from pipeline_fixtures import write_tiny_wan_dir
 from safetensors.torch import load_file
 
+from pyrflow_fast.card import ModelCard
 from pyrflow_fast.pipeline import load_components
-from pyrflow_fast.sample import ModelCard, generate, latent_shape, main, resolve_sampler
+from pyrflow_fast.sample import generate, latent_shape, main, resolve_sampler
 
 SIZE = ["--frames", "17", "--height", "64", "--width", "64", "--no-progress"]
 

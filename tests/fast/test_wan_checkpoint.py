@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from wan_fixtures import random_wan
 
-from pyrflow_fast.wan import WanDiT
 from pyrflow_fast.wan.checkpoint import (
     INDEX_NAME,
     WEIGHTS_NAME,
@@ -48,7 +47,7 @@ def _write_original(model, folder):
 def test_original_layout_single_file(model, tmp_path):
     _write_original(model, tmp_path / "wan")
     _assert_same_weights(load_wan(tmp_path / "wan"), model)
-    _assert_same_weights(WanDiT.from_pretrained(tmp_path / "wan" / WEIGHTS_NAME), model)
+    _assert_same_weights(load_wan(tmp_path / "wan" / WEIGHTS_NAME), model)
 
 
 def test_loaded_model_computes_bit_identically_to_the_saved_one(tmp_path):

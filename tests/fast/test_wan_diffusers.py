@@ -6,7 +6,15 @@ from wan_fixtures import random_wan
 
 diffusers = pytest.importorskip("diffusers")
 
-from pyrflow_fast.contract import Backbone, DiffusersWanBackbone, WanBackbone, frame_timesteps  # noqa: E402
+from pyrflow_fast.contract import (  # noqa: E402
+    Backbone,
+    BackboneDenoiser,
+    DiffusersWanBackbone,
+    WanBackbone,
+    frame_timesteps,
+)
+from pyrflow_fast.resample import Pyramid  # noqa: E402
+from pyrflow_fast.samplers import sample_euler  # noqa: E402
 from pyrflow_fast.wan import get_config  # noqa: E402
 from pyrflow_fast.wan.keys import (  # noqa: E402
     is_diffusers_layout,
@@ -15,6 +23,7 @@ from pyrflow_fast.wan.keys import (  # noqa: E402
     to_original_key,
     to_original_state_dict,
 )
+from pyrflow_ref.windows import StageWindows  # noqa: E402
 
 REL = 1e-5
 
@@ -88,6 +97,23 @@ def test_contract_wrappers_agree(tiny_pair):
         t = torch.tensor([[70.0] * 3, [900.0] * 3])
         assert torch.equal(b(x, t, ctx), b(x, t[:, 0], ctx))
         assert torch.equal(a(x, t, ctx), a(x, t[:, 0], ctx))
+
+
+def test_diffusers_transformer_samples_as_a_denoiser(tiny_pair):
+    """A diffusers transformer plugs into the samplers through the same adapters as WanDiT."""
+    ours, theirs = tiny_pair
+    cfg = ours.config
+    pyramid, windows = Pyramid.uniform("haar", (1, 2, 2), 2), StageWindows((0.5,))
+    g = torch.Generator().manual_seed(6)
+    noise = torch.randn(1, cfg.in_dim, 3, 2, 2, generator=g)
+    ctx = torch.randn(1, 5, cfg.text_dim, generator=g)
+    out = []
+    for backbone in (WanBackbone(ours), DiffusersWanBackbone(theirs, text_len=cfg.text_len)):
+        rng = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            out.append(sample_euler(BackboneDenoiser(backbone), noise, pyramid, windows, "2-2", cond=ctx, rng=rng))
+    assert out[0].shape == (1, cfg.in_dim, 3, 4, 4)
+    assert _rel(out[1], out[0]) <= 10 * REL
 
 
 def test_adapter_without_per_token_timesteps_rejects_unequal_frames(tiny_pair):

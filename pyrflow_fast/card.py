@@ -1,0 +1,241 @@
+"""Model cards and model directories: what a checkpoint is, and how it is read and written.
+
+A *model directory* is a Wan2.1 download in the diffusers or the original layout
+(:mod:`pyrflow_fast.pipeline.layout`), optionally with a ``pyrflow.json`` :class:`ModelCard` that
+says what kind of checkpoint it is and which pyramid it was trained for, and, for a
+pyramidal-patchification checkpoint, the per-level layers in ``ppf_levels.safetensors``. A
+directory without a card is a plain Wan checkpoint (``kind = "base"``, default schedule ``0-0-50``).
+
+- :class:`ModelCard` reads and writes ``pyrflow.json``;
+- :func:`latent_pyramid` is the latent pyramid of a card's pyramid fields (also what training and
+  distillation build from their ``pyramid`` config), with the families of
+  :data:`pyrflow_ref.resample.TRANSITION_FAMILIES`;
+- :func:`write_model_dir` writes a transformer state dict and its card as a model directory,
+  linking the frozen components of the source directory;
+- :func:`load_ppf` loads the per-level layers of a PPF checkpoint.
+
+>>> card = ModelCard(kind="pyramidal")
+>>> card.schedule, card.pyramid().num_stages
+('20-20-10', 3)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from pyrflow_ref.plan import Plan
+from pyrflow_ref.resample import TRANSITION_FAMILIES
+from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows, parse_schedule
+
+from .resample import Pyramid
+from .wan import WanConfig, WanDiT
+from .wan.checkpoint import assign_state_dict, save_wan
+
+__all__ = [
+    "CARD_FILE",
+    "DEFAULT_SCHEDULE",
+    "KINDS",
+    "PPF_FILE",
+    "UNCONDS",
+    "ModelCard",
+    "latent_pyramid",
+    "load_ppf",
+    "write_model_dir",
+]
+
+KINDS = ("base", "pyramidal", "distilled")
+"""Checkpoint kinds: plain Wan, pyramidally finetuned, distilled few-step generator."""
+
+UNCONDS = ("prompt", "zeros")
+"""Unconditional branch of CFG: the negative prompt's embedding, or the all-zero context."""
+
+CARD_FILE = "pyrflow.json"
+PPF_FILE = "ppf_levels.safetensors"
+DEFAULT_SCHEDULE = {"base": "0-0-50", "pyramidal": "20-20-10", "distilled": "2-2-1"}
+"""Default schedule of a 3-stage card of each kind; with other stage counts the coarse stages take 0
+steps and stage 0 the last entry."""
+
+
+def latent_pyramid(resampler: str, factors: Sequence[int], num_stages: int) -> Pyramid:
+    """The latent pyramid of ``num_stages`` uniform levels of ``resampler`` with per-level factors ``(T, H, W)``.
+
+    Every level keeps frame 0 apart (the first-frame rule, as Wan's causal VAE needs), so a stage-0
+    latent ``(B, C, F, H, W)`` needs ``F = 1 + T^(S-1) k`` frames and ``H, W`` divisible by
+    ``H^(S-1)``, ``W^(S-1)``. ValueError for a family outside
+    :data:`~pyrflow_ref.resample.TRANSITION_FAMILIES` (``haar``, ``dct``).
+
+    >>> latent_pyramid("haar", (2, 2, 2), 3).shapes((1, 16, 21, 56, 104))[2]
+    (1, 16, 6, 14, 26)
+    """
+    if resampler not in TRANSITION_FAMILIES:
+        raise ValueError(
+            f"unknown resampler {resampler!r} for sampling; expected {' or '.join(map(repr, TRANSITION_FAMILIES))}"
+        )
+    return Pyramid.uniform(resampler, tuple(int(f) for f in factors), num_stages, first_frame=True)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a checkpoint is (stored as ``pyrflow.json`` in the model directory).
+
+    :param kind: ``base`` (plain Wan), ``pyramidal`` (pyramidally finetuned) or ``distilled``
+        (few-step generator, no CFG).
+    :param num_stages: pyramid stages the checkpoint was trained for.
+    :param boundaries: inner stage boundaries, finest first.
+    :param resampler: resampler family (``haar``, ``dct``: :data:`~pyrflow_ref.resample.TRANSITION_FAMILIES`).
+    :param factors: per-level factors ``(T, H, W)`` on the latent.
+    :param rope: ``integer`` or ``scaled`` RoPE positions at coarse stages.
+    :param schedule: default schedule.
+    :param ppf_patches: per-level patches ``(T, H, W)`` of a pyramidal-patchification checkpoint
+        (finest first, one per stage; :mod:`pyrflow_fast.ppf`), whose per-level layers are in
+        ``ppf_levels.safetensors``; empty: a resolution-pyramid checkpoint.
+    :param uncond: unconditional branch of CFG: ``prompt`` (the negative prompt's embedding, as
+        Wan) or ``zeros`` (the all-zero context, for models trained with ``data.text_dropout``).
+    :param guidance: default CFG scale (``base`` and ``pyramidal`` checkpoints).
+    """
+
+    kind: str = "base"
+    num_stages: int = 3
+    boundaries: tuple[float, ...] = WAN_DEFAULT_BOUNDARIES
+    resampler: str = "haar"
+    factors: tuple[int, int, int] = (2, 2, 2)
+    rope: str = "integer"
+    schedule: str | None = None
+    ppf_patches: tuple[tuple[int, int, int], ...] = ()
+    uncond: str = "prompt"
+    guidance: float = 5.0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown checkpoint kind {self.kind!r}; expected one of {KINDS}")
+        if self.resampler not in TRANSITION_FAMILIES:
+            raise ValueError(
+                f"unknown resampler {self.resampler!r} for sampling; "
+                f"expected {' or '.join(map(repr, TRANSITION_FAMILIES))}"
+            )
+        if len(self.boundaries) != self.num_stages - 1:
+            raise ValueError(
+                f"{self.num_stages} stages need {self.num_stages - 1} boundaries, got {list(self.boundaries)}"
+            )
+        StageWindows(self.boundaries)
+        object.__setattr__(self, "boundaries", tuple(float(b) for b in self.boundaries))
+        object.__setattr__(self, "factors", tuple(int(f) for f in self.factors))
+        if self.schedule is None:
+            default = DEFAULT_SCHEDULE[self.kind]
+            object.__setattr__(
+                self,
+                "schedule",
+                default if self.num_stages == 3 else "-".join(["0"] * (self.num_stages - 1) + [default.split("-")[-1]]),
+            )
+        parse_schedule(self.schedule, self.num_stages)
+        object.__setattr__(self, "ppf_patches", tuple(tuple(int(v) for v in p) for p in self.ppf_patches))
+        if self.uncond not in UNCONDS:
+            raise ValueError(f"unknown uncond {self.uncond!r}; expected one of {UNCONDS}")
+        if self.ppf_patches and len(self.ppf_patches) != self.num_stages:
+            raise ValueError(
+                f"{self.num_stages} stages need {self.num_stages} PPF patches, got {list(self.ppf_patches)}"
+            )
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ModelCard:
+        """The card of ``model_dir``, or a ``base`` card when it has none."""
+        path = Path(model_dir) / CARD_FILE
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text())
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{path}: unknown fields {unknown}; expected some of {sorted(cls.__dataclass_fields__)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write ``pyrflow.json`` (every field, lists for tuples) into ``model_dir``; returns its path."""
+        path = Path(model_dir) / CARD_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    def pyramid(self) -> Pyramid:
+        """The latent pyramid of the checkpoint (:func:`latent_pyramid` of its pyramid fields)."""
+        return latent_pyramid(self.resampler, self.factors, self.num_stages)
+
+    def windows(self) -> StageWindows:
+        """The stage windows the checkpoint was trained with."""
+        return StageWindows(self.boundaries)
+
+    def plan(self, schedule: str | Plan | None = None, shift: float = 5.0) -> Plan:
+        """The sampling :class:`~pyrflow_ref.plan.Plan` of ``schedule`` (default: the card's) on its windows."""
+        return Plan.build(self.schedule if schedule is None else schedule, None, self.windows(), shift)
+
+
+def write_model_dir(
+    folder: Path,
+    sd: dict[str, torch.Tensor],
+    card: ModelCard,
+    model_cfg: WanConfig,
+    source_path: str = "",
+    layout: str = "original",
+    link_components: bool = True,
+) -> None:
+    """Write a WanDiT state dict ``sd`` of architecture ``model_cfg`` and its ModelCard ``card`` to ``folder``.
+
+    When ``source_path`` is a full Wan2.1 directory and ``link_components`` is set, its layout is
+    used and its VAE, text encoder and tokenizer are symlinked, so ``folder`` is a complete model
+    directory for :mod:`pyrflow_fast.sample`.
+    """
+    with torch.device("meta"):
+        model = WanDiT(model_cfg)
+    assign_state_dict(model, {k: v.float() for k, v in sd.items()})
+    source = Path(source_path) if source_path else None
+    src_layout = None
+    if link_components and source is not None and source.is_dir():
+        from .pipeline.layout import MissingFilesError, find_layout
+
+        try:
+            src_layout = find_layout(source, transformer=False)
+        except MissingFilesError:
+            src_layout = None
+    if src_layout is not None:
+        layout = src_layout
+    folder.mkdir(parents=True, exist_ok=True)
+    save_wan(model, folder, layout=layout)
+    card.save(folder)
+    if src_layout is not None:
+        from .pipeline.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG
+
+        names = (
+            ["text_encoder", "tokenizer", "vae", "model_index.json"]
+            if src_layout == "diffusers"
+            else [ORIGINAL_VAE, ORIGINAL_VAE_CONFIG, ORIGINAL_T5, ORIGINAL_TOKENIZER.split("/")[0]]
+        )
+        for n in names:
+            if (source / n).exists() and not (folder / n).exists():
+                os.symlink((source / n).resolve(), folder / n)
+
+
+def load_ppf(model_dir: str | Path, transformer: torch.nn.Module, card: ModelCard):
+    """The :class:`~pyrflow_fast.ppf.PPFWan` of a PPF checkpoint (``card.ppf_patches``), in eval mode.
+
+    It shares ``transformer`` (the directory's :class:`~pyrflow_fast.wan.WanDiT`) and adds the
+    per-level layers of ``ppf_levels.safetensors``, read onto the transformer's device; FileNotFoundError
+    without that file, ValueError when its keys do not fit the patches.
+    """
+    from safetensors.torch import load_file
+
+    from .ppf import PPFWan
+
+    path = Path(model_dir) / PPF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is a PPF checkpoint ({CARD_FILE}) but has no {PPF_FILE}")
+    ppf = PPFWan(transformer, card.ppf_patches)
+    state = load_file(str(path), device=str(next(transformer.parameters()).device))
+    missing = ppf.load_state_dict(state, strict=False)
+    extra = [k for k in missing.missing_keys if not k.startswith("model.")]
+    if extra or missing.unexpected_keys:
+        raise ValueError(f"{path}: missing {extra}, unexpected {missing.unexpected_keys}")
+    return ppf.eval()
