@@ -25,8 +25,11 @@ sample: $(VENV_STAMP)
 demo: $(VENV_STAMP)
 	$(PY) -m pyrflow_ref.demo --out outputs
 
-# Every test: docs build (warnings are errors), then unit, property, distribution and proof tests.
+# Every test: lint and format check, docs build (warnings are errors), then unit, property,
+# distribution and proof tests.
 test: $(VENV_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
 

@@ -53,6 +53,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pyrflow_ref.resample import TRANSITION_FAMILIES
+
+from ..card import latent_pyramid
 from ..process import clean_pyramid_latent
 from ..resample import WAN_PYRAMID, Pyramid
 from .pyramid import DEFINITIONS, clean_pyramid
@@ -106,8 +109,8 @@ def _uniform_pyramid(pyramid: Pyramid) -> tuple[str, list[int]]:
         )
     if not first.first_frame:
         raise ValueError("Wan latents have 1 + k frames: the latent pyramid must use the first-frame rule")
-    if first.family not in ("haar", "dct"):
-        raise ValueError(f"the cache needs an orthonormal latent pyramid ('haar' or 'dct'), got {first.family!r}")
+    if first.family not in TRANSITION_FAMILIES:
+        raise ValueError(f"the cache needs an orthonormal latent pyramid {TRANSITION_FAMILIES}, got {first.family!r}")
     return first.family, list(first.factors)
 
 
@@ -329,9 +332,7 @@ class LatentCache(Dataset):
             raise ValueError(f"{index_path}: definition must be 1 or 2, got {index['definition']!r}")
         self.index = index
         self.definition = int(index["definition"])
-        self.pyramid = Pyramid.uniform(
-            index["resampler"], tuple(index["factors"]), int(index["num_stages"]), first_frame=True
-        )
+        self.pyramid = latent_pyramid(index["resampler"], index["factors"], int(index["num_stages"]))
         shapes = self.pyramid.shapes((1, *index["latent_shape"]))
         expected = {
             "latents": list(index["latent_shape"]),
@@ -428,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random clip starts with this seed (default: start at 0)")
     p.add_argument("--definition", type=int, choices=DEFINITIONS, default=1)
     p.add_argument("--num-stages", type=int, default=3)
-    p.add_argument("--resampler", choices=("haar", "dct"), default="haar")
+    p.add_argument("--resampler", choices=TRANSITION_FAMILIES, default="haar")
     p.add_argument("--factors", type=int, nargs=3, default=(2, 2, 2), metavar=("T", "H", "W"))
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=1)
@@ -467,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model_dir, device=args.device, transformer=False, text_len=args.text_len,
         text_encoder_dtype=getattr(torch, args.dtype), vae_dtype=torch.float32,
     )  # fmt: skip
-    pyramid = Pyramid.uniform(args.resampler, tuple(args.factors), args.num_stages)
+    pyramid = latent_pyramid(args.resampler, args.factors, args.num_stages)
     index = write_cache(
         dataset, components, args.out, args.definition, pyramid, args.shard_size, not args.no_progress,
         batch_size=args.batch_size, num_workers=args.num_workers, overwrite=args.overwrite,

@@ -72,25 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.print_default_config:
-        cfg = DistillConfig()
-        sys.stdout.write(cfg.to_toml() if args.format == "toml" else cfg.to_json())
+        config = DistillConfig()
+        sys.stdout.write(config.to_toml() if args.format == "toml" else config.to_json())
         return 0
     if args.config is None and not args.set and args.variant is None:
         ap.error("--config is required (see --print-default-config)")
     try:
-        cfg = resolve_config(args)
+        config = resolve_config(args)
     except (ValueError, FileNotFoundError) as err:
         ap.error(str(err))
     from ..train.cli import run_fit
-    from .loop import Distiller
+    from ..train.runner import Runner
 
-    done = run_fit(lambda: Distiller(cfg), args.resume, "pyrflow-distill")
+    done = run_fit(lambda: Runner(config), args.resume, "pyrflow-distill")
     if done is None:
         return 2
-    distiller, history = done
-    if distiller.rank == 0:
-        last = history[-1] if history else {"step": distiller.step}
-        print(f"done: {cfg.distill.variant}, iteration {last['step']}; run directory {distiller.out}", file=sys.stderr)
+    runner, history = done
+    if runner.rank == 0:
+        last = history[-1] if history else {"step": runner.step}
+        print(f"done: {config.distill.variant}, iteration {last['step']}; run directory {runner.out}", file=sys.stderr)
     return 0
 
 

@@ -6,8 +6,8 @@ trainer's (:mod:`pyrflow_fast.train.config`); ``[model]``, ``[distill]`` and ``[
 distillation's own. Unknown sections or fields, an unknown variant and a schedule that does not
 fit the pyramid's stage count are errors.
 
->>> cfg = DistillConfig.from_dict({"distill": {"variant": "dmd-pt", "schedule": "1-1-1"}})
->>> cfg.distill.variant, cfg.distill.schedule, cfg.distill.critic_ratio
+>>> config = DistillConfig.from_dict({"distill": {"variant": "dmd-pt", "schedule": "1-1-1"}})
+>>> config.distill.variant, config.distill.schedule, config.distill.critic_ratio
 ('dmd-pt', '1-1-1', 5)
 >>> try:
 ...     DistillConfig.from_dict({"distill": {"variant": "dmd-xx"}})
@@ -38,12 +38,14 @@ __all__ = [
 ]
 
 VARIANTS: dict[str, str] = {
-    "dmd-ot": "DMD with the original Wan as teacher (plain re-noising at each stage's resolution, after a brief multi-resolution flow-matching finetune of the teacher)",
+    "dmd-ot": "DMD with the original Wan as teacher (plain re-noising at each stage's resolution, after a brief "
+    "multi-resolution flow-matching finetune of the teacher)",
     "dmd-pt": "DMD with the pyramidal teacher and the pyramidal forward process, band-weighted gradient",
     "dmd-pt*": "DMD with the pyramidal teacher and process, without band weights (the paper's final recipe)",
     "adv-od": "adversarial distillation, discriminator on frozen features of the original Wan",
     "adv-pd": "adversarial distillation, discriminator on frozen features of the pyramidal teacher",
-    "ppf": "pyramidal patchification: flow-matching finetune of a PPF model (levels as stages), then DMD with PPF student, teacher and critic",
+    "ppf": "pyramidal patchification: flow-matching finetune of a PPF model (levels as stages), then DMD with PPF "
+    "student, teacher and critic",
 }
 """Accepted ``distill.variant`` values and what they are."""
 
@@ -54,18 +56,22 @@ class DistillModelConfig:
 
     path: str = _f(
         "",
-        "The pyramidal checkpoint the student starts from (a Wan2.1 directory or weights file, e.g. the export of pyrflow-train); empty: random initialisation of `config` (tests).",
+        "The pyramidal checkpoint the student starts from (a Wan2.1 directory or weights file, e.g. the export of "
+        "pyrflow-train); empty: random initialisation of `config` (tests).",
     )
     config: str = _f(
         "wan2.1-t2v-1.3b",
-        "Named architecture (pyrflow_fast.wan.CONFIGS); with `path` set it must match the checkpoint's config.json; empty: take it from the checkpoint.",
+        "Named architecture (pyrflow_fast.wan.CONFIGS); with `path` set it must match the checkpoint's "
+        "config.json; empty: take it from the checkpoint.",
     )
     rope: str = _f(
         "integer", "RoPE positions at coarse stages: `integer` or `scaled` (as the pyramidal finetune used)."
     )
     teacher_path: str = _f(
         "",
-        "The pyramidal teacher (real score of dmd-pt / dmd-pt*, feature backbone of adv-pd, source of the regression and reconstruction targets); empty: the initial student (with LoRA: the student's base with the adapters switched off, no extra memory).",
+        "The pyramidal teacher (real score of dmd-pt / dmd-pt*, feature backbone of adv-pd, source of the "
+        "regression and reconstruction targets); empty: the initial student (with LoRA: the student's base with "
+        "the adapters switched off, no extra memory).",
     )
     original_path: str = _f(
         "", "The original Wan2.1 checkpoint (teacher of dmd-ot, feature backbone of adv-od); empty: `path`."
@@ -79,7 +85,8 @@ class DistillSection:
     variant: str = _f("dmd-pt*", "One of " + ", ".join(f"`{k}` ({v})" for k, v in VARIANTS.items()) + ".")
     schedule: str = _f(
         "2-2-1",
-        "The student's few-step schedule, steps per stage coarsest first (one entry per pyramid stage); the generator is rolled out along it (backward simulation) and it is written to the exported pyrflow.json.",
+        "The student's few-step schedule, steps per stage coarsest first (one entry per pyramid stage); the "
+        "generator is rolled out along it (backward simulation) and it is written to the exported pyrflow.json.",
     )
     sample_shift: float = _f(5.0, "Timestep shift of the student's few-step grids (as pyrflow-sample's --shift).")
     guidance: float = _f(
@@ -91,37 +98,47 @@ class DistillSection:
     critic_ratio: int = _f(5, "Critic updates (DMD fake score, or discriminator head) per generator update.")
     regression_weight: float = _f(
         0.01,
-        "DMD: weight of the teacher-regression term (MSE to the teacher's multi-step sample from the same noise, at the rolled-out stage); 0: off.",
+        "DMD: weight of the teacher-regression term (MSE to the teacher's multi-step sample from the same noise, "
+        "at the rolled-out stage); 0: off.",
     )
     regression_schedule: str = _f(
         "10-10-10",
-        "Schedule of the teacher's multi-step samples (regression and reconstruction targets): pyramidal Euler with CFG for the pyramidal teacher; dmd-ot's teacher runs plain Euler at stage-0 resolution with the sum of the steps.",
+        "Schedule of the teacher's multi-step samples (regression and reconstruction targets): pyramidal Euler "
+        "with CFG for the pyramidal teacher; dmd-ot's teacher runs plain Euler at stage-0 resolution with the sum "
+        "of the steps.",
     )
     band_norm: str = _f("low", "dmd-pt: `low` (band weights divided by (1 - sigma)^2) or `none` (raw M^T M).")
     lora_rank: int = _f(
         16,
-        "Rank of the LoRA adapters on the student (the paper's recipe for PT and PT*); 0: full finetune of the student.",
+        "Rank of the LoRA adapters on the student (the paper's recipe for PT and PT*); 0: full finetune of the "
+        "student.",
     )
     lora_alpha: float = _f(0.0, "LoRA scale numerator (alpha / rank); 0 means alpha = rank.")
     critic_lr: float = _f(0.0, "Learning rate of the critic (fake score or discriminator head); 0: optim.lr.")
     teacher_finetune_steps: int = _f(
         200,
-        "dmd-ot: steps of the multi-resolution flow-matching finetune of the original teacher (plain forward process at every stage resolution, one batch per stage and step); ppf: steps of the PPF diffusion finetune (plain process on the full latent, one batch per level and step, sigma in the level's window). The critic, and for ppf the student, start from the finetuned teacher; 0: skip.",
+        "dmd-ot: steps of the multi-resolution flow-matching finetune of the original teacher (plain forward "
+        "process at every stage resolution, one batch per stage and step); ppf: steps of the PPF diffusion "
+        "finetune (plain process on the full latent, one batch per level and step, sigma in the level's window). "
+        "The critic, and for ppf the student, start from the finetuned teacher; 0: skip.",
     )
     teacher_finetune_lr: float = _f(1e-5, "dmd-ot and ppf: learning rate of the teacher finetune (AdamW, no warm-up).")
     feature_blocks: list = _f(
         [],
-        "adv-*: indices of the frozen backbone's blocks whose features the discriminator head reads; []: the block in the middle and the last block.",
+        "adv-*: indices of the frozen backbone's blocks whose features the discriminator head reads; []: the block "
+        "in the middle and the last block.",
     )
     disc_hidden: int = _f(128, "adv-*: hidden channels of each spatial / temporal branch of the discriminator head.")
     adv_weight: float = _f(1.0, "adv-*: weight of the adversarial (hinge) term of the generator loss.")
     ppf_patches: list = _f(
         [[1, 2, 2], [1, 4, 4], [1, 8, 8]],
-        "ppf: patch (T, H, W) per level on the full-resolution latent, finest first (one per pyramid stage; level 0 is the pretrained patch); the pyramid's boundaries are the level windows.",
+        "ppf: patch (T, H, W) per level on the full-resolution latent, finest first (one per pyramid stage; level "
+        "0 is the pretrained patch); the pyramid's boundaries are the level windows.",
     )
     rec_weight: float = _f(
         2.0,
-        "adv-*: weight of the reconstruction term (MSE to the teacher's multi-step sample from the same noise, at the rolled-out stage).",
+        "adv-*: weight of the reconstruction term (MSE to the teacher's multi-step sample from the same noise, at "
+        "the rolled-out stage).",
     )
 
 
@@ -132,21 +149,31 @@ class DistillRunConfig:
     output_dir: str = _f("outputs/distill", "Run directory: metrics.jsonl, checkpoints/, export/.")
     steps: int = _f(
         2000,
-        "Training iterations; every iteration updates the critic once and every `critic_ratio`-th (from 0) also the generator.",
+        "Training iterations; every iteration updates the critic once and every `critic_ratio`-th (from 0) also "
+        "the generator.",
     )
     batch_size: int = _f(1, "Samples (prompts) per iteration.")
     seed: int = _f(
         0,
-        "Seed; all draws of an iteration (prompts, rolled-out step, noise, score levels) depend only on (seed, iteration, global sample slot), so a resumed run continues bit-exactly.",
+        "Seed; all draws of an iteration (prompts, rolled-out step, noise, score levels) depend only on (seed, "
+        "iteration, global sample slot), so a resumed run continues bit-exactly.",
     )
     gradient_checkpointing: bool = _f(
         True,
-        "Recompute the transformer blocks of the student, the critic and the discriminator backbone in the backward pass.",
+        "Recompute the transformer blocks of the student, the critic and the discriminator backbone in the "
+        "backward pass.",
     )
     device: str = _f("auto", "`auto` (cuda:LOCAL_RANK when CUDA is available, else cpu), `cpu` or `cuda`.")
     parallel: str = _f(
         "none",
-        "`none`, `ddp` or `fsdp`: data parallel over processes launched with torchrun (gloo on CPU, nccl on CUDA) with global batch world_size * batch_size; every sample draws from (seed, iteration, global slot rank * batch_size + b) and the rolled-out step is shared, so runs with the same global batch match for any world size, and the logged losses are global means. `ddp`: full replicas, the gradients of the generator and the critic are averaged over the ranks before clipping. `fsdp`: FSDP2 fully_shard of the student, the critic or discriminator head (PPF: their transformer blocks); frozen teachers stay replicated, LoRA adapters are replicated and averaged. A finetuned teacher (dmd-ot, ppf) is broadcast from rank 0; checkpoints and the export are gathered to rank 0, which writes them and the metrics.",
+        "`none`, `ddp` or `fsdp`: data parallel over processes launched with torchrun (gloo on CPU, nccl on CUDA) "
+        "with global batch world_size * batch_size; every sample draws from (seed, iteration, global slot rank * "
+        "batch_size + b) and the rolled-out step is shared, so runs with the same global batch match for any world "
+        "size, and the logged losses are global means. `ddp`: full replicas, the gradients of the generator and "
+        "the critic are averaged over the ranks before clipping. `fsdp`: FSDP2 fully_shard of the student, the "
+        "critic or discriminator head (PPF: their transformer blocks); frozen teachers stay replicated, LoRA "
+        "adapters are replicated and averaged. A finetuned teacher (dmd-ot, ppf) is broadcast from rank 0; "
+        "checkpoints and the export are gathered to rank 0, which writes them and the metrics.",
     )
     log_every: int = _f(1, "Append a metrics line to metrics.jsonl every this many iterations.")
     progress: bool = _f(True, "Show a tqdm progress bar.")
@@ -167,6 +194,11 @@ class DistillConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def method(self) -> str:
+        """The training method's name in :data:`pyrflow_fast.train.methods.METHODS`: the variant."""
+        return self.distill.variant
+
     def validate(self) -> None:
         """Raise ValueError on inconsistent values (names the field)."""
         d = self.distill
@@ -179,7 +211,8 @@ class DistillConfig:
             parse_schedule(d.regression_schedule, self.pyramid.num_stages)
         except ValueError as err:
             raise ValueError(
-                f"invalid config: distill.schedule / distill.regression_schedule do not fit the model's {self.pyramid.num_stages} pyramid stages: {err}"
+                "invalid config: distill.schedule / distill.regression_schedule do not fit the model's "
+                f"{self.pyramid.num_stages} pyramid stages: {err}"
             ) from None
         checks = [
             (sum(steps) >= 1, "distill.schedule must take at least one step"),
@@ -201,7 +234,8 @@ class DistillConfig:
             (d.adv_weight >= 0 and d.rec_weight >= 0, "distill.adv_weight and distill.rec_weight must be >= 0"),
             (
                 d.variant != "ppf" or len(d.ppf_patches) == self.pyramid.num_stages,
-                f"distill.ppf_patches must have one patch per pyramid stage ({self.pyramid.num_stages}), got {list(d.ppf_patches)}",
+                f"distill.ppf_patches must have one patch per pyramid stage ({self.pyramid.num_stages}), got "
+                f"{list(d.ppf_patches)}",
             ),
             (self.model.rope in ("integer", "scaled"), "model.rope must be 'integer' or 'scaled'"),
             (self.train.steps >= 1, "train.steps must be >= 1"),

@@ -2,7 +2,7 @@ r"""End-to-end CPU evidence that few-step distillation works: ``python -m pyrflo
 
 1. *Teacher*: a ``tiny`` WanDiT is trained with the pyramidal trainer (3 stages, Haar 2x2x2, Wan's
    boundaries) on the synthetic latent videos of :mod:`pyrflow_fast.train.synthetic` (5x16x16).
-2. *Distillation*: :class:`~pyrflow_fast.distill.loop.Distiller` distils it into a ``2-2-1``
+2. *Distillation*: :class:`~pyrflow_fast.train.runner.Runner` distils it into a ``2-2-1``
    few-step student (``dmd-pt*`` by default), starting from the teacher.
 3. *Metric*: the Fréchet distance of :func:`pyrflow_fast.train.evidence.features` (per-channel
    mean/std, radial spectrum, motion energy) between ``num`` samples of a model and ``num``
@@ -11,9 +11,8 @@ r"""End-to-end CPU evidence that few-step distillation works: ``python -m pyrflo
    undistilled teacher with the Euler sampler and with the few-step (x0) sampler at ``2-2-1``.
    Two teacher runs at 10-10-10 with different noise give the noise floor. Lower is better.
 
->>> from pyrflow_fast.distill.loop import count_steps
 >>> from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
->>> count_steps(SCHEDULE, PYRAMID, StageWindows(WAN_DEFAULT_BOUNDARIES))
+>>> Plan.build(SCHEDULE, PYRAMID, StageWindows(WAN_DEFAULT_BOUNDARIES)).total_steps  # model evaluations
 5
 """
 
@@ -28,17 +27,18 @@ from pathlib import Path
 
 import torch
 
+from pyrflow_ref.plan import Plan
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 
-from ..contract import WanBackbone
+from ..contract import BackboneDenoiser, WanBackbone
 from ..resample import Pyramid
 from ..samplers import sample_euler, sample_few_step
 from ..train.evidence import _config, features, frechet_distance
+from ..train.runner import Runner
 from ..train.synthetic import SyntheticPyramids
-from ..train.trainer import Trainer
 from ..wan import WanDiT
+from ..wan.checkpoint import load_wan
 from .config import VARIANTS, DistillConfig
-from .loop import Distiller
 
 __all__ = ["PYRAMID", "SCHEDULE", "main", "run", "samples"]
 
@@ -52,15 +52,14 @@ def samples(
     model: WanDiT, contexts: torch.Tensor, schedule: str, *, few_step: bool, num: int = 64, seed: int = 0
 ) -> torch.Tensor:
     """``num`` stage-0 samples of ``model`` (one prompt per class in turn, no CFG, shift 5)."""
-    backbone = WanBackbone(model.eval())
     windows = StageWindows(WAN_DEFAULT_BOUNDARIES)
     cond = contexts[torch.arange(num) % contexts.shape[0]]
-    gen = torch.Generator().manual_seed(seed)
-    steps = tuple(int(n) for n in schedule.split("-"))
-    top = PYRAMID.num_stages - 1 - next(k for k, n in enumerate(steps) if n > 0)
-    noise = torch.randn(PYRAMID.shapes((num, model.config.in_dim, *SIZE))[top], generator=gen)
+    plan = Plan.build(schedule, PYRAMID, windows, shift=5.0)
+    rng = torch.Generator().manual_seed(seed)
+    noise = torch.randn(PYRAMID.shapes((num, model.config.in_dim, *SIZE))[plan.top], generator=rng)
     run = sample_few_step if few_step else sample_euler
-    return run(lambda x, t, c: backbone(x, t, c), noise, PYRAMID, windows, steps, cond=cond, shift=5.0, rng=gen)
+    denoiser = BackboneDenoiser(WanBackbone(model.eval()))
+    return run(denoiser, noise, PYRAMID, windows, plan, cond=cond, shift=5.0, rng=rng)
 
 
 def run(
@@ -88,10 +87,10 @@ def run(
     out = Path(out_dir)
     start = time.perf_counter()
     train = SyntheticPyramids(256, PYRAMID, size=SIZE, split_seed=0)
-    Trainer(_config(out, "teacher", stages=3, steps=teacher_steps, lr=lr), dataset=train).fit()
+    Runner(_config(out, "teacher", stages=3, steps=teacher_steps, lr=lr), dataset=train).fit()
     teacher_dir = out / "teacher" / "export"
     log(f"[{time.perf_counter() - start:6.1f} s] teacher: {teacher_steps} pyramidal steps")
-    cfg = DistillConfig.from_dict(
+    config = DistillConfig.from_dict(
         {
             "model": {"config": "tiny", "path": str(teacher_dir)},
             "data": {"kind": "synthetic", "synthetic_samples": 256, "synthetic_size": list(SIZE)},
@@ -116,13 +115,13 @@ def run(
             "checkpoint": {"every": distill_steps, "keep_last": 1},
         }
     )
-    distiller = Distiller(cfg, dataset=train)
-    history = distiller.fit()
+    history = Runner(config, dataset=train).fit()
     log(
-        f"[{time.perf_counter() - start:6.1f} s] student: {distill_steps} iterations of {variant} ({len([m for m in history if 'generator_loss' in m])} generator updates)"
+        f"[{time.perf_counter() - start:6.1f} s] student: {distill_steps} iterations of {variant} "
+        f"({len([m for m in history if 'generator_loss' in m])} generator updates)"
     )
-    teacher = WanDiT.from_pretrained(teacher_dir)
-    student = WanDiT.from_pretrained(out / "student" / "export")
+    teacher = load_wan(teacher_dir)
+    student = load_wan(out / "student" / "export")
     ctx = train.contexts
     ref = features(samples(teacher, ctx, "10-10-10", few_step=False, num=num, seed=1))
     res = {

@@ -67,7 +67,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_fit(make, resume: bool, prog: str):
-    """Build a runner (``Trainer``, ``Distiller``) with ``make()`` and fit it.
+    """Build a :class:`~pyrflow_fast.train.runner.Runner` with ``make()`` and fit it.
 
     Returns ``(runner, history)``, or ``None`` after printing ``prog: error: ...`` when building or
     fitting fails with a user-facing error.
@@ -91,27 +91,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.print_default_config:
-        cfg = TrainConfig()
-        sys.stdout.write(cfg.to_toml() if args.format == "toml" else cfg.to_json())
+        config = TrainConfig()
+        sys.stdout.write(config.to_toml() if args.format == "toml" else config.to_json())
         return 0
     if args.config is None and not args.set:
         ap.error("--config is required (see --print-default-config)")
     try:
-        cfg = resolve_config(args)
+        config = resolve_config(args)
     except (ValueError, FileNotFoundError) as err:
         ap.error(str(err))
-    from .trainer import Trainer
+    from .runner import Runner
 
-    done = run_fit(lambda: Trainer(cfg), args.resume, "pyrflow-train")
+    done = run_fit(lambda: Runner(config), args.resume, "pyrflow-train")
     if done is None:
         return 2
-    trainer, history = done
-    if trainer.rank == 0:
-        last = history[-1] if history else {"step": trainer.step}
+    runner, history = done
+    if runner.rank == 0:
+        last = history[-1] if history else {"step": runner.step}
         print(
             f"done: step {last['step']}"
             + (f", loss {last['loss']:.6f}" if "loss" in last else "")
-            + f"; run directory {trainer.out}",
+            + f"; run directory {runner.out}",
             file=sys.stderr,
         )
     return 0

@@ -4,8 +4,8 @@ r"""The training configuration: nested dataclasses, every field documented, read
 (``--format json`` for JSON). A config file sets any subset of the fields; unknown sections or
 fields are an error.
 
->>> cfg = TrainConfig.from_dict({"train": {"steps": 10}, "lora": {"rank": 4}})
->>> cfg.train.steps, cfg.lora.rank, cfg.optim.lr
+>>> config = TrainConfig.from_dict({"train": {"steps": 10}, "lora": {"rank": 4}})
+>>> config.train.steps, config.lora.rank, config.optim.lr
 (10, 4, 1e-05)
 >>> try:
 ...     TrainConfig.from_dict({"train": {"stepz": 1}})
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyrflow_ref.resample import TRANSITION_FAMILIES
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES
 
 __all__ = [
@@ -53,11 +54,14 @@ class ModelConfig:
 
     path: str = _f(
         "",
-        "Pretrained WanDiT checkpoint (a Wan2.1 directory in the original or diffusers layout, or a weights file); empty: random initialisation of `config` (tests, from-scratch runs).",
+        "Pretrained WanDiT checkpoint (a Wan2.1 directory in the original or diffusers layout, or a weights file); "
+        "empty: random initialisation of `config` (tests, from-scratch runs).",
     )
     config: str = _f(
         "wan2.1-t2v-1.3b",
-        "Named architecture (pyrflow_fast.wan.CONFIGS: wan2.1-t2v-1.3b, wan2.1-t2v-14b, tiny, tiny-3layer). With `path` set, the checkpoint's config.json must describe the same architecture, otherwise the run stops with an error; empty: take the architecture from the checkpoint.",
+        "Named architecture (pyrflow_fast.wan.CONFIGS: wan2.1-t2v-1.3b, wan2.1-t2v-14b, tiny, tiny-3layer). With "
+        "`path` set, the checkpoint's config.json must describe the same architecture, otherwise the run stops "
+        "with an error; empty: take the architecture from the checkpoint.",
     )
     rope: str = _f(
         "integer",
@@ -65,21 +69,32 @@ class ModelConfig:
     )
     teacher_path: str = _f(
         "",
-        "Frozen teacher for the distillation term (`loss.distill_weight` > 0); empty: the initial model (with LoRA: the base model with adapters switched off, no extra memory).",
+        "Frozen teacher for the distillation term (`loss.distill_weight` > 0); empty: the initial model (with "
+        "LoRA: the base model with adapters switched off, no extra memory).",
     )
 
 
 @dataclass
 class PyramidConfig:
-    """``[pyramid]``: the pyramid the model is finetuned for (written to ``pyrflow.json``)."""
+    """``[pyramid]``: the pyramid the model is finetuned for (written to ``pyrflow.json``; distillation shares it)."""
 
     num_stages: int = _f(3, "Number of stages S (1 = plain flow matching, Wan's loss).")
     boundaries: list = _f(
         list(WAN_DEFAULT_BOUNDARIES),
-        "The S - 1 inner stage boundaries in global sigma, finest first (default: Wan's 50-step shift-5 grid at steps 40 and 20: 5/9, 15/17).",
+        "The S - 1 inner stage boundaries in global sigma, finest first (default: Wan's 50-step shift-5 grid at "
+        "steps 40 and 20: 5/9, 15/17).",
     )
     resampler: str = _f("haar", "Resampler family of the latent pyramid: `haar` or `dct`.")
     factors: list = _f([2, 2, 2], "Per-level factors (T, H, W) on the latent (the first-frame rule applies on T).")
+
+    def build(self):
+        """The :class:`~pyrflow_fast.resample.Pyramid` and :class:`~pyrflow_ref.windows.StageWindows` of this
+        section: the one place a run turns ``[pyramid]`` into them (finetune and distillation alike)."""
+        from pyrflow_ref.windows import StageWindows
+
+        from ..card import latent_pyramid
+
+        return latent_pyramid(self.resampler, self.factors, self.num_stages), StageWindows(self.boundaries)
 
 
 @dataclass
@@ -88,12 +103,15 @@ class DataConfig:
 
     kind: str = _f(
         "cache",
-        "`cache`: a latent cache written by `python -m pyrflow_fast.data.cache` (pyrflow_fast.data.cache.LatentCache); `synthetic`: the procedural latent videos of pyrflow_fast.train.synthetic (tests, evidence).",
+        "`cache`: a latent cache written by `python -m pyrflow_fast.data.cache` "
+        "(pyrflow_fast.data.cache.LatentCache); `synthetic`: the procedural latent videos of "
+        "pyrflow_fast.train.synthetic (tests, evidence).",
     )
     path: str = _f("", "Cache directory (kind = cache).")
     latent_size: list = _f(
         [21, 56, 104],
-        "Expected stage-0 latent size (F, H, W) of the cache (default: 81x448x832 pixels, the paper's training resolution); a cache of another size is an error; [] accepts any size (kind = cache).",
+        "Expected stage-0 latent size (F, H, W) of the cache (default: 81x448x832 pixels, the paper's training "
+        "resolution); a cache of another size is an error; [] accepts any size (kind = cache).",
     )
     synthetic_samples: int = _f(256, "Number of synthetic videos (kind = synthetic).")
     synthetic_classes: int = _f(4, "Number of synthetic text classes (kind = synthetic).")
@@ -101,7 +119,8 @@ class DataConfig:
     synthetic_seed: int = _f(0, "Seed of the synthetic dataset (kind = synthetic).")
     text_dropout: float = _f(
         0.0,
-        "Probability of training a sample with an all-zero text context (the padding Wan uses); Pyramid Flow uses 0.1 from scratch, a finetune of Wan keeps its own unconditional branch, so 0.",
+        "Probability of training a sample with an all-zero text context (the padding Wan uses); Pyramid Flow uses "
+        "0.1 from scratch, a finetune of Wan keeps its own unconditional branch, so 0.",
     )
 
 
@@ -111,11 +130,15 @@ class LossConfig:
 
     weighting: str = _f(
         "sigma",
-        "`sigma`: MSE of dx/dsigma in orthonormal units (theory §3); `natural`: the same error divided per frame by the bridge factor (1 - vs) + g vs, i.e. the MSE of the model's natural velocity (Pyramid Flow's natural-unit loss), so that coarse stages with gains up to 8 do not dominate the gradient. Both equal Wan's loss for S = 1.",
+        "`sigma`: MSE of dx/dsigma in orthonormal units (theory §3); `natural`: the same error divided per frame "
+        "by the bridge factor (1 - vs) + g vs, i.e. the MSE of the model's natural velocity (Pyramid Flow's "
+        "natural-unit loss), so that coarse stages with gains up to 8 do not dominate the gradient. Both equal "
+        "Wan's loss for S = 1.",
     )
     distill_weight: float = _f(
         0.0,
-        "Weight of the distillation term: MSE between the student's and the frozen teacher's dx/dsigma on the same input (0: off).",
+        "Weight of the distillation term: MSE between the student's and the frozen teacher's dx/dsigma on the same "
+        "input (0: off).",
     )
 
 
@@ -167,11 +190,13 @@ class CheckpointConfig:
     export: bool = _f(True, "At the end, export the model (WanDiT checkpoint + pyrflow.json) to `<output_dir>/export`.")
     export_layout: str = _f(
         "original",
-        "Layout of the exported transformer: `original` (config.json + diffusion_pytorch_model.safetensors) or `diffusers` (transformer/ folder).",
+        "Layout of the exported transformer: `original` (config.json + diffusion_pytorch_model.safetensors) or "
+        "`diffusers` (transformer/ folder).",
     )
     link_components: bool = _f(
         True,
-        "When `model.path` is a full Wan2.1 directory, symlink its VAE, text encoder and tokenizer into the export so that it is a complete model directory for pyrflow_fast.sample.",
+        "When `model.path` is a full Wan2.1 directory, symlink its VAE, text encoder and tokenizer into the export "
+        "so that it is a complete model directory for pyrflow_fast.sample.",
     )
 
 
@@ -187,18 +212,22 @@ class TrainSection:
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
     seed: int = _f(
         0,
-        "Seed of initialisation, data order, stage noise and rho; noise and rho of a sample depend only on (seed, step, global sample index), not on the number of processes.",
+        "Seed of initialisation, data order, stage noise and rho; noise and rho of a sample depend only on (seed, "
+        "step, global sample index), not on the number of processes.",
     )
     precision: str = _f(
         "auto",
-        "`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16` (autocast; weights, optimizer and loss stay fp32).",
+        "`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16` (autocast; weights, optimizer and loss stay "
+        "fp32).",
     )
     gradient_checkpointing: bool = _f(
         True, "Recompute each transformer block in the backward pass (WanDiT.set_gradient_checkpointing)."
     )
     parallel: str = _f(
         "none",
-        "`none`, `ddp` (DistributedDataParallel) or `fsdp` (FSDP2 fully_shard per transformer block and at the root; with LoRA at the root only; bf16 precision shards bf16 parameters with float32 gradient reduction); launch with torchrun for ddp/fsdp.",
+        "`none`, `ddp` (DistributedDataParallel) or `fsdp` (FSDP2 fully_shard per transformer block and at the "
+        "root; with LoRA at the root only; bf16 precision shards bf16 parameters with float32 gradient reduction); "
+        "launch with torchrun for ddp/fsdp.",
     )
     device: str = _f("auto", "`auto` (cuda:LOCAL_RANK when CUDA is available, else cpu), `cpu` or `cuda`.")
     log_every: int = _f(1, "Append a metrics line to metrics.jsonl every this many steps.")
@@ -222,6 +251,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def method(self) -> str:
+        """The training method's name in :data:`pyrflow_fast.train.methods.METHODS`."""
+        return "finetune"
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ValueError on inconsistent values (names the field)."""
@@ -230,9 +264,13 @@ class TrainConfig:
             (self.pyramid.num_stages >= 1, "pyramid.num_stages must be >= 1"),
             (
                 len(self.pyramid.boundaries) == self.pyramid.num_stages - 1,
-                f"pyramid.boundaries must have num_stages - 1 = {self.pyramid.num_stages - 1} values, got {list(self.pyramid.boundaries)}",
+                f"pyramid.boundaries must have num_stages - 1 = {self.pyramid.num_stages - 1} values, got "
+                f"{list(self.pyramid.boundaries)}",
             ),
-            (self.pyramid.resampler in ("haar", "dct"), "pyramid.resampler must be 'haar' or 'dct'"),
+            (
+                self.pyramid.resampler in TRANSITION_FAMILIES,
+                f"pyramid.resampler must be one of {TRANSITION_FAMILIES}, got {self.pyramid.resampler!r}",
+            ),
             (len(self.pyramid.factors) == 3, "pyramid.factors must be three ints (T, H, W)"),
             (
                 self.data.kind in ("cache", "synthetic"),

@@ -35,16 +35,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyrflow_ref.plan import Plan
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 
-from ..contract import WanBackbone
+from ..contract import BackboneDenoiser, WanBackbone
 from ..resample import Pyramid
 from ..samplers import sample_euler
 from ..wan import WanDiT
+from ..wan.checkpoint import load_wan
 from .config import TrainConfig
 from .loss import PyramidalLoss, draw
+from .runner import Runner
 from .synthetic import SyntheticPyramids
-from .trainer import Trainer
 
 __all__ = ["features", "frechet_distance", "main", "run", "sample_metric", "validation_loss"]
 
@@ -81,15 +83,6 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * tr)
 
 
-def _velocity_model(model: WanDiT):
-    backbone = WanBackbone(model)
-
-    def run(x_nat, t, context, full_size=None, stage=0):
-        return backbone(x_nat, t, context, full_size=full_size)
-
-    return run
-
-
 @torch.no_grad()
 def validation_loss(
     model: WanDiT, data: SyntheticPyramids, pyramid: Pyramid, windows: StageWindows, seed: int = 12345
@@ -104,7 +97,7 @@ def validation_loss(
             items.append(item)
             stages.append(i)
             draws.append(draw(seed, 0, n * s + i, tuple(item["x0s"][i].shape)))
-    total, groups = loss.batch_loss(_velocity_model(model.eval()), items, stages, draws)
+    total, groups = loss.batch_loss(BackboneDenoiser(WanBackbone(model.eval())), items, stages, draws)
     return {"total": float(total), **{f"stage{g.stage}": float(g.mse.mean()) for g in groups}}
 
 
@@ -120,20 +113,12 @@ def sample_metric(
     seed: int = 999,
 ) -> float:
     """Fréchet feature distance between ``num`` generated videos and the ``reference`` latents."""
-    backbone = WanBackbone(model.eval())
     labels = torch.arange(num) % contexts.shape[0]
     cond = contexts[labels]
-
-    def velocity(x_nat, t, context):
-        return backbone(x_nat, t, context)
-
-    steps = tuple(int(n) for n in schedule.split("-"))
-    eff_top = next(k for k, n in enumerate(steps) if n > 0)  # coarsest stage that takes steps
-    top = pyramid.num_stages - 1 - eff_top
-    gen = torch.Generator().manual_seed(seed)
-    shape = pyramid.shapes((num, reference.shape[1], *SIZE))[top]
-    noise = torch.randn(shape, generator=gen)
-    out = sample_euler(velocity, noise, pyramid, windows, steps, cond=cond, rng=gen)
+    plan = Plan.build(schedule, pyramid, windows)
+    rng = torch.Generator().manual_seed(seed)
+    noise = torch.randn(pyramid.shapes((num, reference.shape[1], *SIZE))[plan.top], generator=rng)
+    out = sample_euler(BackboneDenoiser(WanBackbone(model.eval())), noise, pyramid, windows, plan, cond=cond, rng=rng)
     return frechet_distance(features(out), features(reference))
 
 
@@ -211,9 +196,9 @@ def run(
             line += f", FD(pyramidal 10-10-10) {results[f'{tag}_fd_pyramidal']:.4f}"
         log(line)
 
-    base_trainer = Trainer(_config(out, "base", stages=1, steps=pretrain_steps, lr=lr), dataset=train)
+    base_trainer = Runner(_config(out, "base", stages=1, steps=pretrain_steps, lr=lr), dataset=train)
     base_trainer.fit()
-    base = WanDiT.from_pretrained(out / "base" / "export")
+    base = load_wan(out / "base" / "export")
     if samples:
         results["base_fd_plain"] = sample_metric(
             base, train.contexts, held.latents, pyramid, windows, "0-0-30", num_generated
@@ -223,7 +208,7 @@ def run(
 
     for weighting in weightings:
         tag = f"pyramidal_{weighting}"
-        cfg = _config(
+        config = _config(
             out,
             tag,
             stages=3,
@@ -232,16 +217,16 @@ def run(
             path=str(out / "base" / "export"),
             weighting=weighting,
         )
-        Trainer(cfg, dataset=train).fit()
-        measure(tag, WanDiT.from_pretrained(out / tag / "export"))
+        Runner(config, dataset=train).fit()
+        measure(tag, load_wan(out / tag / "export"))
 
     if control:
-        ctrl = Trainer(
+        ctrl = Runner(
             _config(out, "control", stages=1, steps=finetune_steps, lr=finetune_lr, path=str(out / "base" / "export")),
             dataset=train,
         )
         ctrl.fit()
-        measure("control", WanDiT.from_pretrained(out / "control" / "export"))
+        measure("control", load_wan(out / "control" / "export"))
     results["seconds"] = time.perf_counter() - start
     if tmp is not None:
         tmp.cleanup()
@@ -280,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         v = res[f"{tag}_val"]
         stages = " ".join(f"{v[f'stage{i}']:.4f}" for i in range(3))
         print(
-            f"{tag:>17}: pyramidal val loss {v['total']:.4f} (stages 0/1/2: {stages})  FD pyramidal 10-10-10 {res[f'{tag}_fd_pyramidal']:.4f}"
+            f"{tag:>17}: pyramidal val loss {v['total']:.4f} (stages 0/1/2: {stages})  "
+            f"FD pyramidal 10-10-10 {res[f'{tag}_fd_pyramidal']:.4f}"
         )
     print(f"total {res['seconds']:.1f} s")
     if args.json:

@@ -118,8 +118,8 @@ class SyntheticPyramids(Dataset):
         self.latents = torch.from_numpy(latents)
         self.labels = labels
         self.pyramid = pyramid
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 17)
-        self.contexts = torch.randn(num_classes, context_len, text_dim, generator=gen)
+        rng = torch.Generator().manual_seed(int(seed) * 1_000_003 + 17)
+        self.contexts = torch.randn(num_classes, context_len, text_dim, generator=rng)
         self.x0s = [x for x in clean_pyramid_latent(self.latents, pyramid)]
 
     def __len__(self) -> int:

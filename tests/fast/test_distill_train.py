@@ -1,4 +1,4 @@
-"""The distillation loop, CLI, export and evidence (pyrflow_fast.distill.loop / cli / config / evidence)."""
+"""Distillation: roll-outs (the stopped few-step sampler), the runner's distillation methods, CLI, export, evidence."""
 
 import json
 
@@ -7,13 +7,15 @@ import pytest
 import torch
 from wan_fixtures import random_wan
 
+from pyrflow_fast.contract import FrozenDenoiser
 from pyrflow_fast.distill.cli import main as distill_main
 from pyrflow_fast.distill.config import VARIANTS, DistillConfig
-from pyrflow_fast.distill.loop import Distiller, InferenceModel, ppf_finetune, ppf_rollout, rollout
 from pyrflow_fast.resample import Pyramid
 from pyrflow_fast.sample import ModelCard
 from pyrflow_fast.samplers import sample_few_step
-from pyrflow_fast.wan import WanDiT
+from pyrflow_fast.train.methods.ppf import ppf_finetune
+from pyrflow_fast.train.runner import Runner
+from pyrflow_fast.wan.checkpoint import load_wan, save_wan
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 
 PYRAMID = Pyramid.uniform("haar", (2, 2, 2), 3)
@@ -34,15 +36,15 @@ def test_rollout_to_the_last_step_is_the_few_step_sampler(schedule):
     ref = sample_few_step(
         affine_model, noise, PYRAMID, WINDOWS, schedule, shift=5.0, rng=torch.Generator().manual_seed(1)
     )
-    x0, stage, _ = rollout(
+    x0, stage, _ = sample_few_step(
         affine_model,
         noise,
         PYRAMID,
         WINDOWS,
         schedule,
-        sum(steps) - 1,
         shift=5.0,
-        generator=torch.Generator().manual_seed(1),
+        rng=torch.Generator().manual_seed(1),
+        stop=sum(steps) - 1,
     )
     assert stage == 0
     torch.testing.assert_close(x0, ref)
@@ -57,35 +59,48 @@ def test_rollout_stages_and_gradient():
 
     stages = []
     for k in range(5):
-        x0, stage, process = rollout(
-            model, noise, PYRAMID, WINDOWS, "2-2-1", k, generator=torch.Generator().manual_seed(0)
+        x0, stage, process = sample_few_step(
+            model, noise, PYRAMID, WINDOWS, "2-2-1", rng=torch.Generator().manual_seed(0), stop=k
         )
         stages.append(stage)
         assert process.sigma_c == WINDOWS.sigma_c(stage) and process.sigma_n == WINDOWS.sigma_n(stage)
         assert x0.requires_grad
     assert stages == [2, 2, 1, 1, 0]
-    x0, _, _ = rollout(model, noise, PYRAMID, WINDOWS, "2-2-1", 3, grad=False)
+    with torch.no_grad():
+        x0, _, _ = sample_few_step(model, noise, PYRAMID, WINDOWS, "2-2-1", stop=3)
     assert not x0.requires_grad
     with pytest.raises(ValueError, match="outside"):
-        rollout(model, noise, PYRAMID, WINDOWS, "2-2-1", 5)
+        sample_few_step(model, noise, PYRAMID, WINDOWS, "2-2-1", stop=5)
 
 
 def test_ppf_rollout_to_the_last_step_is_sample_ppf(tiny_model):
-    from pyrflow_fast.ppf import PPFWan, sample_ppf
+    from pyrflow_fast.ppf import PPFWan, ppf_levels, sample_ppf
 
     ppf = PPFWan(tiny_model)
     noise = torch.randn(2, 4, 2, 16, 16, generator=torch.Generator().manual_seed(0))
     ctx = torch.randn(2, 3, tiny_model.config.text_dim)
     with torch.no_grad():
         ref = sample_ppf(
-            ppf, noise, ctx, WINDOWS, "2-2-1", shift=5.0, few_step=True, generator=torch.Generator().manual_seed(1)
+            ppf, noise, ctx, WINDOWS, "2-2-1", shift=5.0, few_step=True, rng=torch.Generator().manual_seed(1)
         )
-    x0, level, process = ppf_rollout(
-        ppf, noise, WINDOWS, "2-2-1", 4, cond=ctx, shift=5.0, generator=torch.Generator().manual_seed(1)
+    x0, level, process = sample_few_step(
+        ppf_levels(ppf),
+        noise,
+        None,
+        WINDOWS,
+        "2-2-1",
+        cond=ctx,
+        shift=5.0,
+        rng=torch.Generator().manual_seed(1),
+        stop=4,
     )
     assert level == 0 and process.sigma_c == 0.0 and process.sigma_n == 1.0 and x0.requires_grad
     torch.testing.assert_close(x0, ref)
-    assert [ppf_rollout(ppf, noise, WINDOWS, "2-2-1", k, cond=ctx, grad=False)[1] for k in range(5)] == [2, 2, 1, 1, 0]
+    with torch.no_grad():
+        levels = [
+            sample_few_step(ppf_levels(ppf), noise, None, WINDOWS, "2-2-1", cond=ctx, stop=k)[1] for k in range(5)
+        ]
+    assert levels == [2, 2, 1, 1, 0]
 
 
 def test_ppf_diffusion_finetune_lowers_the_per_level_loss():
@@ -100,9 +115,9 @@ def test_ppf_diffusion_finetune_lowers_the_per_level_loss():
     assert not torch.equal(emb, ppf.level_embedding)
 
 
-def test_inference_model_returns_ordinary_tensors():
+def test_frozen_denoiser_returns_ordinary_tensors():
     lin = torch.nn.Linear(2, 2)
-    out = InferenceModel(lin)(torch.ones(1, 2))
+    out = FrozenDenoiser(lin)(torch.ones(1, 2))
     assert not out.is_inference() and not out.requires_grad
     (torch.ones(1, 2, requires_grad=True) * out).sum().backward()  # usable in autograd
 
@@ -180,21 +195,24 @@ def tiny_cfg(out, path, **sections):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "model"
-    random_wan("tiny", seed=3, std=0.1).save_pretrained(path)
+    save_wan(random_wan("tiny", seed=3, std=0.1), path)
     return path
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_trains_the_student_only(tmp_path, model_path, variant):
-    d = Distiller(tiny_cfg(tmp_path, model_path, distill={"variant": variant}))
+    run = Runner(tiny_cfg(tmp_path, model_path, distill={"variant": variant}))
+    d = run.method
     base = {k: v.clone() for k, v in d.student.state_dict().items()}
     lora = {k: v.clone() for k, v in d.lora.state_dict().items()}
-    teacher = WanDiT.from_pretrained(model_path).state_dict()  # what the original teacher was loaded from
+    teacher = load_wan(model_path).state_dict()  # what the original teacher was loaded from
     critic = (
-        d.disc.features.model if d.disc is not None else (d.critic_model.model if variant == "ppf" else d.critic_model)
+        d.disc.features.model
+        if variant.startswith("adv")
+        else (d.critic_model.model if variant == "ppf" else d.critic_model)
     )
     assert d.student.gradient_checkpointing and critic.gradient_checkpointing  # train.gradient_checkpointing default
-    history = d.fit()
+    history = run.fit()
     assert [("generator_loss" in m) for m in history] == [True, False, True]  # critic ratio 2
     assert all(m["grad_norm"] > 0 for m in history if "grad_norm" in m)
     assert all(torch.equal(v, d.student.state_dict()[k]) for k, v in base.items())  # LoRA: base frozen
@@ -220,16 +238,18 @@ def test_every_variant_trains_the_student_only(tmp_path, model_path, variant):
 
 def test_full_finetune_student_and_bit_exact_resume(tmp_path, model_path):
     kw = dict(distill={"variant": "dmd-pt", "lora_rank": 0}, train={"steps": 4})
-    straight = Distiller(tiny_cfg(tmp_path / "a", model_path, **kw))
+    straight = Runner(tiny_cfg(tmp_path / "a", model_path, **kw))
     straight.fit()
-    first = Distiller(tiny_cfg(tmp_path / "b", model_path, distill=kw["distill"], train={"steps": 2}))
+    first = Runner(tiny_cfg(tmp_path / "b", model_path, distill=kw["distill"], train={"steps": 2}))
     first.fit()
-    resumed = Distiller(tiny_cfg(tmp_path / "b", model_path, **kw))
+    resumed = Runner(tiny_cfg(tmp_path / "b", model_path, **kw))
     resumed.fit(resume=True)
     assert resumed.step == 4
-    for (k, a), b in zip(straight.student.state_dict().items(), resumed.student.state_dict().values(), strict=True):
+    a_student, b_student = straight.method.student.state_dict(), resumed.method.student.state_dict()
+    for (k, a), b in zip(a_student.items(), b_student.values(), strict=True):
         assert torch.equal(a, b), k
-    for a, b in zip(straight.critic_model.parameters(), resumed.critic_model.parameters(), strict=True):
+    a_critic, b_critic = straight.method.critic_model.parameters(), resumed.method.critic_model.parameters()
+    for a, b in zip(a_critic, b_critic, strict=True):
         assert torch.equal(a, b)
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step_0000004"
 
@@ -241,7 +261,7 @@ def test_schedule_must_fit_the_checkpoint_stage_count(tmp_path, model_path):
     shutil.copytree(model_path, path)
     ModelCard(kind="pyramidal", num_stages=2, boundaries=(0.5,)).save(path)
     with pytest.raises(ValueError, match="2-stage checkpoint"):
-        Distiller(tiny_cfg(tmp_path / "run", path))
+        Runner(tiny_cfg(tmp_path / "run", path))
 
 
 @pytest.mark.parametrize("variant", ["dmd-pt*", "adv-od", "ppf"])
@@ -378,7 +398,7 @@ def test_ddp_two_processes_on_gloo(tmp_path, model_path, variant):
 def test_parallel_none_refuses_a_multi_process_launch(tmp_path, model_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="WORLD_SIZE = 2"):
-        Distiller(tiny_cfg(tmp_path, model_path))
+        Runner(tiny_cfg(tmp_path, model_path))
 
 
 # ------------------------------------------------------------------- FSDP / per-sample draws
@@ -425,10 +445,10 @@ def _losses(out):
 
 
 def test_draws_depend_on_the_global_slot_only(tmp_path, model_path):
-    d = Distiller(tiny_cfg(tmp_path, model_path, distill={"variant": "dmd-pt*"}, train={"batch_size": 2}))
+    d = Runner(tiny_cfg(tmp_path, model_path, distill={"variant": "dmd-pt*"}, train={"batch_size": 2})).method
     drs = d.draws(3)
-    d1 = Distiller(tiny_cfg(tmp_path / "one", model_path, distill={"variant": "dmd-pt*"}, train={"batch_size": 1}))
-    d1.rank = 1  # rank 1 of a 2-process run with batch 1 draws global slot 1
+    d1 = Runner(tiny_cfg(tmp_path / "one", model_path, distill={"variant": "dmd-pt*"}, train={"batch_size": 1})).method
+    d1.dist.rank = 1  # rank 1 of a 2-process run with batch 1 draws global slot 1
     assert [dr["slot"] for dr in drs] == [0, 1] and d1.draws(3)[0]["slot"] == 1
     assert torch.equal(d1.draws(3)[0]["eps0"], drs[1]["eps0"]) and d1.draws(3)[0]["k"] == drs[0]["k"] == drs[1]["k"]
 
@@ -445,7 +465,7 @@ def test_two_processes_match_one_and_export_samples(tmp_path, model_path, parall
         model={"config": ""}, distill={"variant": "dmd-pt*", "critic_ratio": 1}, checkpoint={"every": 2, "export": True}
     )
     single = tiny_cfg(tmp_path / "one", source, train={"steps": 2, "batch_size": 2}, **kw)
-    Distiller(single).fit()
+    Runner(single).fit()
     two = tiny_cfg(
         tmp_path / "two", source, train={"steps": 2, "batch_size": 1, "parallel": parallel, "device": "cpu"}, **kw
     )

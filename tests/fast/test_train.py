@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from pyrflow_fast.card import ModelCard
 from pyrflow_fast.resample import Pyramid
-from pyrflow_fast.sample import ModelCard
 from pyrflow_fast.train import cli
+from pyrflow_fast.train.checkpoint import ConfigMismatchError, latest_checkpoint
 from pyrflow_fast.train.config import TrainConfig, load_config
 from pyrflow_fast.train.loss import PyramidalLoss, collate, draw, stage_of_slot
+from pyrflow_fast.train.runner import Runner
 from pyrflow_fast.train.synthetic import SyntheticPyramids
-from pyrflow_fast.train.trainer import ConfigMismatchError, Trainer, latest_checkpoint
 from pyrflow_fast.wan import WanDiT
+from pyrflow_fast.wan.checkpoint import load_wan, save_wan
 from pyrflow_ref import natural as rn
 from pyrflow_ref import process as rp
 from pyrflow_ref import resample as rr
@@ -51,7 +53,7 @@ def tiny_cfg(out, **sections):
 
 
 def params(trainer):
-    return {n: p.detach().clone() for n, p in trainer.net.named_parameters()}
+    return {n: p.detach().clone() for n, p in trainer.method.net.named_parameters()}
 
 
 # ------------------------------------------------------------------------------------ loss
@@ -144,18 +146,18 @@ def test_resume_is_bit_exact(tmp_path):
         "train": {"steps": 6, "gradient_checkpointing": True},
         "checkpoint": {"every": 3, "export": False},
     }
-    straight = Trainer(tiny_cfg(tmp_path / "a", **extra))
+    straight = Runner(tiny_cfg(tmp_path / "a", **extra))
     hist_a = straight.fit()
-    first = Trainer(tiny_cfg(tmp_path / "b", **{**extra, "train": {"steps": 3, "gradient_checkpointing": True}}))
+    first = Runner(tiny_cfg(tmp_path / "b", **{**extra, "train": {"steps": 3, "gradient_checkpointing": True}}))
     hist_b = first.fit()
     assert latest_checkpoint(tmp_path / "b").name == "step_0000003"
-    second = Trainer(tiny_cfg(tmp_path / "b", **extra))
+    second = Runner(tiny_cfg(tmp_path / "b", **extra))
     hist_b += second.fit(resume=True)
     assert [m["step"] for m in hist_b] == [1, 2, 3, 4, 5, 6]
     assert [m["loss"] for m in hist_a] == [m["loss"] for m in hist_b]
     pa, pb = params(straight), params(second)
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
-    assert all(torch.equal(x, y) for x, y in zip(straight.ema, second.ema))
+    assert all(torch.equal(x, y) for x, y in zip(straight.ema["model"], second.ema["model"]))
     lines = lambda p: [json.loads(ln)["loss"] for ln in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert lines(tmp_path / "a") == lines(tmp_path / "b")
     m = hist_a[-1]
@@ -163,8 +165,8 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
-    big = Trainer(tiny_cfg(tmp_path / "a", train={"samples_per_stage": 2, "steps": 3}))
-    acc = Trainer(tiny_cfg(tmp_path / "b", train={"samples_per_stage": 1, "grad_accum": 2, "steps": 3}))
+    big = Runner(tiny_cfg(tmp_path / "a", train={"samples_per_stage": 2, "steps": 3}))
+    acc = Runner(tiny_cfg(tmp_path / "b", train={"samples_per_stage": 1, "grad_accum": 2, "steps": 3}))
     ha, hb = big.fit(), acc.fit()
     np.testing.assert_allclose([m["loss"] for m in ha], [m["loss"] for m in hb], rtol=1e-5)
     pa, pb = params(big), params(acc)
@@ -181,24 +183,26 @@ def test_per_stage_lora_with_distillation_exports_merged_stages(tmp_path, make_w
         train={"steps": 2},
         checkpoint={"every": 2, "export": True},
     )
-    trainer = Trainer(cfg, backbone=make_wan("tiny", seed=2, std=0.1))  # WanDiT's own init has a zero head
-    base_before = {k: v.clone() for k, v in trainer.net.backbone.model.state_dict().items()}
+    trainer = Runner(cfg, backbone=make_wan("tiny", seed=2, std=0.1))  # WanDiT's own init has a zero head
+    base_before = {k: v.clone() for k, v in trainer.method.net.backbone.model.state_dict().items()}
     hist = trainer.fit()
     assert hist[0]["distill"] == 0.0 and hist[1]["distill"] > 0  # B starts at zero: student == teacher
     assert hist[0]["grad_norm"] > 0
-    base_after = trainer.net.backbone.model.state_dict()
+    base_after = trainer.method.net.backbone.model.state_dict()
     assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
-    assert trainer.param_names and all(n.startswith("lora.") for n in trainer.param_names)
+    assert trainer.method.param_names and all(n.startswith("lora.") for n in trainer.method.param_names)
     export = tmp_path / "export"
     assert (export / "lora_adapters.safetensors").is_file()
     x = torch.randn(1, 4, 3, 8, 8)
     t = torch.full((1, 3), 400.0)
     ctx = torch.randn(1, 4, 16)
     for stage in range(3):
-        merged = WanDiT.from_pretrained(export / f"stage{stage}")
+        merged = load_wan(export / f"stage{stage}")
         assert ModelCard.load(export / f"stage{stage}").kind == "pyramidal"
         with torch.no_grad():
-            torch.testing.assert_close(merged(x, t, ctx), trainer.net(x, t, ctx, stage=stage), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                merged(x, t, ctx), trainer.method.net(x, t, ctx, stage=stage), rtol=1e-4, atol=1e-5
+            )
 
 
 def test_shared_lora_and_full_finetune_export_one_model_card(tmp_path):
@@ -206,28 +210,31 @@ def test_shared_lora_and_full_finetune_export_one_model_card(tmp_path):
         cfg = tiny_cfg(
             tmp_path / name, lora=lora, train={"steps": 1, "precision": "bf16"}, checkpoint={"every": 1, "export": True}
         )
-        trainer = Trainer(cfg)
+        trainer = Runner(cfg)
         hist = trainer.fit()
         assert np.isfinite(hist[0]["loss"])
         card = ModelCard.load(tmp_path / name / "export")
         assert (card.kind, card.num_stages, card.boundaries) == ("pyramidal", 3, tuple(WAN_DEFAULT_BOUNDARIES))
-        model = WanDiT.from_pretrained(tmp_path / name / "export")
+        model = load_wan(tmp_path / name / "export")
         x = torch.randn(1, 4, 3, 8, 8)
         with torch.no_grad():
             torch.testing.assert_close(
-                model(x, 300.0, torch.ones(1, 2, 16)), trainer.net(x, 300.0, torch.ones(1, 2, 16)), rtol=1e-4, atol=1e-5
+                model(x, 300.0, torch.ones(1, 2, 16)),
+                trainer.method.net(x, 300.0, torch.ones(1, 2, 16)),
+                rtol=1e-4,
+                atol=1e-5,
             )
 
 
 def test_scaled_rope_gets_the_full_resolution_size_at_every_stage(tmp_path):
-    trainer = Trainer(tiny_cfg(tmp_path, model={"rope": "scaled"}, train={"steps": 1}))
-    seen, forward = [], trainer.net.backbone.model.forward
+    trainer = Runner(tiny_cfg(tmp_path, model={"rope": "scaled"}, train={"steps": 1}))
+    seen, forward = [], trainer.method.net.backbone.model.forward
 
     def spy(x, t, context, **kw):
         seen.append((tuple(x.shape[2:]), kw.get("full_size")))
         return forward(x, t, context, **kw)
 
-    trainer.net.backbone.model.forward = spy
+    trainer.method.net.backbone.model.forward = spy
     trainer.train_step()
     assert seen == [((5, 16, 16), (5, 16, 16)), ((3, 8, 8), (5, 16, 16)), ((2, 4, 4), (5, 16, 16))]
 
@@ -269,14 +276,14 @@ def write_latent_cache(path, num=8, size=(5, 16, 16), channels=4, text_len=4, te
 def test_trains_from_a_latent_cache_like_from_the_same_data_in_memory(tmp_path):
     ds = write_latent_cache(tmp_path / "cache")
     cfg = tiny_cfg(tmp_path / "a", data={"kind": "cache", "path": str(tmp_path / "cache"), "latent_size": [5, 16, 16]})
-    from_cache = Trainer(cfg).fit()
-    in_memory = Trainer(tiny_cfg(tmp_path / "b"), dataset=ds).fit()
+    from_cache = Runner(cfg).fit()
+    in_memory = Runner(tiny_cfg(tmp_path / "b"), dataset=ds).fit()
     np.testing.assert_allclose([m["loss"] for m in from_cache], [m["loss"] for m in in_memory], rtol=1e-6)
     with pytest.raises(ConfigMismatchError, match="latent_size"):
-        Trainer(tiny_cfg(tmp_path / "c", data={"kind": "cache", "path": str(tmp_path / "cache")}))
+        Runner(tiny_cfg(tmp_path / "c", data={"kind": "cache", "path": str(tmp_path / "cache")}))
     write_latent_cache(tmp_path / "dct", resampler="dct")
     with pytest.raises(ConfigMismatchError, match="pyramid"):
-        Trainer(tiny_cfg(tmp_path / "d", data={"kind": "cache", "path": str(tmp_path / "dct"), "latent_size": []}))
+        Runner(tiny_cfg(tmp_path / "d", data={"kind": "cache", "path": str(tmp_path / "dct"), "latent_size": []}))
 
 
 # ---------------------------------------------------------------------------------- config
@@ -300,14 +307,14 @@ def test_default_config_toml_round_trip_and_documentation(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------- faults
 def test_checkpoint_that_does_not_match_the_config_is_a_clear_error(tmp_path):
-    WanDiT("tiny-3layer").save_pretrained(tmp_path / "ckpt")
+    save_wan(WanDiT("tiny-3layer"), tmp_path / "ckpt")
     cfg = tiny_cfg(tmp_path / "run", model={"config": "tiny", "path": str(tmp_path / "ckpt")})
     with pytest.raises(ConfigMismatchError, match=r"in_dim|out_dim|text_dim") as err:
-        Trainer(cfg)
+        Runner(cfg)
     assert "text_dim: checkpoint 12 vs config 16" in str(err.value)
     wrong = SyntheticPyramids(4, PYRAMID, channels=3, size=(5, 8, 8))
     with pytest.raises(ConfigMismatchError, match=r"in_dim=4"):
-        Trainer(tiny_cfg(tmp_path / "run"), dataset=wrong)
+        Runner(tiny_cfg(tmp_path / "run"), dataset=wrong)
 
 
 class _Payload:
@@ -320,11 +327,11 @@ class _Payload:
 
 def test_resume_refuses_a_pickle_payload_in_the_rng_file(tmp_path):
     extra = {"train": {"steps": 2}, "checkpoint": {"every": 2, "export": False}}
-    Trainer(tiny_cfg(tmp_path / "run", **extra)).fit()
+    Runner(tiny_cfg(tmp_path / "run", **extra)).fit()
     marker = tmp_path / "pwned"
     torch.save(_Payload(str(marker)), latest_checkpoint(tmp_path / "run") / "rng_rank0.pt")
     with pytest.raises(Exception, match="Weights only load failed"):
-        Trainer(tiny_cfg(tmp_path / "run", **{**extra, "train": {"steps": 4}})).fit(resume=True)
+        Runner(tiny_cfg(tmp_path / "run", **{**extra, "train": {"steps": 4}})).fit(resume=True)
     assert not marker.exists()
 
 
@@ -339,7 +346,7 @@ def test_unreadable_dataset_path_is_a_clear_error(tmp_path, capsys):
     else:
         expected, pattern = FileNotFoundError, "no-such-cache"
     with pytest.raises(expected, match=pattern):
-        Trainer(cfg)
+        Runner(cfg)
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg.to_dict()))
     assert cli.main(["--config", str(path)]) == 2
@@ -374,11 +381,11 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     ckpts = tmp_path / "run" / "checkpoints"
     assert (ckpts / ".tmp-step_0000004" / "COMPLETE").is_file()  # killed between write and os.replace
     assert latest_checkpoint(tmp_path / "run").name == "step_0000002"
-    resumed = Trainer(cfg)
+    resumed = Runner(cfg)
     hist = resumed.fit(resume=True)
     assert [m["step"] for m in hist] == [3, 4, 5, 6]
     assert not (ckpts / ".tmp-step_0000004").exists()
-    straight = Trainer(tiny_cfg(tmp_path / "straight", train={"steps": 6})).fit()
+    straight = Runner(tiny_cfg(tmp_path / "straight", train={"steps": 6})).fit()
     logged = [json.loads(ln)["loss"] for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [m["loss"] for m in straight]
 
@@ -406,7 +413,7 @@ def test_export_is_a_model_directory_that_pyrflow_sample_loads(tmp_path, layout,
         data={"synthetic_size": [5, 8, 8], "synthetic_samples": 4},
         checkpoint={"every": 1, "export": True},
     )
-    Trainer(cfg).fit()
+    Runner(cfg).fit()
     export = tmp_path / "run" / "export"
     assert ModelCard.load(export).kind == "pyramidal"
     args = [

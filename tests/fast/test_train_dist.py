@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from pyrflow_fast.train.config import TrainConfig
-from pyrflow_fast.train.trainer import Trainer
+from pyrflow_fast.train.runner import Runner
 
 REPO = Path(__file__).resolve().parents[2]
 LOSS_RTOL = 1e-5
@@ -77,7 +77,7 @@ def weights(out):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "run"
-    Trainer(config(out)).fit()
+    Runner(config(out)).fit()
     return out
 
 
@@ -109,7 +109,9 @@ def test_fsdp_resume_is_bit_exact(tmp_path):
 def test_fsdp_with_per_stage_lora_and_distillation_matches_one_process(tmp_path):
     from wan_fixtures import random_wan
 
-    random_wan("tiny", seed=2, std=0.1).save_pretrained(tmp_path / "base")  # WanDiT's own init has a zero head
+    from pyrflow_fast.wan.checkpoint import save_wan
+
+    save_wan(random_wan("tiny", seed=2, std=0.1), tmp_path / "base")  # WanDiT's own init has a zero head
 
     def lora_config(out, **train):
         cfg = config(out, steps=2, **train)
@@ -118,7 +120,7 @@ def test_fsdp_with_per_stage_lora_and_distillation_matches_one_process(tmp_path)
         cfg.model.path = str(tmp_path / "base")
         return cfg
 
-    Trainer(lora_config(tmp_path / "one")).fit()
+    Runner(lora_config(tmp_path / "one")).fit()
     torchrun(lora_config(tmp_path / "two", samples_per_stage=1, parallel="fsdp"), tmp_path)
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=LOSS_RTOL)
     distill = [json.loads(line)["distill"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,91 @@
+r"""Adversarial distillation: :class:`AdversarialDistillation` (OD: original features, PD: pyramidal teacher's).
+
+The critic is a discriminator head (:class:`~pyrflow_fast.distill.adversarial.Discriminator`) on
+frozen block features of the original Wan (OD) or of the pyramidal teacher (PD); real samples are
+dataset stage signals, fake ones the student's :math:`\hat x_0`, both re-noised with the stage's
+pyramidal process at one score level. Hinge loss for the head,
+``adv_weight * adversarial + rec_weight * reconstruction`` for the generator (reconstruction
+target: the pyramidal teacher's multi-step sample from the same noise at the rolled-out stage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...distill import adversarial
+from ...distill.dmd import score_sigmas
+from ...process import StageProcess
+from ..distributed import Distributed
+from .few_step import FewStepDistillation
+
+__all__ = ["AdversarialDistillation"]
+
+
+class AdversarialDistillation(FewStepDistillation):
+    """Adversarial distillation of the student (role ``"critic"``: the discriminator head).
+
+    :param original_features: the discriminator reads the original Wan's features (OD, from
+        ``model.original_path``), else the pyramidal teacher's (PD).
+    """
+
+    def __init__(self, config, dist: Distributed, dataset=None, *, original_features: bool) -> None:
+        super().__init__(config, dist, dataset)
+        d = config.distill
+        # PD: an unsharded run copies the student's base for the features below, a sharded one makes that
+        # copy the teacher here: the global RNG advances the same way, so it is not forked
+        self._pyramidal_teacher(fork_rng=original_features)
+        if original_features:
+            self.original = self._load(config.model.original_path or config.model.path)
+            self.original.requires_grad_(False).eval()
+            backbone = self.original
+        else:
+            backbone = self.teacher_model if self.teacher_model is not None else self._load_state_copy(self.student)
+        backbone.set_gradient_checkpointing(config.train.gradient_checkpointing)
+        n = len(backbone.blocks)
+        blocks = list(d.feature_blocks) or sorted({n // 2, n - 1})
+        self.disc = adversarial.Discriminator(backbone, blocks, d.disc_hidden).to(self.device)
+        self._finish(self.disc.head)
+
+    def _shard(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        self._shard_student()
+        fully_shard(self.disc.head)
+
+    def _disc_inputs(self, x0: torch.Tensor, process: StageProcess, dr: dict[str, Any]):
+        """Natural-scale re-noised input (and score levels) for the discriminator."""
+        d = self.config.distill
+        sigma = score_sigmas(
+            x0.shape[0],
+            shift=d.score_shift,
+            window=(process.sigma_c, process.sigma_n),
+            clamp=(d.sigma_min, d.sigma_max),
+            rng=dr["rng"],
+        )
+        eps = torch.randn(x0.shape, generator=dr["rng"]).to(x0)
+        return process.natural_input(process.sample(x0, eps, sigma), sigma)
+
+    def critic_loss(self, dr: dict[str, Any], x0: torch.Tensor, stage: int, process: StageProcess) -> torch.Tensor:
+        real = torch.stack([torch.as_tensor(it["x0s"][stage], dtype=torch.float32) for it in dr["items"]])
+        with torch.no_grad():
+            xr, tr = self._disc_inputs(real.to(self.device), process, dr)
+            xf, tf = self._disc_inputs(x0, process, dr)
+        return adversarial.hinge_loss(self.disc(xr, tr, dr["ctx"]), self.disc(xf, tf, dr["ctx"]))
+
+    def generator_loss(
+        self, dr: dict[str, Any], step: int, x0: torch.Tensor, stage: int, process: StageProcess
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        d = self.config.distill
+        target = self.teacher_target(dr, step, stage)
+        head = self.roles["critic"].params
+        for p in head:
+            p.requires_grad_(False)
+        try:
+            xf, tf = self._disc_inputs(x0, process, dr)
+            out = adversarial.generator_loss(self.disc(xf, tf, dr["ctx"]), x0, target, d.adv_weight, d.rec_weight)
+        finally:
+            for p in head:
+                p.requires_grad_(True)
+        return out.total, {"adversarial": out.adversarial, "reconstruction": out.reconstruction}

@@ -1,0 +1,174 @@
+r"""Distribution matching distillation: :class:`DMDDistillation` (variants OT, PT, PT* of :class:`DMDVariant`).
+
+The critic is the fake score (flow matching on re-noised generator samples,
+:meth:`pyrflow_fast.distill.dmd.DMD.critic_loss`); the generator loss is
+:meth:`~pyrflow_fast.distill.dmd.DMD.generator_loss` with the guided real score (inference mode)
+and the regression term towards the teacher's multi-step sample from the same noise at the
+rolled-out stage. PT and PT* re-noise with the pyramidal process of the rolled-out stage and score
+with the pyramidal teacher (PT weights the gradient by the bands). OT (the original Wan as
+teacher) re-noises with the plain process at the stage's resolution, first finetunes the original
+teacher briefly with flow matching at every stage resolution (:func:`multires_finetune`), and its
+regression target is the teacher's plain multi-step sample.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyrflow_ref.windows import parse_schedule
+
+from ...contract import BackboneDenoiser, FrozenDenoiser, WanBackbone
+from ...distill.dmd import DMD, DMDConfig, DMDVariant, critic_loss
+from ...process import StageProcess, clean_pyramid_latent
+from ...resample import Pyramid
+from ...samplers import guided, sample_plain
+from ..distributed import Distributed
+from ..loss import sample_seed
+from .few_step import FewStepDistillation
+
+__all__ = ["DMDDistillation", "multires_finetune"]
+
+
+def multires_finetune(
+    model: nn.Module,
+    batches: Callable[[int], tuple[list[torch.Tensor], torch.Tensor]],
+    pyramid: Pyramid,
+    steps: int,
+    lr: float,
+    *,
+    seed: int = 0,
+    rope: str = "integer",
+    grad_clip: float = 1.0,
+) -> list[float]:
+    r"""Brief multi-resolution flow-matching finetune of a plain (original) teacher, in place.
+
+    Step ``n`` takes ``batches(n) = (x0s, context)``, clean stage signals finest first and
+    contexts, and trains every stage ``i`` with the **plain** process at its resolution
+    :math:`x = (1 - \sigma) x_0^{(i)} + \sigma \epsilon` (:meth:`~pyrflow_fast.process.StageProcess.plain` with the
+    stage's gain, i.e. Wan's own process on the natural latent), :math:`\sigma \sim U(0, 1)`:
+    the process ``dmd-ot`` re-noises with. Returns the per-step losses.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    fn = BackboneDenoiser(WanBackbone(model, rope=rope))
+    losses = []
+    for n in range(steps):
+        rng = torch.Generator().manual_seed(sample_seed(seed, n, 7))
+        x0s, ctx = batches(n)
+        total = 0.0
+        for i in range(pyramid.num_stages):
+            x0 = x0s[i]
+            process = StageProcess.plain(pyramid.gain(i, x0.shape[-3]))
+            sigma = torch.rand(x0.shape[0], generator=rng, dtype=torch.float64)
+            eps = torch.randn(x0.shape, generator=rng)
+            x = process.sample(x0, eps, sigma)
+            loss = critic_loss(process.velocity(fn, x, sigma, ctx), process.target(x0, eps)) / pyramid.num_stages
+            loss.backward()
+            total += float(loss.detach())
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+    return losses
+
+
+class DMDDistillation(FewStepDistillation):
+    """DMD of the student against a frozen real score and a trained fake score (role ``"critic"``).
+
+    :param variant: :class:`~pyrflow_fast.distill.dmd.DMDVariant` (OT, PT or PT*).
+    """
+
+    def __init__(self, config, dist: Distributed, dataset=None, *, variant: DMDVariant | str) -> None:
+        super().__init__(config, dist, dataset)
+        self.variant = DMDVariant.parse(variant)
+        self.real_fn, self.critic_model, self.critic_fn = self._scores()
+        d = config.distill
+        dmd_config = DMDConfig(
+            variant=self.variant,
+            guidance=d.guidance,
+            shift=d.score_shift,
+            sigma_min=d.sigma_min,
+            sigma_max=d.sigma_max,
+            critic_ratio=d.critic_ratio,
+            regression_weight=d.regression_weight,
+            band_norm=d.band_norm,
+        )
+        self.dmd = DMD(self.real_fn, self.critic_fn, dmd_config, uncond=None)
+        self._finish(self.critic_model)
+
+    def _scores(self):
+        """``(real score, critic module, critic score)`` in the samplers' contract; the critic starts as the teacher."""
+        config, ckpt = self.config, self.config.train.gradient_checkpointing
+        rope = config.model.rope
+        if self.variant.pyramidal:
+            self._pyramidal_teacher(fork_rng=True)
+            source, real = self.teacher_model or self.student, self.pyr_teacher
+        else:
+            d = config.distill
+            self.original = self._load(config.model.original_path or config.model.path)
+            if d.teacher_finetune_steps > 0:
+                self.original.requires_grad_(True).train()
+                self.teacher_losses = multires_finetune(
+                    self.original,
+                    self._finetune_batch,
+                    self.pyramid,
+                    d.teacher_finetune_steps,
+                    d.teacher_finetune_lr,
+                    seed=config.train.seed,
+                    rope=rope,
+                    grad_clip=config.optim.grad_clip,
+                )
+                self.dist.broadcast(self.original)
+            self.original.requires_grad_(False).eval()
+            self.finetuned_teacher = self.original
+            source = self.original
+            real = FrozenDenoiser(BackboneDenoiser(WanBackbone(self.original, rope=rope)))
+        # a state copy of the student's base: a deep copy would carry the adapter hooks
+        critic = self._load_state_copy(source) if source is self.student else copy.deepcopy(source)
+        critic.requires_grad_(True).train().set_gradient_checkpointing(ckpt)
+        return real, critic, BackboneDenoiser(WanBackbone(critic, rope=rope))
+
+    def _shard(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        self._shard_student()
+        for block in self.critic_model.blocks:
+            fully_shard(block)
+        fully_shard(self.critic_model)
+
+    def _score_process(self, process: StageProcess) -> StageProcess:
+        """The process the scores re-noise with at the rolled-out stage (OT: plain with the stage's gain)."""
+        return process if self.variant.pyramidal else StageProcess.plain(process.gain)
+
+    @torch.no_grad()
+    def teacher_target(self, dr: dict[str, Any], step: int, stage: int) -> torch.Tensor:
+        """PT / PT*: the pyramidal teacher's sample; OT: the original teacher's plain Euler sample at
+        stage-0 resolution with the sum of the regression schedule's steps, brought to ``stage``."""
+        if self.variant.pyramidal:
+            return super().teacher_target(dr, step, stage)
+        d = self.config.distill
+        steps = sum(parse_schedule(d.regression_schedule, self.S))
+        model = self.real_fn.fn
+        teacher = model if d.guidance == 1.0 else guided(model, d.guidance, torch.zeros_like(dr["ctx"]))
+        x = sample_plain(teacher, dr["eps0"], steps, cond=dr["ctx"], shift=d.sample_shift)
+        return clean_pyramid_latent(x, self.pyramid)[stage]
+
+    def critic_loss(self, dr: dict[str, Any], x0: torch.Tensor, stage: int, process: StageProcess) -> torch.Tensor:
+        return self.dmd.critic_loss(x0, self._score_process(process), dr["ctx"], rng=dr["rng"])
+
+    def generator_loss(
+        self, dr: dict[str, Any], step: int, x0: torch.Tensor, stage: int, process: StageProcess
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.dmd.uncond = torch.zeros_like(dr["ctx"])  # CFG's unconditional branch: the all-zero context
+        target = self.teacher_target(dr, step, stage) if self.config.distill.regression_weight > 0 else None
+        out = self.dmd.generator_loss(x0, self._score_process(process), dr["ctx"], x_teacher=target, rng=dr["rng"])
+        parts = {"dmd": out.dmd}
+        if out.regression is not None:
+            parts["regression"] = out.regression
+        return out.total, parts

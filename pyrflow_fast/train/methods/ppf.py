@@ -1,0 +1,160 @@
+r"""Pyramidal patchification distillation: :class:`PPFDistillation` (finetune + DMD on the patch pyramid).
+
+A :class:`~pyrflow_fast.ppf.PPFWan` built on the teacher is first finetuned by flow matching with
+levels as stages (:func:`ppf_finetune`); the student is a PPFWan starting from it, rolled out with
+the few-step sampler over its levels (:meth:`PPFDistillation.rollout`), and DMD runs with the plain
+process (no resampling, DMD's OT form), the finetuned PPF model as real score and a copy of it as
+critic (:class:`~pyrflow_fast.contract.PPFDenoiser` picks the level from the noise level). The
+export adds the per-level layers (``ppf_levels.safetensors``) and ``ppf_patches`` to the card.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyrflow_ref.windows import StageWindows, parse_schedule
+
+from ...card import PPF_FILE
+from ...contract import FrozenDenoiser, PPFDenoiser, check_ppf_windows
+from ...distill.dmd import DMDVariant, critic_loss
+from ...ppf import PPFWan, ppf_levels, sample_ppf
+from ...samplers import Prediction, sample_few_step
+from ..distributed import Distributed, full_tensor
+from ..loss import sample_seed
+from .dmd import DMDDistillation
+
+__all__ = ["PPFDistillation", "ppf_finetune"]
+
+
+def ppf_finetune(
+    ppf: nn.Module,
+    batches: Callable[[int], tuple[list[torch.Tensor], torch.Tensor]],
+    windows: StageWindows,
+    steps: int,
+    lr: float,
+    *,
+    seed: int = 0,
+    grad_clip: float = 1.0,
+) -> list[float]:
+    r"""Diffusion (flow-matching) finetune of a :class:`~pyrflow_fast.ppf.PPFWan`, in place: levels as stages.
+
+    Step ``n`` takes ``batches(n) = (x0s, context)`` and trains every level ``l`` on the
+    full-resolution ``x0s[0]`` with the plain process :math:`x = (1 - \sigma) x_0 + \sigma\epsilon`,
+    :math:`\sigma \sim U(	ext{window } l)` of ``windows``, target :math:`\epsilon - x_0` (Wan's
+    loss at gain 1). Returns the per-step losses.
+    """
+    params = [p for p in ppf.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    levels = ppf.num_levels
+    losses = []
+    for n in range(steps):
+        rng = torch.Generator().manual_seed(sample_seed(seed, n, 13))
+        x0s, ctx = batches(n)
+        x0 = x0s[0]
+        total = 0.0
+        for level in range(levels):
+            lo, hi = windows.sigma_c(level), windows.sigma_n(level)
+            sigma = (lo + (hi - lo) * torch.rand(x0.shape[0], generator=rng, dtype=torch.float64)).to(x0.device)
+            eps = torch.randn(x0.shape, generator=rng).to(x0)
+            s = sigma.to(x0.dtype).reshape(-1, 1, 1, 1, 1)
+            v = ppf((1 - s) * x0 + s * eps, 1000.0 * sigma.float(), ctx, level=level)
+            loss = critic_loss(v, eps - x0) / levels
+            loss.backward()
+            total += float(loss.detach())
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+    return losses
+
+
+class PPFDistillation(DMDDistillation):
+    """DMD of a PPF student against the finetuned PPF teacher (plain process: DMD's OT form)."""
+
+    def __init__(self, config, dist: Distributed, dataset=None) -> None:
+        super().__init__(config, dist, dataset, variant=DMDVariant.OT)
+
+    def _scores(self):
+        config, d = self.config, self.config.distill
+        patches = tuple(tuple(int(v) for v in p) for p in d.ppf_patches)
+        base = self._load(config.model.teacher_path or config.model.path)
+        base.set_gradient_checkpointing(config.train.gradient_checkpointing)
+        self.ppf_teacher = PPFWan(base, patches).to(self.device)
+        if d.teacher_finetune_steps > 0:
+            self.teacher_losses = ppf_finetune(
+                self.ppf_teacher,
+                self._finetune_batch,
+                self.windows,
+                d.teacher_finetune_steps,
+                d.teacher_finetune_lr,
+                seed=config.train.seed,
+                grad_clip=config.optim.grad_clip,
+            )
+            self.dist.broadcast(self.ppf_teacher)
+        self.ppf_teacher.requires_grad_(False).eval()
+        self.finetuned_teacher = self.ppf_teacher
+        self.ppf_student = PPFWan(self.student, patches).to(self.device)  # per-level layers trainable (also with LoRA)
+        self.ppf_student.load_state_dict(self.ppf_teacher.state_dict())
+        self.gen_module = self.ppf_student
+        self.card_patches = self.ppf_student.patches
+        critic = copy.deepcopy(self.ppf_teacher).requires_grad_(True).train()
+        return FrozenDenoiser(PPFDenoiser(self.ppf_teacher, self.windows)), critic, PPFDenoiser(critic, self.windows)
+
+    def _shard(self) -> None:
+        """PPFWan runs the wrapped model's pieces and only the current level's layers: the transformer blocks
+        (used at every level, the bulk of the weights) are sharded; the rest stays replicated, averaged by hand."""
+        from torch.distributed.fsdp import fully_shard
+
+        for block in list(self.student.blocks) + list(self.critic_model.model.blocks):
+            fully_shard(block)
+
+    def rollout(self, dr: dict[str, Any], grad: bool) -> Prediction:
+        """The PPF student's ``k``-th clean prediction at full resolution, its level and the plain process:
+        the few-step sampler over the student's levels (no pyramid) stopped at evaluation ``k``."""
+        check_ppf_windows(self.ppf_student, self.windows)
+        with torch.set_grad_enabled(grad):
+            return sample_few_step(
+                ppf_levels(self.ppf_student),
+                dr["eps0"],
+                None,
+                self.windows,
+                self.plan,
+                cond=dr["ctx"],
+                shift=self.config.distill.sample_shift,
+                rng=dr["rng"],
+                stop=dr["k"],
+            )
+
+    @torch.no_grad()
+    def teacher_target(self, dr: dict[str, Any], step: int, stage: int) -> torch.Tensor:
+        """The PPF teacher's multi-step sample: no resampling, the full-resolution sample at every level."""
+        d = self.config.distill
+        return sample_ppf(
+            self.ppf_teacher,
+            dr["eps0"],
+            dr["ctx"],
+            self.windows,
+            parse_schedule(d.regression_schedule, self.S),
+            shift=d.sample_shift,
+            guidance=d.guidance,
+            uncond=torch.zeros_like(dr["ctx"]),
+            rng=self._target_rng(dr, step),
+        )
+
+    def export(self, folder: Path, ema: dict[str, dict[str, torch.Tensor]]) -> None:
+        """The distilled export plus the per-level layers (``ppf_levels.safetensors``, read by
+        :func:`pyrflow_fast.card.load_ppf`)."""
+        state = self.ppf_student.state_dict()
+        levels = {k: full_tensor(v).contiguous() for k, v in state.items() if not k.startswith("model.")}
+        super().export(folder, ema)
+        if self.rank == 0:
+            from safetensors.torch import save_file
+
+            save_file(levels, str(folder / PPF_FILE))
