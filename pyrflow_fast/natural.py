@@ -22,6 +22,7 @@ from .resample import batch_scalar
 __all__ = ["bridge_velocity", "natural_velocity", "per_frame", "scale_c", "sigma_from_varsigma", "varsigma"]
 
 
+# twin: pyrflow_ref.natural.per_frame
 def per_frame(sigma, g, ndim: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     """Shape a scalar or per-sample ``sigma`` ``(B,)`` and a per-frame gain ``(F,)`` for ``(B, C, F, H, W)``.
 

@@ -56,7 +56,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from pyrflow_ref.plan import Plan
 from pyrflow_ref.windows import StageWindows
@@ -65,7 +64,7 @@ from .contract import Denoiser, check_ppf_windows, frame_timesteps
 from .flops import PAPER_STAGES, FlopsBreakdown, forward_flops, latent_size, schedule_flops
 from .samplers import guided, sample_euler, sample_few_step
 from .wan.config import WanConfig, get_config
-from .wan.model import _layer_norm32, _linear32, sinusoidal_embedding
+from .wan.model import _linear32, sinusoidal_embedding
 from .wan.rope import grid_positions, rope_cos_sin
 
 __all__ = [
@@ -215,24 +214,9 @@ class PPFWan(nn.Module):
 
         cos, sin = self.rope_tables((f, h, w), level, device=x.device)
         e, e0 = self.embed_time(t, level)
-        ctx = m.embed_text(context)
-        embed = m.patch_embedding if level == 0 else self.patch_embeddings[level]
-        tokens = embed(x).flatten(3).permute(0, 2, 3, 1)  # (B, F', S, dim), tokens ordered (f, h, w)
-
-        use_ckpt = m.gradient_checkpointing and torch.is_grad_enabled()
-        for block in m.blocks:
-            if use_ckpt:
-                tokens = checkpoint(block, tokens, e0, ctx, cos, sin, use_reentrant=False)
-            else:
-                tokens = block(tokens, e0, ctx, cos, sin)
-
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            mod = (m.head.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unsqueeze(3)  # (B, F', 2, 1, dim)
-            shift, scale = mod.unbind(2)
-            hidden = _layer_norm32(tokens.float(), m.head.norm) * (1 + scale) + shift
-            out = _linear32(m.head.head if level == 0 else self.heads[level], hidden)
-        out = out.reshape(b, *grid, *p, cfg.out_dim).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return out.reshape(b, cfg.out_dim, f, h, w)
+        if level == 0:
+            return m.predict(x, context, e, e0, cos, sin, p)
+        return m.predict(x, context, e, e0, cos, sin, p, embed=self.patch_embeddings[level], head=self.heads[level])
 
 
 # --------------------------------------------------------------------------------- sampling

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 
+# twin: pyrflow_ref.process.rho
 def rho(sigma, sigma_c: float, sigma_n: float) -> torch.Tensor:
     r"""Local level :math:`(\sigma - \sigma_c) / (\sigma_n - \sigma_c)` inside a window (float64 for host values).
 
@@ -51,12 +52,14 @@ def rho(sigma, sigma_c: float, sigma_n: float) -> torch.Tensor:
     return (s - sigma_c) / (sigma_n - sigma_c)
 
 
+# twin: pyrflow_ref.process.pyramidal_x
 def pyramidal_x(yc: torch.Tensor, yn: torch.Tensor, rho_) -> torch.Tensor:
     """The stage sample ``(1 - rho) y_c + rho y_n`` (``rho`` scalar or per-sample ``(B,)``)."""
     r = batch_scalar(rho_, yc.ndim, yc.dtype, yc.device)
     return (1 - r) * yc + r * yn
 
 
+# twin: pyrflow_ref.process.coarse_signal_up
 def coarse_signal_up(x0s: Sequence[torch.Tensor], stage: int, pyramid: Pyramid) -> torch.Tensor:
     """``up(x0^(stage+1))`` at the stage's shape; zeros at the coarsest stage (its ``y_n`` is pure noise)."""
     if stage + 1 >= len(x0s):
@@ -64,6 +67,7 @@ def coarse_signal_up(x0s: Sequence[torch.Tensor], stage: int, pyramid: Pyramid) 
     return pyramid.levels[stage].up(x0s[stage + 1], tuple(x0s[stage].shape))
 
 
+# twin: pyrflow_ref.process.forward_sample
 def forward_sample(
     x0s: Sequence[torch.Tensor],
     eps: torch.Tensor,
@@ -81,6 +85,7 @@ def forward_sample(
     return process.forward(x0s[stage], eps, s, coarse_signal_up(x0s, stage, pyramid))
 
 
+# twin: pyrflow_ref.process.clean_pyramid_latent
 def clean_pyramid_latent(x0: torch.Tensor, pyramid: Pyramid) -> list[torch.Tensor]:
     """Definition 1: :math:`x_0^{(i+1)} = \\mathrm{down}(x_0^{(i)})`, finest first."""
     out = [torch.as_tensor(x0)]
@@ -89,6 +94,7 @@ def clean_pyramid_latent(x0: torch.Tensor, pyramid: Pyramid) -> list[torch.Tenso
     return out
 
 
+# twin: pyrflow_ref.process.clean_pyramid_pixel
 def clean_pyramid_pixel(
     video: torch.Tensor,
     pyramid: Pyramid,
@@ -115,6 +121,7 @@ def clean_pyramid_pixel(
     return out
 
 
+# twin: pyrflow_ref.process.x0_from_velocity
 def x0_from_velocity(
     x: torch.Tensor,
     v: torch.Tensor,
@@ -139,6 +146,7 @@ def x0_from_velocity(
     return pd + (d - pd) / k
 
 
+# twin: pyrflow_ref.process.timesteps
 def timesteps(sigma, g, batch: int) -> torch.Tensor:
     r"""Per-frame model timesteps :math:`1000\,\varsigma(\sigma, g)`, shape ``(B, F)``, on ``g``'s device and dtype.
 
@@ -158,6 +166,7 @@ def _gain(g, x: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(g, dtype=compute_dtype(x.dtype), device=x.device)
 
 
+# twin: pyrflow_ref.process.natural_input
 def natural_input(x: torch.Tensor, sigma, g) -> tuple[torch.Tensor, torch.Tensor]:
     r"""What the model sees of a stage sample ``x`` ``(B, C, F, H, W)``: :math:`(x / c, 1000\,\varsigma)`.
 
@@ -168,6 +177,7 @@ def natural_input(x: torch.Tensor, sigma, g) -> tuple[torch.Tensor, torch.Tensor
     return x / scale_c(s, gg), timesteps(sigma, g, x.shape[0])
 
 
+# twin: pyrflow_ref.process.model_velocity
 def model_velocity(model: Denoiser, x: torch.Tensor, sigma, g, cond: Any = None) -> torch.Tensor:
     r""":math:`dx/d\sigma` of a stage sample ``x`` at global level ``sigma`` with per-frame gain ``g`` (theory §3)."""
     g = _gain(g, x)
@@ -180,6 +190,7 @@ def _sigma(sigma) -> torch.Tensor:
     return torch.as_tensor(sigma, dtype=None if torch.is_tensor(sigma) else torch.float64)
 
 
+# twin: pyrflow_ref.process.StageProcess
 @dataclass(frozen=True)
 class StageProcess:
     r"""Torch twin of :class:`pyrflow_ref.process.StageProcess`: the forward process of one stage.

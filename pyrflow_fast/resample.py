@@ -26,6 +26,7 @@ from pyrflow_ref import resample as ref
 from . import kernels
 
 
+# twin: pyrflow_ref.resample.batch_scalar
 def batch_scalar(s, ndim: int, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
     """A scalar or per-sample ``(B,)`` value as a tensor shaped to broadcast against a ``ndim``-tensor.
 
@@ -38,6 +39,7 @@ def batch_scalar(s, ndim: int, dtype: torch.dtype | None = None, device=None) ->
     return s.reshape(s.shape + (1,) * (ndim - s.ndim)) if s.ndim else s
 
 
+# twin: pyrflow_ref.resample.Resampler
 @dataclass(frozen=True)
 class Resampler(ref.Resampler):
     """Torch twin of :class:`pyrflow_ref.resample.Resampler` (same fields, validation, shapes and gains)."""
@@ -99,11 +101,13 @@ class Resampler(ref.Resampler):
         return self.up(y, tuple(w.shape)) + batch_scalar(s, w.ndim, w.dtype, w.device) * self.high(w)
 
 
+# twin: pyrflow_ref.resample._apply
 def _apply(x: torch.Tensor, m: torch.Tensor, axis: int) -> torch.Tensor:
     """Multiply ``m`` into ``x`` along ``axis``."""
     return torch.movedim(torch.movedim(x, axis, -1) @ m.T, -1, axis)
 
 
+# twin: pyrflow_ref.resample.Pyramid
 @dataclass(frozen=True)
 class Pyramid(ref.Pyramid):
     """Torch twin of :class:`pyrflow_ref.resample.Pyramid`: a stack of :class:`Resampler` levels.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -193,20 +194,16 @@ def generate(
             uncond=uncond,
             rng=gen,
         )
-        seconds = time.perf_counter() - start
-        video = components.decode_latents(latents)
-        return Generation(
-            video, latents, format_schedule(plan.steps), sampler, seconds, {"cfg_scale": scale, "card": asdict(card)}
-        )
-    coarse = pyramid.shapes((len(prompts), *shape))[plan.top]
-    noise = torch.randn(coarse, generator=gen, device=device, dtype=torch.float32)
-    bar = _Progress(plan, progress)
-    run = sample_few_step if sampler == "few-step" else sample_euler
-    start = time.perf_counter()
-    try:
-        latents = run(denoiser, noise, pyramid, plan.windows, plan, cond=cond, shift=shift, rng=gen, callback=bar)
-    finally:
-        bar.close()
+    else:
+        coarse = pyramid.shapes((len(prompts), *shape))[plan.top]
+        noise = torch.randn(coarse, generator=gen, device=device, dtype=torch.float32)
+        bar = _Progress(plan, progress)
+        run = sample_few_step if sampler == "few-step" else sample_euler
+        start = time.perf_counter()
+        try:
+            latents = run(denoiser, noise, pyramid, plan.windows, plan, cond=cond, shift=shift, rng=gen, callback=bar)
+        finally:
+            bar.close()
     seconds = time.perf_counter() - start
     video = components.decode_latents(latents)
     return Generation(
@@ -274,45 +271,54 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
+def run_cli(ap: argparse.ArgumentParser, argv: list[str] | None, work: Callable[[argparse.Namespace], str]) -> int:
+    """Run a generating CLI: ``work(args)`` returns the summary for stderr; bad input (ValueError,
+    FileNotFoundError: a size, schedule or model directory) becomes a usage error, not a traceback."""
     args = ap.parse_args(argv)
     try:
-        device = check_device(args.device)
-        if args.out.suffix.lower() not in (".mp4", ".gif"):
-            raise ValueError(f"--out must end in .mp4 or .gif, got {args.out}")
-        card = ModelCard.load(args.model_dir)
-        plan = card.plan(args.schedule, args.shift)  # parsed once, checked against the card before loading
-        resolve_sampler(card, args.sampler, args.cfg)
-        components = load_components(args.model_dir, device=device, dtype=getattr(torch, args.dtype))
-        ppf = load_ppf(args.model_dir, components.transformer, card) if card.ppf_patches else None
-        result = generate(
-            components,
-            args.prompt,
-            card=card,
-            negative_prompt=args.negative_prompt,
-            schedule=plan,
-            sampler=args.sampler,
-            cfg_scale=args.cfg,
-            shift=args.shift,
-            seed=args.seed,
-            frames=args.frames,
-            height=args.height,
-            width=args.width,
-            resampler=args.resampler,
-            compile=args.compile,
-            progress=not args.no_progress,
-            ppf=ppf,
-        )
-        written = save(result, args.out, fps=args.fps, latents=args.save_latents)
+        summary = work(args)
     except (ValueError, FileNotFoundError) as err:
         ap.error(str(err))
-    print(
-        f"{result.sampler} {result.schedule} ({args.frames}x{args.height}x{args.width}, seed {args.seed}): "
-        f"{result.seconds:.2f} s sampling; wrote {', '.join(map(str, written))}",
-        file=sys.stderr,
-    )
+    print(summary, file=sys.stderr)
     return 0
+
+
+def _sample(args: argparse.Namespace) -> str:
+    device = check_device(args.device)
+    if args.out.suffix.lower() not in (".mp4", ".gif"):
+        raise ValueError(f"--out must end in .mp4 or .gif, got {args.out}")
+    card = ModelCard.load(args.model_dir)
+    plan = card.plan(args.schedule, args.shift)  # parsed once, checked against the card before loading
+    resolve_sampler(card, args.sampler, args.cfg)
+    components = load_components(args.model_dir, device=device, dtype=getattr(torch, args.dtype))
+    ppf = load_ppf(args.model_dir, components.transformer, card) if card.ppf_patches else None
+    result = generate(
+        components,
+        args.prompt,
+        card=card,
+        negative_prompt=args.negative_prompt,
+        schedule=plan,
+        sampler=args.sampler,
+        cfg_scale=args.cfg,
+        shift=args.shift,
+        seed=args.seed,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        resampler=args.resampler,
+        compile=args.compile,
+        progress=not args.no_progress,
+        ppf=ppf,
+    )
+    written = save(result, args.out, fps=args.fps, latents=args.save_latents)
+    return (
+        f"{result.sampler} {result.schedule} ({args.frames}x{args.height}x{args.width}, seed {args.seed}): "
+        f"{result.seconds:.2f} s sampling; wrote {', '.join(map(str, written))}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), argv, _sample)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ class Guided:
         return guidance_combine(self.model(x_nat, t, self.uncond), self.model(x_nat, t, cond), self.scale)
 
 
+# twin: pyrflow_ref.samplers.guided
 def guided(model: Denoiser, scale: float, uncond: Any = None) -> Guided:
     r"""Classifier-free guidance :math:`\hat v_u + w(\hat v_c - \hat v_u)` on the natural velocity.
 
@@ -80,11 +81,13 @@ def guided(model: Denoiser, scale: float, uncond: Any = None) -> Guided:
     return Guided(model, scale, uncond)
 
 
+# twin: pyrflow_ref.samplers._stage_model
 def _stage_model(model: Models, stage: int) -> Denoiser:
     """The model of ``stage``: ``model`` itself, or its ``stage``-th entry when one is given per stage."""
     return model[stage] if isinstance(model, Sequence) else model
 
 
+# twin: pyrflow_ref.samplers.stage_process
 def stage_process(pyramid: Pyramid | None, plan: Plan, stage: int, frames: int) -> StageProcess:
     """The process a sampler runs ``stage`` with: pyramidal on the plan's effective windows, plain without a pyramid."""
     if pyramid is None:
@@ -118,6 +121,7 @@ def _transition(level: Resampler, x: torch.Tensor, s: float, rng: NoiseSource) -
     return level.up_noisy(x, s, _draw(rng, level.fine_shape(tuple(x.shape)), x))
 
 
+# twin: pyrflow_ref.samplers.sample_euler
 def sample_euler(
     model: Models,
     noise: torch.Tensor,
@@ -150,6 +154,7 @@ def sample_euler(
     return x
 
 
+# twin: pyrflow_ref.samplers.sample_plain
 def sample_plain(
     model: Denoiser,
     noise: torch.Tensor,
@@ -165,6 +170,7 @@ def sample_plain(
     )
 
 
+# twin: pyrflow_ref.samplers.Prediction
 class Prediction(NamedTuple):
     """What :func:`sample_few_step` returns when stopped (see :class:`pyrflow_ref.samplers.Prediction`)."""
 
@@ -173,6 +179,7 @@ class Prediction(NamedTuple):
     process: Any  # a pyrflow_fast.process.StageProcess (see the reference's field)
 
 
+# twin: pyrflow_ref.samplers.sample_few_step
 def sample_few_step(
     model: Models,
     noise: torch.Tensor,

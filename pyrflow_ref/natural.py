@@ -64,6 +64,7 @@ def natural_velocity(x, sigma, g, v):
     return (v - (1 - g) * (x / scale_c(sigma, g))) / ((1 - vs) + g * vs)
 
 
+# twin: pyrflow_fast.natural.per_frame
 def per_frame(sigma, g, ndim: int = 5):
     """Shape a scalar or per-sample ``sigma`` ``(B,)`` and a per-frame gain ``(F,)`` for ``(B, C, F, H, W)``.
 

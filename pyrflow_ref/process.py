@@ -37,6 +37,7 @@ Model = Callable[[np.ndarray, np.ndarray, Any], np.ndarray]
 """The model contract ``model(x / c, 1000 * varsigma, cond) -> v_hat`` (see :mod:`pyrflow_ref.samplers`)."""
 
 
+# twin: pyrflow_fast.process.rho
 def rho(sigma, sigma_c: float, sigma_n: float):
     r"""Local level :math:`(\sigma - \sigma_c) / (\sigma_n - \sigma_c)` inside a window."""
     return (np.asarray(sigma, dtype=np.float64) - sigma_c) / (sigma_n - sigma_c)
@@ -52,6 +53,7 @@ def y_n(x0_up: np.ndarray, eps: np.ndarray, sigma_n: float) -> np.ndarray:
     return (1 - sigma_n) * x0_up + sigma_n * eps
 
 
+# twin: pyrflow_fast.process.pyramidal_x
 def pyramidal_x(yc: np.ndarray, yn: np.ndarray, rho_) -> np.ndarray:
     """The stage sample ``(1 - rho) y_c + rho y_n`` (``rho`` scalar or per-sample ``(B,)``)."""
     r = batch_scalar(rho_, yc.ndim)
@@ -63,6 +65,7 @@ def target(yc: np.ndarray, yn: np.ndarray, sigma_c: float, sigma_n: float) -> np
     return (yn - yc) / (sigma_n - sigma_c)
 
 
+# twin: pyrflow_fast.process.coarse_signal_up
 def coarse_signal_up(x0s: Sequence[np.ndarray], stage: int, pyramid: Pyramid) -> np.ndarray:
     """``up(x0^(stage+1))`` at the stage's shape; zeros at the coarsest stage (its ``y_n`` is pure noise)."""
     if stage + 1 >= len(x0s):
@@ -70,6 +73,7 @@ def coarse_signal_up(x0s: Sequence[np.ndarray], stage: int, pyramid: Pyramid) ->
     return pyramid.levels[stage].up(x0s[stage + 1], np.shape(x0s[stage]))
 
 
+# twin: pyrflow_fast.process.forward_sample
 def forward_sample(
     x0s: Sequence[np.ndarray],
     eps: np.ndarray,
@@ -93,6 +97,7 @@ def forward_sample(
     return process.forward(x0s[stage], eps, sigma, coarse_signal_up(x0s, stage, pyramid))
 
 
+# twin: pyrflow_fast.process.clean_pyramid_latent
 def clean_pyramid_latent(x0: np.ndarray, pyramid: Pyramid) -> list[np.ndarray]:
     """Definition 1: :math:`x_0^{(i+1)} = \\mathrm{down}(x_0^{(i)})`, finest first."""
     out = [np.asarray(x0)]
@@ -101,6 +106,7 @@ def clean_pyramid_latent(x0: np.ndarray, pyramid: Pyramid) -> list[np.ndarray]:
     return out
 
 
+# twin: pyrflow_fast.process.clean_pyramid_pixel
 def clean_pyramid_pixel(
     video: np.ndarray,
     pyramid: Pyramid,
@@ -130,6 +136,7 @@ def clean_pyramid_pixel(
     return out
 
 
+# twin: pyrflow_fast.process.x0_from_velocity
 def x0_from_velocity(
     x: np.ndarray,
     v: np.ndarray,
@@ -158,12 +165,14 @@ def x0_from_velocity(
     return pd + (d - pd) / k
 
 
+# twin: pyrflow_fast.process.timesteps
 def timesteps(sigma, g: np.ndarray, batch: int) -> np.ndarray:
     r"""Per-frame model timesteps :math:`1000\,\varsigma(\sigma, g)`, shape ``(B, F)``."""
     s = np.broadcast_to(np.asarray(sigma, dtype=np.float64).reshape(-1, 1), (batch, 1))
     return 1000.0 * varsigma(s, np.asarray(g, dtype=np.float64)[None, :])
 
 
+# twin: pyrflow_fast.process.natural_input
 def natural_input(x: np.ndarray, sigma, g) -> tuple[np.ndarray, np.ndarray]:
     r"""What the model sees of a stage sample ``x`` ``(B, C, F, H, W)``: :math:`(x / c, 1000\,\varsigma)`.
 
@@ -173,6 +182,7 @@ def natural_input(x: np.ndarray, sigma, g) -> tuple[np.ndarray, np.ndarray]:
     return x / scale_c(s, gg), timesteps(sigma, g, x.shape[0])
 
 
+# twin: pyrflow_fast.process.model_velocity
 def model_velocity(model: Model, x: np.ndarray, sigma, g: np.ndarray, cond: Any = None) -> np.ndarray:
     r""":math:`dx/d\sigma` of a stage sample ``x`` at global level ``sigma`` with per-frame gain ``g`` (theory §3)."""
     s, gg = per_frame(sigma, g, x.ndim)
@@ -180,6 +190,7 @@ def model_velocity(model: Model, x: np.ndarray, sigma, g: np.ndarray, cond: Any 
     return bridge_velocity(x, s, gg, v_hat)
 
 
+# twin: pyrflow_fast.process.StageProcess
 @dataclass(frozen=True)
 class StageProcess:
     r"""The forward process of one stage (theory §2), linear in :math:`x_0`.

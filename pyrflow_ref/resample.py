@@ -112,12 +112,14 @@ def _check_divisible(n: int, factor: int, what: str) -> None:
         raise ValueError(f"{what} {n} is not divisible by factor {factor}")
 
 
+# twin: pyrflow_fast.resample._apply
 def _apply(x: np.ndarray, m: np.ndarray, axis: int) -> np.ndarray:
     """Multiply ``m`` into ``x`` along ``axis``."""
     # A contiguous copy keeps the product on BLAS; strided operands fall back to a slow loop.
     return np.moveaxis(np.ascontiguousarray(np.moveaxis(x, axis, -1)) @ m.T, -1, axis)
 
 
+# twin: pyrflow_fast.resample.Resampler
 @dataclass(frozen=True)
 class Resampler:
     r"""One pyramid level: separable resampling of the last three axes ``(F, H, W)``.
@@ -293,6 +295,7 @@ def _block_diag_one(m: np.ndarray) -> np.ndarray:
     return out
 
 
+# twin: pyrflow_fast.resample.batch_scalar
 def batch_scalar(s, ndim: int) -> np.ndarray:
     """A scalar or per-sample ``(B,)`` value shaped to broadcast against a ``ndim``-array."""
     s = np.asarray(s, dtype=np.float64)
@@ -301,6 +304,7 @@ def batch_scalar(s, ndim: int) -> np.ndarray:
     return s.reshape(s.shape + (1,) * (ndim - s.ndim)) if s.ndim else s
 
 
+# twin: pyrflow_fast.resample.Pyramid
 @dataclass(frozen=True)
 class Pyramid:
     """A stack of resamplers: ``levels[i]`` maps stage ``i`` (finer) to stage ``i + 1`` (coarser).

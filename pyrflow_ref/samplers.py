@@ -58,6 +58,7 @@ def guidance_combine(uncond, cond, scale: float):
     return uncond + scale * (cond - uncond)
 
 
+# twin: pyrflow_fast.samplers.guided
 def guided(model: Model, scale: float, uncond: Any = None) -> Model:
     r"""Classifier-free guidance :math:`\hat v_u + w(\hat v_c - \hat v_u)` on the natural velocity.
 
@@ -79,11 +80,13 @@ def _noise_fn(rng: NoiseSource) -> Callable[[tuple[int, ...]], np.ndarray]:
     return rng
 
 
+# twin: pyrflow_fast.samplers._stage_model
 def _stage_model(model: Models, stage: int) -> Model:
     """The model of ``stage``: ``model`` itself, or its ``stage``-th entry when one is given per stage."""
     return model[stage] if isinstance(model, Sequence) else model
 
 
+# twin: pyrflow_fast.samplers.stage_process
 def stage_process(pyramid: Pyramid | None, plan: Plan, stage: int, frames: int) -> StageProcess:
     """The process a sampler runs ``stage`` with: pyramidal on the plan's effective windows, plain without a pyramid."""
     if pyramid is None:
@@ -91,6 +94,7 @@ def stage_process(pyramid: Pyramid | None, plan: Plan, stage: int, frames: int) 
     return StageProcess.pyramidal(pyramid, plan.effective_windows, stage, frames)
 
 
+# twin: pyrflow_fast.samplers.sample_euler
 def sample_euler(
     model: Models,
     noise: np.ndarray,
@@ -131,6 +135,7 @@ def sample_euler(
     return x
 
 
+# twin: pyrflow_fast.samplers.sample_plain
 def sample_plain(
     model: Model,
     noise: np.ndarray,
@@ -146,6 +151,7 @@ def sample_plain(
     )
 
 
+# twin: pyrflow_fast.samplers.Prediction
 class Prediction(NamedTuple):
     """What :func:`sample_few_step` returns when stopped at an evaluation."""
 
@@ -157,6 +163,7 @@ class Prediction(NamedTuple):
     a pyramid; typed ``Any`` so the docs need not pick between the twins)."""
 
 
+# twin: pyrflow_fast.samplers.sample_few_step
 def sample_few_step(
     model: Models,
     noise: np.ndarray,

@@ -33,13 +33,19 @@ def stage_points(windows):
             yield i, sc + r * (sn - sc), r
 
 
-def test_bands_follow_spec(pyramid):
-    """Property 1 (low band is plain RF) and 2 (noise coefficient sigma in both bands, high band fades)."""
-    rng = np.random.default_rng(0)
+def forward_points(pyramid, seed):
+    """``(x0s, stage, sigma, r, eps, x, v)`` at the :func:`stage_points` of a random clean pyramid of ``SHAPE``."""
+    rng = np.random.default_rng(seed)
     x0s = clean_pyramid_latent(rng.standard_normal(SHAPE), pyramid)
     for i, sigma, r in stage_points(WINDOWS):
         eps = rng.standard_normal(x0s[i].shape)
         x, v = forward_sample(x0s, eps, sigma, i, WINDOWS, pyramid)
+        yield x0s, i, sigma, r, eps, x, v
+
+
+def test_bands_follow_spec(pyramid):
+    """Property 1 (low band is plain RF) and 2 (noise coefficient sigma in both bands, high band fades)."""
+    for x0s, i, sigma, r, eps, x, v in forward_points(pyramid, seed=0):
         sc, sn = WINDOWS.sigma_c(i), WINDOWS.sigma_n(i)
         if i < 2:
             level = pyramid.levels[i]
@@ -59,11 +65,7 @@ def test_bands_follow_spec(pyramid):
 
 
 def test_x0_decode_is_exact(pyramid):
-    rng = np.random.default_rng(1)
-    x0s = clean_pyramid_latent(rng.standard_normal(SHAPE), pyramid)
-    for i, sigma, _ in stage_points(WINDOWS):
-        eps = rng.standard_normal(x0s[i].shape)
-        x, v = forward_sample(x0s, eps, sigma, i, WINDOWS, pyramid)
+    for x0s, i, sigma, _, _, x, v in forward_points(pyramid, seed=1):
         project = pyramid.levels[i].project if i < 2 else None
         np.testing.assert_allclose(
             x0_from_velocity(x, v, sigma, WINDOWS.sigma_c(i), WINDOWS.sigma_n(i), project), x0s[i], atol=1e-10

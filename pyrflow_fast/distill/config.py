@@ -18,15 +18,21 @@ invalid config: unknown distillation variant 'dmd-xx'
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pyrflow_ref.windows import parse_schedule
 
-from ..train.config import CheckpointConfig, DataConfig, OptimConfig, PyramidConfig, TrainConfig, _f
+from ..train.config import (
+    CheckpointConfig,
+    DataConfig,
+    OptimConfig,
+    PyramidConfig,
+    TrainConfig,
+    _f,
+    load_config,
+    raise_first,
+)
 
 __all__ = [
     "VARIANTS",
@@ -247,9 +253,7 @@ class DistillConfig:
             ),
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"invalid config: {message}")
+        raise_first(checks)
         # the shared sections are checked by the trainer's own validation
         TrainConfig(pyramid=self.pyramid, data=self.data, optim=self.optim, checkpoint=self.checkpoint)
 
@@ -261,14 +265,4 @@ class DistillConfig:
 
 def load_distill_config(path: str | Path) -> DistillConfig:
     """Read a ``.json`` or ``.toml`` distillation config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        data: Any = tomllib.loads(text)
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"config file {path} must end in .json or .toml")
-    return DistillConfig.from_dict(data)
+    return load_config(path, DistillConfig)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 from ..contract import BackboneDenoiser, WanBackbone
 from ..resample import Pyramid
 from ..samplers import sample_euler, sample_few_step
-from ..train.evidence import _config, features, frechet_distance
+from ..train.evidence import _config, features, frechet_distance, parse_evidence_args, run_dir
 from ..train.runner import Runner
 from ..train.synthetic import SyntheticPyramids
 from ..wan import WanDiT
@@ -80,72 +79,66 @@ def run(
 
     :param distill_overrides: more ``[distill]`` fields of the distillation config.
     """
-    tmp = None
-    if out_dir is None:
-        tmp = tempfile.TemporaryDirectory()
-        out_dir = tmp.name
-    out = Path(out_dir)
-    start = time.perf_counter()
-    train = SyntheticPyramids(256, PYRAMID, size=SIZE, split_seed=0)
-    Runner(_config(out, "teacher", stages=3, steps=teacher_steps, lr=lr), dataset=train).fit()
-    teacher_dir = out / "teacher" / "export"
-    log(f"[{time.perf_counter() - start:6.1f} s] teacher: {teacher_steps} pyramidal steps")
-    config = DistillConfig.from_dict(
-        {
-            "model": {"config": "tiny", "path": str(teacher_dir)},
-            "data": {"kind": "synthetic", "synthetic_samples": 256, "synthetic_size": list(SIZE)},
-            "distill": {
-                "variant": variant,
-                "schedule": SCHEDULE,
-                "guidance": 1.0,
-                "lora_rank": lora_rank,
-                "teacher_finetune_steps": 50,
-                "teacher_finetune_lr": 5e-4,
-                **(distill_overrides or {}),
-            },
-            "optim": {"lr": distill_lr, "warmup_steps": 0, "weight_decay": 0.0},
-            "train": {
-                "output_dir": str(out / "student"),
-                "steps": distill_steps,
-                "batch_size": batch_size,
-                "gradient_checkpointing": False,
-                "progress": False,
-                "device": "cpu",
-            },
-            "checkpoint": {"every": distill_steps, "keep_last": 1},
+    with run_dir(out_dir) as out:
+        start = time.perf_counter()
+        train = SyntheticPyramids(256, PYRAMID, size=SIZE, split_seed=0)
+        Runner(_config(out, "teacher", stages=3, steps=teacher_steps, lr=lr), dataset=train).fit()
+        teacher_dir = out / "teacher" / "export"
+        log(f"[{time.perf_counter() - start:6.1f} s] teacher: {teacher_steps} pyramidal steps")
+        config = DistillConfig.from_dict(
+            {
+                "model": {"config": "tiny", "path": str(teacher_dir)},
+                "data": {"kind": "synthetic", "synthetic_samples": 256, "synthetic_size": list(SIZE)},
+                "distill": {
+                    "variant": variant,
+                    "schedule": SCHEDULE,
+                    "guidance": 1.0,
+                    "lora_rank": lora_rank,
+                    "teacher_finetune_steps": 50,
+                    "teacher_finetune_lr": 5e-4,
+                    **(distill_overrides or {}),
+                },
+                "optim": {"lr": distill_lr, "warmup_steps": 0, "weight_decay": 0.0},
+                "train": {
+                    "output_dir": str(out / "student"),
+                    "steps": distill_steps,
+                    "batch_size": batch_size,
+                    "gradient_checkpointing": False,
+                    "progress": False,
+                    "device": "cpu",
+                },
+                "checkpoint": {"every": distill_steps, "keep_last": 1},
+            }
+        )
+        history = Runner(config, dataset=train).fit()
+        log(
+            f"[{time.perf_counter() - start:6.1f} s] student: {distill_steps} iterations of {variant} "
+            f"({len([m for m in history if 'generator_loss' in m])} generator updates)"
+        )
+        teacher = load_wan(teacher_dir)
+        student = load_wan(out / "student" / "export")
+        ctx = train.contexts
+        ref = features(samples(teacher, ctx, "10-10-10", few_step=False, num=num, seed=1))
+        res = {
+            "variant": variant,
+            "teacher_steps": teacher_steps,
+            "distill_steps": distill_steps,
+            "num": num,
+            "fd_floor_teacher_10-10-10": frechet_distance(
+                features(samples(teacher, ctx, "10-10-10", few_step=False, num=num, seed=2)), ref
+            ),
+            "fd_teacher_euler_2-2-1": frechet_distance(
+                features(samples(teacher, ctx, SCHEDULE, few_step=False, num=num, seed=3)), ref
+            ),
+            "fd_teacher_few_step_2-2-1": frechet_distance(
+                features(samples(teacher, ctx, SCHEDULE, few_step=True, num=num, seed=3)), ref
+            ),
+            "fd_student_few_step_2-2-1": frechet_distance(
+                features(samples(student, ctx, SCHEDULE, few_step=True, num=num, seed=3)), ref
+            ),
         }
-    )
-    history = Runner(config, dataset=train).fit()
-    log(
-        f"[{time.perf_counter() - start:6.1f} s] student: {distill_steps} iterations of {variant} "
-        f"({len([m for m in history if 'generator_loss' in m])} generator updates)"
-    )
-    teacher = load_wan(teacher_dir)
-    student = load_wan(out / "student" / "export")
-    ctx = train.contexts
-    ref = features(samples(teacher, ctx, "10-10-10", few_step=False, num=num, seed=1))
-    res = {
-        "variant": variant,
-        "teacher_steps": teacher_steps,
-        "distill_steps": distill_steps,
-        "num": num,
-        "fd_floor_teacher_10-10-10": frechet_distance(
-            features(samples(teacher, ctx, "10-10-10", few_step=False, num=num, seed=2)), ref
-        ),
-        "fd_teacher_euler_2-2-1": frechet_distance(
-            features(samples(teacher, ctx, SCHEDULE, few_step=False, num=num, seed=3)), ref
-        ),
-        "fd_teacher_few_step_2-2-1": frechet_distance(
-            features(samples(teacher, ctx, SCHEDULE, few_step=True, num=num, seed=3)), ref
-        ),
-        "fd_student_few_step_2-2-1": frechet_distance(
-            features(samples(student, ctx, SCHEDULE, few_step=True, num=num, seed=3)), ref
-        ),
-    }
-    res["seconds"] = time.perf_counter() - start
-    if tmp is not None:
-        tmp.cleanup()
-    return res
+        res["seconds"] = time.perf_counter() - start
+        return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill-lr", type=float, default=3e-4)
     ap.add_argument("--lora-rank", type=int, default=0)
     ap.add_argument("--num", type=int, default=64, help="samples per Fréchet distance")
-    ap.add_argument("--out-dir", default=None, help="keep the runs here (default: a temporary directory)")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    torch.manual_seed(0)
+    args = parse_evidence_args(ap, argv)
     res = run(
         args.teacher_steps,
         args.distill_steps,

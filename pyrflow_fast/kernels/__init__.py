@@ -72,6 +72,7 @@ def _haar_level(factors, first_frame: bool) -> Resampler:
     return Resampler("haar", factors, first_frame)
 
 
+# twin: pyrflow_fast.kernels.torch_ops.haar_down, pyrflow_fast.kernels.triton_ops.haar_down
 def haar_down(
     x: torch.Tensor, factors=(2, 2, 2), first_frame: bool = True, gain: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -82,6 +83,7 @@ def haar_down(
     return _impl(x).haar_down(x, tuple(factors), first_frame, gain)
 
 
+# twin: pyrflow_fast.kernels.torch_ops.haar_up_noisy, pyrflow_fast.kernels.triton_ops.haar_up_noisy
 def haar_up_noisy(
     y: torch.Tensor,
     s,
@@ -105,6 +107,7 @@ def haar_up_noisy(
     return _impl(y).haar_up_noisy(y, s, w, tuple(factors), first_frame, seed)
 
 
+# twin: pyrflow_fast.kernels.torch_ops.guided_euler, pyrflow_fast.kernels.triton_ops.guided_euler
 def guided_euler(
     x: torch.Tensor,
     v_cond: torch.Tensor,

@@ -56,6 +56,7 @@ def _spread(c: torch.Tensor) -> torch.Tensor:
     return c[..., :, None, :, None, :, None]
 
 
+# twin: pyrflow_fast.kernels.haar_down, pyrflow_fast.kernels.triton_ops.haar_down
 def haar_down(x: torch.Tensor, factors, first_frame: bool, gain: torch.Tensor | None = None) -> torch.Tensor:
     """Orthonormal Haar ``L x`` of ``(..., F, H, W)``; coarse frame ``f`` is multiplied by ``gain[f]`` if given."""
     xc = x.to(compute_dtype(x.dtype))
@@ -67,6 +68,7 @@ def haar_down(x: torch.Tensor, factors, first_frame: bool, gain: torch.Tensor | 
     return out.to(x.dtype)
 
 
+# twin: pyrflow_fast.kernels.haar_up_noisy, pyrflow_fast.kernels.triton_ops.haar_up_noisy
 def haar_up_noisy(
     y: torch.Tensor, s, w: torch.Tensor | None, factors, first_frame: bool, seed: int | None = None
 ) -> torch.Tensor:
@@ -86,6 +88,7 @@ def haar_up_noisy(
     return out.to(y.dtype)
 
 
+# twin: pyrflow_fast.kernels.guided_euler, pyrflow_fast.kernels.triton_ops.guided_euler
 def guided_euler(
     x: torch.Tensor,
     v_cond: torch.Tensor,

@@ -27,9 +27,12 @@ EULER_BLOCK = 1024
 
 
 @triton.jit
-def _haar_taps(offs, F, H, W, Fc, Hc, Wc, FT: tl.constexpr, FIRST: tl.constexpr):
-    """Fine flat indices ``[BLOCK, 4 FT]`` of the blocks of coarse flat indices ``offs``, the tap
-    validity (frame 0 has one time tap under the first-frame rule) and the coarse frame index."""
+def _haar_taps(n_coarse, F, H, W, Fc, Hc, Wc, FT: tl.constexpr, FIRST: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's ``BLOCK`` coarse flat indices ``offs`` and their mask, the fine flat indices
+    ``[BLOCK, 4 FT]`` of their blocks, the tap mask (in range, and frame 0 has one time tap under
+    the first-frame rule) and the coarse frame index."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_coarse
     wc = offs % Wc
     rest = offs // Wc
     hc = rest % Hc
@@ -48,7 +51,7 @@ def _haar_taps(offs, F, H, W, Fc, Hc, Wc, FT: tl.constexpr, FIRST: tl.constexpr)
         valid = dt >= 0
     fine = ((n * F + f0)[:, None] + dt) * H
     fine = (fine + (2 * hc)[:, None] + dh) * W + (2 * wc)[:, None] + dw
-    return fine, valid, fc
+    return offs, mask, fine, mask[:, None] & valid, fc
 
 
 @triton.jit
@@ -65,10 +68,7 @@ def _haar_down_kernel(
     x_ptr, out_ptr, gain_ptr, n_coarse, F, H, W, Fc, Hc, Wc,
     FT: tl.constexpr, FIRST: tl.constexpr, HAS_GAIN: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_coarse
-    fine, valid, fc = _haar_taps(offs, F, H, W, Fc, Hc, Wc, FT, FIRST)
-    taps = mask[:, None] & valid
+    offs, mask, fine, taps, fc = _haar_taps(n_coarse, F, H, W, Fc, Hc, Wc, FT, FIRST, BLOCK)
     x = tl.load(x_ptr + fine, mask=taps, other=0.0).to(tl.float32)
     out = tl.sum(x, axis=1) / tl.sqrt(_block_size(fc, FT, FIRST))
     if HAS_GAIN:
@@ -81,10 +81,7 @@ def _haar_up_noisy_kernel(
     y_ptr, w_ptr, s_ptr, out_ptr, seed, n_coarse, per_sample, F, H, W, Fc, Hc, Wc,
     FT: tl.constexpr, FIRST: tl.constexpr, HAS_W: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_coarse
-    fine, valid, fc = _haar_taps(offs, F, H, W, Fc, Hc, Wc, FT, FIRST)
-    taps = mask[:, None] & valid
+    offs, mask, fine, taps, fc = _haar_taps(n_coarse, F, H, W, Fc, Hc, Wc, FT, FIRST, BLOCK)
     if HAS_W:
         w = tl.load(w_ptr + fine, mask=taps, other=0.0).to(tl.float32)
     else:
@@ -120,6 +117,7 @@ def _fp32(t: torch.Tensor, device) -> torch.Tensor:
     return t.to(device=device, dtype=torch.float32).contiguous()
 
 
+# twin: pyrflow_fast.kernels.haar_down, pyrflow_fast.kernels.torch_ops.haar_down
 def haar_down(x: torch.Tensor, factors, first_frame: bool, gain: torch.Tensor | None = None) -> torch.Tensor:
     """Triton twin of :func:`pyrflow_fast.kernels.torch_ops.haar_down`."""
     x = x.contiguous()
@@ -137,6 +135,7 @@ def haar_down(x: torch.Tensor, factors, first_frame: bool, gain: torch.Tensor | 
     return out
 
 
+# twin: pyrflow_fast.kernels.haar_up_noisy, pyrflow_fast.kernels.torch_ops.haar_up_noisy
 def haar_up_noisy(
     y: torch.Tensor, s, w: torch.Tensor | None, factors, first_frame: bool, seed: int | None = None
 ) -> torch.Tensor:
@@ -155,6 +154,7 @@ def haar_up_noisy(
     return out
 
 
+# twin: pyrflow_fast.kernels.guided_euler, pyrflow_fast.kernels.torch_ops.guided_euler
 def guided_euler(
     x: torch.Tensor,
     v_cond: torch.Tensor,

@@ -64,30 +64,28 @@ _WAN_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)\.(weight|bias)")
 _HF_BLOCK = re.compile(r"encoder\.block\.(\d+)\.(.+)\.(weight|bias)")
 
 
+def _rename(key: str, side: int, block: re.Pattern, block_prefix: str) -> str:
+    """Rename ``key`` from ``side`` of the tables (0: Wan, 1: HF) to the other: both directions read one table."""
+    for pair in _GLOBAL:
+        src = pair[side]
+        if key.startswith(src + ".") and key.count(".") == src.count(".") + 1:
+            return pair[1 - side] + key[len(src) :]
+    m = block.fullmatch(key)
+    if m:
+        for pair in _BLOCK:
+            if m.group(2) == pair[side]:
+                return f"{block_prefix}.{m.group(1)}.{pair[1 - side]}.{m.group(3)}"
+    return key
+
+
 def to_hf_t5_key(key: str) -> str:
     """Wan ``T5Encoder`` key -> ``UMT5EncoderModel`` key (unknown keys unchanged)."""
-    for wan, hf in _GLOBAL:
-        if key.startswith(wan + ".") and key.count(".") == wan.count(".") + 1:
-            return hf + key[len(wan) :]
-    m = _WAN_BLOCK.fullmatch(key)
-    if m:
-        for wan, hf in _BLOCK:
-            if m.group(2) == wan:
-                return f"encoder.block.{m.group(1)}.{hf}.{m.group(3)}"
-    return key
+    return _rename(key, 0, _WAN_BLOCK, "encoder.block")
 
 
 def to_wan_t5_key(key: str) -> str:
     """``UMT5EncoderModel`` key -> Wan ``T5Encoder`` key (unknown keys unchanged)."""
-    for wan, hf in _GLOBAL:
-        if key.startswith(hf + ".") and key.count(".") == hf.count(".") + 1:
-            return wan + key[len(hf) :]
-    m = _HF_BLOCK.fullmatch(key)
-    if m:
-        for wan, hf in _BLOCK:
-            if m.group(2) == hf:
-                return f"blocks.{m.group(1)}.{wan}.{m.group(3)}"
-    return key
+    return _rename(key, 1, _HF_BLOCK, "blocks")
 
 
 def to_hf_t5_state_dict(sd: Mapping[str, V]) -> dict[str, V]:

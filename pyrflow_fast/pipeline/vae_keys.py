@@ -79,58 +79,69 @@ _PREFIXES = (  # (original, diffusers), exact module prefixes
     ("decoder.head.0", "decoder.norm_out"),
     ("decoder.head.2", "decoder.conv_out"),
 )
+_PREFIX_TO_DIFFUSERS = dict(_PREFIXES)
+_PREFIX_TO_ORIGINAL = {d: o for o, d in _PREFIXES}
 _MIDDLE = {"0": "resnets.0", "1": "attentions.0", "2": "resnets.1"}
 _MIDDLE_INV = {v: k for k, v in _MIDDLE.items()}
 
+# Block rules per direction: (key pattern, rename) where ``rename(num_res_blocks, *groups but the
+# last)`` gives (the renamed module, whether the last group holds residual-block parameter names),
+# or None when the rule does not apply after all.
+_TO_DIFFUSERS = (
+    (
+        r"(encoder|decoder)\.middle\.(\d+)\.(.+)",
+        lambda n, part, i: (f"{part}.mid_block.{_MIDDLE[i]}", True) if i in _MIDDLE else None,
+    ),
+    (r"encoder\.downsamples\.(\d+)\.(.+)", lambda n, i: (f"encoder.down_blocks.{i}", True)),
+    (r"decoder\.upsamples\.(\d+)\.(.+)", lambda n, i: _up_block(*divmod(int(i), n + 2), n)),
+)
+_TO_ORIGINAL = (
+    (
+        r"(encoder|decoder)\.mid_block\.(resnets\.\d+|attentions\.\d+)\.(.+)",
+        lambda n, part, sub: (f"{part}.middle.{_MIDDLE_INV[sub]}", True) if sub in _MIDDLE_INV else None,
+    ),
+    (r"encoder\.down_blocks\.(\d+)\.(.+)", lambda n, i: (f"encoder.downsamples.{i}", True)),
+    (
+        r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
+        lambda n, s, j: (f"decoder.upsamples.{int(s) * (n + 2) + int(j)}", True) if int(j) <= n else None,
+    ),
+    (
+        r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)",
+        lambda n, s: (f"decoder.upsamples.{int(s) * (n + 2) + n + 1}", False),
+    ),
+)
 
-def _split(key: str) -> tuple[str, str]:
+
+def _up_block(stage: int, j: int, num_res_blocks: int) -> tuple[str, bool]:
+    """Diffusers' module for entry ``j`` of decoder stage ``stage``: a residual block, or last the upsampler."""
+    if j <= num_res_blocks:
+        return f"decoder.up_blocks.{stage}.resnets.{j}", True
+    return f"decoder.up_blocks.{stage}.upsamplers.0", False
+
+
+def _rename(key: str, num_res_blocks: int, prefixes: dict[str, str], rules: tuple, params: dict[str, str]) -> str:
+    """Rename ``key`` by the exact module ``prefixes``, else the first block rule that applies (one engine for
+    both directions)."""
     prefix, _, param = key.rpartition(".")
-    return prefix, param
+    if prefix in prefixes:
+        return f"{prefixes[prefix]}.{param}"
+    for pattern, rename in rules:
+        if m := re.fullmatch(pattern, key):
+            *groups, rest = m.groups()
+            if (found := rename(num_res_blocks, *groups)) is not None:
+                module, residual = found
+                return f"{module}.{params.get(rest, rest) if residual else rest}"
+    return key
 
 
 def to_diffusers_vae_key(key: str, num_res_blocks: int = 2) -> str:
     """``Wan2.1_VAE.pth`` key -> ``AutoencoderKLWan`` key (unknown keys unchanged)."""
-    prefix, param = _split(key)
-    for orig, diff in _PREFIXES:
-        if prefix == orig:
-            return f"{diff}.{param}"
-    if m := re.fullmatch(r"(encoder|decoder)\.middle\.(\d+)\.(.+)", key):
-        part, idx, rest = m.groups()
-        if idx in _MIDDLE:
-            return f"{part}.mid_block.{_MIDDLE[idx]}.{_RES_PARAMS.get(rest, rest)}"
-    if m := re.fullmatch(r"encoder\.downsamples\.(\d+)\.(.+)", key):
-        idx, rest = m.groups()
-        return f"encoder.down_blocks.{idx}.{_RES_PARAMS.get(rest, rest)}"
-    if m := re.fullmatch(r"decoder\.upsamples\.(\d+)\.(.+)", key):
-        n, rest = int(m.group(1)), m.group(2)
-        stage, j = divmod(n, num_res_blocks + 2)
-        if j <= num_res_blocks:
-            return f"decoder.up_blocks.{stage}.resnets.{j}.{_RES_PARAMS.get(rest, rest)}"
-        return f"decoder.up_blocks.{stage}.upsamplers.0.{rest}"
-    return key
+    return _rename(key, num_res_blocks, _PREFIX_TO_DIFFUSERS, _TO_DIFFUSERS, _RES_PARAMS)
 
 
 def to_original_vae_key(key: str, num_res_blocks: int = 2) -> str:
     """``AutoencoderKLWan`` key -> ``Wan2.1_VAE.pth`` key (unknown keys unchanged)."""
-    prefix, param = _split(key)
-    for orig, diff in _PREFIXES:
-        if prefix == diff:
-            return f"{orig}.{param}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.(resnets\.\d+|attentions\.\d+)\.(.+)", key):
-        part, sub, rest = m.groups()
-        if sub in _MIDDLE_INV:
-            return f"{part}.middle.{_MIDDLE_INV[sub]}.{_RES_PARAMS_INV.get(rest, rest)}"
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.(.+)", key):
-        idx, rest = m.groups()
-        return f"encoder.downsamples.{idx}.{_RES_PARAMS_INV.get(rest, rest)}"
-    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        stage, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
-        if j <= num_res_blocks:
-            return f"decoder.upsamples.{stage * (num_res_blocks + 2) + j}.{_RES_PARAMS_INV.get(rest, rest)}"
-    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)", key):
-        stage, rest = int(m.group(1)), m.group(2)
-        return f"decoder.upsamples.{stage * (num_res_blocks + 2) + num_res_blocks + 1}.{rest}"
-    return key
+    return _rename(key, num_res_blocks, _PREFIX_TO_ORIGINAL, _TO_ORIGINAL, _RES_PARAMS_INV)
 
 
 def to_diffusers_vae_state_dict(sd: Mapping[str, V], num_res_blocks: int = 2) -> dict[str, V]:

@@ -5,6 +5,7 @@ r"""The shipped default model: a small Wan-architecture text-to-video model trai
 - :mod:`~pyrflow_fast.shapes.components`: the frozen tokenizer, text encoder and pixel space;
 - :mod:`~pyrflow_fast.shapes.recipe`: reproduces the shipped checkpoints through the project's CLIs;
 - :mod:`~pyrflow_fast.shapes.results`: the quality / speed table;
+- :mod:`~pyrflow_fast.shapes.sampling`: a shipped checkpoint loaded and sampled at the dataset's size;
 - ``python -m pyrflow_fast.shapes``: generate a video with a shipped checkpoint (``make sample``).
 
 The checkpoints live in ``pyrflow_fast/shapes/models/<name>`` (complete model directories that

@@ -7,7 +7,6 @@ and prints what the pixel analyzers measure in the result.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -15,12 +14,11 @@ import torch
 
 from pyrflow_ref.media import to_uint8, write_strip, write_video
 
-from ..card import ModelCard
-from ..pipeline import load_components
-from ..sample import generate
-from . import MODELS, model_dir
+from ..sample import run_cli
+from . import MODELS
 from .analyze import analyze
-from .data import FPS, FRAMES, SIZE
+from .data import FPS, FRAMES
+from .sampling import load, sample
 
 DEFAULT_PROMPT = "a red circle moving right over grass"
 SCALE = 8
@@ -41,40 +39,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--schedule", default=None, help="steps per stage, coarsest first (default: the checkpoint's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("outputs"), help="output folder")
-    args = ap.parse_args(argv)
+    return run_cli(ap, argv, _sample)
+
+
+def _sample(args: argparse.Namespace) -> str:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
-    try:
-        path = model_dir(args.model)
-        card = ModelCard.load(path)
-        components = load_components(path)
-        result = generate(
-            components,
-            [args.prompt],
-            card=card,
-            schedule=args.schedule,
-            seed=args.seed,
-            frames=FRAMES,
-            height=SIZE,
-            width=SIZE,
-            progress=False,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        ap.error(str(err))
+    card, components = load(args.model)
+    result = sample(components, card, [args.prompt], args.schedule, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     frames = to_uint8(result.video[0].numpy())
     video = write_video(frames, args.out / "shapes.mp4", scale=SCALE, fps=FPS)
     strip = args.out / "shapes.png"
     write_strip([frames], strip, columns=FRAMES, scale=SCALE)
     found = analyze(result.video[0].numpy())
-    print(
+    return (
         f"{args.model} ({result.sampler} {result.schedule}): {args.prompt!r}, seed {args.seed}\n"
         f"  sampling {result.seconds:.2f} s, total {time.perf_counter() - start:.2f} s; wrote {video} and {strip}\n"
         f"  measured from the pixels: {found.color} {found.shape} moving {found.direction}, "
-        f"subject consistency {found.subject:.2f}, background flicker {found.flicker:.1f}/255",
-        file=sys.stderr,
+        f"subject consistency {found.subject:.2f}, background flicker {found.flicker:.1f}/255"
     )
-    return 0
 
 
 if __name__ == "__main__":

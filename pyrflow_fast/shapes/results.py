@@ -36,12 +36,11 @@ import torch
 
 from ..card import ModelCard
 from ..flops import forward_flops, schedule_flops
-from ..pipeline import load_components
-from ..sample import generate
 from ..train.evidence import features, frechet_distance
-from . import SHIPPED, model_dir
+from . import SHIPPED
 from .analyze import analyze_batch
 from .data import FRAMES, SIZE, draw, prompt, prompt_grid, render
+from .sampling import load, sample
 
 __all__ = ["ROWS", "main", "reference_videos", "run", "to_markdown"]
 
@@ -124,41 +123,19 @@ def run(
     measured["held-out data"] = _summary(data, asked, ref_features, seed)
     log(f"[{time.perf_counter() - start:6.1f} s] held-out data")
     for label, name, schedule in rows:
-        path = model_dir(name, models)
-        card = ModelCard.load(path)
-        components = load_components(path)
+        card, components = load(name, models)
         videos = []
         for k in range(0, len(texts), batch):
-            result = generate(
-                components,
-                texts[k : k + batch],
-                card=card,
-                schedule=schedule,
-                seed=seed + k,
-                frames=FRAMES,
-                height=SIZE,
-                width=SIZE,
-                progress=False,
-            )
+            result = sample(components, card, texts[k : k + batch], schedule, seed + k)
             videos.append(result.video)
         row = _summary(torch.cat(videos), asked, ref_features, seed)
         guided = result.info["cfg_scale"] != 1.0
         row["gflops"] = _cost(card, components.transformer.config, schedule, guided) / 1e9
         row["cfg"] = result.info["cfg_scale"]
-        times = []
-        for r in range(timing_runs + 1):  # the first run warms up
-            one = generate(
-                components,
-                texts[r % len(texts)],
-                card=card,
-                schedule=schedule,
-                seed=seed + r,
-                frames=FRAMES,
-                height=SIZE,
-                width=SIZE,
-                progress=False,
-            )
-            times.append(one.seconds)
+        # the first run warms up
+        times = [
+            sample(components, card, texts[r % len(texts)], schedule, seed + r).seconds for r in range(timing_runs + 1)
+        ]
         row["cpu_s"] = float(np.median(times[1:]))
         measured[label] = row
         log(

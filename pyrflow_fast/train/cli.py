@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from .config import TrainConfig, load_config
 
-__all__ = ["build_parser", "main", "parse_override"]
+__all__ = ["build_parser", "config_data", "fit_command", "main", "parse_override", "runner_parser"]
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -40,9 +41,14 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return section, name, parsed
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pyrflow-train", description="Pyramidal finetuning of a Wan2.1 transformer.")
+def runner_parser(
+    prog: str, description: str, add_overrides: Callable[[argparse.ArgumentParser], None] = lambda ap: None
+) -> argparse.ArgumentParser:
+    """The flags of every command over the Runner (``pyrflow-train``, ``pyrflow-distill``); ``add_overrides``
+    adds a command's own shortcuts, listed after ``--config``."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--config", help="config file (.toml or .json); fields not set keep their defaults")
+    add_overrides(ap)
     ap.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)"
     )
@@ -56,65 +62,75 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    data = TrainConfig().to_dict() if args.config is None else load_config(args.config).to_dict()
+def build_parser() -> argparse.ArgumentParser:
+    return runner_parser("pyrflow-train", "Pyramidal finetuning of a Wan2.1 transformer.")
+
+
+def config_data(args: argparse.Namespace, cls: type = TrainConfig) -> dict:
+    """The nested dict of the config file (or of ``cls``'s defaults) with ``--set`` applied."""
+    data = cls().to_dict() if args.config is None else load_config(args.config, cls).to_dict()
     for text in args.set:
         section, name, value = parse_override(text)
         if section not in data:
             raise ValueError(f"--set {text}: unknown config section {section!r}")
         data[section][name] = value
-    return TrainConfig.from_dict(data)
+    return data
 
 
-def run_fit(make, resume: bool, prog: str):
-    """Build a :class:`~pyrflow_fast.train.runner.Runner` with ``make()`` and fit it.
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig.from_dict(config_data(args))
 
-    Returns ``(runner, history)``, or ``None`` after printing ``prog: error: ...`` when building or
-    fitting fails with a user-facing error.
-    """
+
+def fit_command(
+    ap: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    cls: type,
+    resolve: Callable[[argparse.Namespace], object],
+    summary: Callable[[object, dict], str],
+    *,
+    overridden: bool,
+) -> int:
+    """What a command over the Runner does with its parsed ``args``: print ``cls``'s defaults, or fit a
+    Runner on ``resolve(args)`` (``--config`` required unless ``overridden``) and print ``done: <summary>``
+    on rank 0. A user-facing error while building or fitting prints ``<prog>: error: ...`` and returns 2."""
+    if args.print_default_config:
+        config = cls()
+        sys.stdout.write(config.to_toml() if args.format == "toml" else config.to_json())
+        return 0
+    if args.config is None and not overridden:
+        ap.error("--config is required (see --print-default-config)")
     try:
-        runner = make()
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return None
-    try:
-        history = runner.fit(resume=resume)
+        config = resolve(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return None
+        ap.error(str(err))
+    from .runner import Runner
+
+    try:
+        runner = Runner(config)
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
+        print(f"{ap.prog}: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        history = runner.fit(resume=args.resume)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{ap.prog}: error: {err}", file=sys.stderr)
+        return 2
     finally:
         runner.close()
-    return runner, history
+    if runner.rank == 0:
+        last = history[-1] if history else {"step": runner.step}
+        print(f"done: {summary(config, last)}; run directory {runner.out}", file=sys.stderr)
+    return 0
+
+
+def _summary(config: TrainConfig, last: dict) -> str:
+    return f"step {last['step']}" + (f", loss {last['loss']:.6f}" if "loss" in last else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    if args.print_default_config:
-        config = TrainConfig()
-        sys.stdout.write(config.to_toml() if args.format == "toml" else config.to_json())
-        return 0
-    if args.config is None and not args.set:
-        ap.error("--config is required (see --print-default-config)")
-    try:
-        config = resolve_config(args)
-    except (ValueError, FileNotFoundError) as err:
-        ap.error(str(err))
-    from .runner import Runner
-
-    done = run_fit(lambda: Runner(config), args.resume, "pyrflow-train")
-    if done is None:
-        return 2
-    runner, history = done
-    if runner.rank == 0:
-        last = history[-1] if history else {"step": runner.step}
-        print(
-            f"done: step {last['step']}"
-            + (f", loss {last['loss']:.6f}" if "loss" in last else "")
-            + f"; run directory {runner.out}",
-            file=sys.stderr,
-        )
-    return 0
+    return fit_command(ap, args, TrainConfig, resolve_config, _summary, overridden=bool(args.set))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "TrainSection",
     "load_config",
+    "raise_first",
 ]
 
 
@@ -299,9 +300,7 @@ class TrainConfig:
             (self.train.device in ("auto", "cpu", "cuda"), "train.device must be 'auto', 'cpu' or 'cuda'"),
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"invalid config: {message}")
+        raise_first(checks)
 
     # --------------------------------------------------------------------- (de)serialise
     @classmethod
@@ -353,6 +352,13 @@ class TrainConfig:
         return "\n".join(rows) + "\n"
 
 
+def raise_first(checks: list[tuple[bool, str]]) -> None:
+    """ValueError with the message of the first failed ``(ok, message)`` check (every config's validation)."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"invalid config: {message}")
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -365,8 +371,8 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a ``.json`` or ``.toml`` config file."""
+def load_config(path: str | Path, cls: type = TrainConfig) -> Any:
+    """Read a ``.json`` or ``.toml`` config file of ``cls`` (the training or the distillation config)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -377,4 +383,4 @@ def load_config(path: str | Path) -> TrainConfig:
         data = json.loads(text)
     else:
         raise ValueError(f"config file {path} must end in .json or .toml")
-    return TrainConfig.from_dict(data)
+    return cls.from_dict(data)

@@ -26,10 +26,12 @@ Measured before and after:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +124,25 @@ def sample_metric(
     return frechet_distance(features(out), features(reference))
 
 
+@contextlib.contextmanager
+def run_dir(out_dir: str | Path | None) -> Iterator[Path]:
+    """``out_dir`` (the evidence runs keep their runs there), or a temporary directory removed afterwards."""
+    if out_dir is not None:
+        yield Path(out_dir)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+
+
+def parse_evidence_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Add the flags every evidence run has (``--out-dir``, ``--json``), parse ``argv`` and seed torch."""
+    ap.add_argument("--out-dir", default=None, help="keep the runs here (default: a temporary directory)")
+    ap.add_argument("--json", action="store_true", help="also print the numbers as JSON")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    return args
+
+
 def _config(
     out: Path, name: str, *, stages: int, steps: int, lr: float, path: str = "", seed: int = 0, weighting: str = "sigma"
 ) -> TrainConfig:
@@ -162,75 +183,70 @@ def run(
 ) -> dict:
     """Run the whole experiment; returns the measured numbers (see the module docstring)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    tmp = None
-    if out_dir is None:
-        tmp = tempfile.TemporaryDirectory()
-        out_dir = tmp.name
-    out = Path(out_dir)
-    pyramid = Pyramid.uniform("haar", (2, 2, 2), 3, first_frame=True)
-    windows = StageWindows(WAN_DEFAULT_BOUNDARIES)
-    train = SyntheticPyramids(256, pyramid, size=SIZE, split_seed=0)
-    val = SyntheticPyramids(32, pyramid, size=SIZE, split_seed=1)
-    held = SyntheticPyramids(256, pyramid, size=SIZE, split_seed=2)
-    results: dict = {
-        "pretrain_steps": pretrain_steps,
-        "finetune_steps": finetune_steps,
-        "lr": lr,
-        "finetune_lr": finetune_lr,
-        "num_generated": num_generated,
-        "weightings": list(weightings),
-    }
-    if samples:
-        floor_data = SyntheticPyramids(num_generated, pyramid, size=SIZE, split_seed=3).latents
-        results["fd_data_floor"] = frechet_distance(features(floor_data), features(held.latents))
-    start = time.perf_counter()
-
-    def measure(tag: str, model: WanDiT) -> None:
-        results[f"{tag}_val"] = validation_loss(model, val, pyramid, windows)
-        line = f"[{time.perf_counter() - start:6.1f} s] {tag}: pyramidal val loss {results[f'{tag}_val']['total']:.4f} "
-        line += f"{ {k: round(v, 4) for k, v in results[f'{tag}_val'].items() if k != 'total'} }"
+    with run_dir(out_dir) as out:
+        pyramid = Pyramid.uniform("haar", (2, 2, 2), 3, first_frame=True)
+        windows = StageWindows(WAN_DEFAULT_BOUNDARIES)
+        train = SyntheticPyramids(256, pyramid, size=SIZE, split_seed=0)
+        val = SyntheticPyramids(32, pyramid, size=SIZE, split_seed=1)
+        held = SyntheticPyramids(256, pyramid, size=SIZE, split_seed=2)
+        results: dict = {
+            "pretrain_steps": pretrain_steps,
+            "finetune_steps": finetune_steps,
+            "lr": lr,
+            "finetune_lr": finetune_lr,
+            "num_generated": num_generated,
+            "weightings": list(weightings),
+        }
         if samples:
-            results[f"{tag}_fd_pyramidal"] = sample_metric(
-                model, train.contexts, held.latents, pyramid, windows, "10-10-10", num_generated
+            floor_data = SyntheticPyramids(num_generated, pyramid, size=SIZE, split_seed=3).latents
+            results["fd_data_floor"] = frechet_distance(features(floor_data), features(held.latents))
+        start = time.perf_counter()
+
+        def measure(tag: str, model: WanDiT) -> None:
+            results[f"{tag}_val"] = validation_loss(model, val, pyramid, windows)
+            line = f"[{time.perf_counter() - start:6.1f} s] {tag}: "
+            line += f"pyramidal val loss {results[f'{tag}_val']['total']:.4f} "
+            line += f"{ {k: round(v, 4) for k, v in results[f'{tag}_val'].items() if k != 'total'} }"
+            if samples:
+                results[f"{tag}_fd_pyramidal"] = sample_metric(
+                    model, train.contexts, held.latents, pyramid, windows, "10-10-10", num_generated
+                )
+                line += f", FD(pyramidal 10-10-10) {results[f'{tag}_fd_pyramidal']:.4f}"
+            log(line)
+
+        base_trainer = Runner(_config(out, "base", stages=1, steps=pretrain_steps, lr=lr), dataset=train)
+        base_trainer.fit()
+        base = load_wan(out / "base" / "export")
+        if samples:
+            results["base_fd_plain"] = sample_metric(
+                base, train.contexts, held.latents, pyramid, windows, "0-0-30", num_generated
             )
-            line += f", FD(pyramidal 10-10-10) {results[f'{tag}_fd_pyramidal']:.4f}"
-        log(line)
+            log(f"[{time.perf_counter() - start:6.1f} s] base: FD(plain 0-0-30) {results['base_fd_plain']:.4f}")
+        measure("base", base)
 
-    base_trainer = Runner(_config(out, "base", stages=1, steps=pretrain_steps, lr=lr), dataset=train)
-    base_trainer.fit()
-    base = load_wan(out / "base" / "export")
-    if samples:
-        results["base_fd_plain"] = sample_metric(
-            base, train.contexts, held.latents, pyramid, windows, "0-0-30", num_generated
-        )
-        log(f"[{time.perf_counter() - start:6.1f} s] base: FD(plain 0-0-30) {results['base_fd_plain']:.4f}")
-    measure("base", base)
+        for weighting in weightings:
+            tag = f"pyramidal_{weighting}"
+            config = _config(
+                out,
+                tag,
+                stages=3,
+                steps=finetune_steps,
+                lr=finetune_lr,
+                path=str(out / "base" / "export"),
+                weighting=weighting,
+            )
+            Runner(config, dataset=train).fit()
+            measure(tag, load_wan(out / tag / "export"))
 
-    for weighting in weightings:
-        tag = f"pyramidal_{weighting}"
-        config = _config(
-            out,
-            tag,
-            stages=3,
-            steps=finetune_steps,
-            lr=finetune_lr,
-            path=str(out / "base" / "export"),
-            weighting=weighting,
-        )
-        Runner(config, dataset=train).fit()
-        measure(tag, load_wan(out / tag / "export"))
-
-    if control:
-        ctrl = Runner(
-            _config(out, "control", stages=1, steps=finetune_steps, lr=finetune_lr, path=str(out / "base" / "export")),
-            dataset=train,
-        )
-        ctrl.fit()
-        measure("control", load_wan(out / "control" / "export"))
-    results["seconds"] = time.perf_counter() - start
-    if tmp is not None:
-        tmp.cleanup()
-    return results
+        if control:
+            base_path = str(out / "base" / "export")
+            ctrl = Runner(
+                _config(out, "control", stages=1, steps=finetune_steps, lr=finetune_lr, path=base_path), dataset=train
+            )
+            ctrl.fit()
+            measure("control", load_wan(out / "control" / "export"))
+        results["seconds"] = time.perf_counter() - start
+        return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,10 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="loss.weighting of a pyramidal finetune (repeatable; default: both)",
     )
-    ap.add_argument("--out-dir", default=None, help="keep the runs here (default: a temporary directory)")
-    ap.add_argument("--json", action="store_true", help="also print the numbers as JSON")
-    args = ap.parse_args(argv)
-    torch.manual_seed(0)
+    args = parse_evidence_args(ap, argv)
     res = run(
         args.pretrain_steps,
         args.finetune_steps,

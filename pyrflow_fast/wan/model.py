@@ -165,11 +165,14 @@ class _Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return _linear32(self.head, self.modulate(x, e))
+
+    def modulate(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The head's input to its output Linear (separate: PPF's coarser levels have their own Linear)."""
         # x: (B, F, S, dim); e: (B, F, dim) float32. Everything here runs in float32.
         m = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unsqueeze(3)  # (B, F, 2, 1, dim)
         shift, scale = m.unbind(2)
-        h = _layer_norm32(x.float(), self.norm) * (1 + scale) + shift
-        return _linear32(self.head, h)
+        return _layer_norm32(x.float(), self.norm) * (1 + scale) + shift
 
 
 class WanDiT(nn.Module):
@@ -303,8 +306,30 @@ class WanDiT(nn.Module):
 
         cos, sin = self.rope_tables(grid, rope, full_size, device=x.device)
         e, e0 = self.embed_time(t)
+        return self.predict(x, context, e, e0, cos, sin, cfg.patch_size)
+
+    def predict(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        e: torch.Tensor,
+        e0: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        patch: Sequence[int],
+        *,
+        embed: nn.Conv3d | None = None,
+        head: nn.Linear | None = None,
+    ) -> torch.Tensor:
+        """The forward pass after the time embedding and RoPE tables: patchify, blocks, head, unpatchify.
+
+        Separate so that :class:`~pyrflow_fast.ppf.PPFWan` runs its levels through the same blocks with its own
+        ``patch``, patch ``embed`` and output ``head`` (default: the model's).
+        """
+        b, _, f, h, w = x.shape
+        grid = [n // q for n, q in zip((f, h, w), patch, strict=True)]
         ctx = self.embed_text(context)
-        tokens = self.patch_embedding(x)  # (B, dim, F', H', W')
+        tokens = (self.patch_embedding if embed is None else embed)(x)  # (B, dim, F', H', W')
         tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, F', S, dim), tokens ordered (f, h, w)
 
         use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
@@ -315,10 +340,11 @@ class WanDiT(nn.Module):
                 tokens = block(tokens, e0, ctx, cos, sin)
 
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = self.head(tokens, e)  # (B, F', S, pt*ph*pw*C), float32
-        out = out.reshape(b, *grid, pt, ph, pw, cfg.out_dim)
+            # (B, F', S, pt*ph*pw*C), float32
+            out = self.head(tokens, e) if head is None else _linear32(head, self.head.modulate(tokens, e))
+        out = out.reshape(b, *grid, *patch, self.config.out_dim)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return out.reshape(b, cfg.out_dim, f, h, w)
+        return out.reshape(b, self.config.out_dim, f, h, w)
 
     def num_parameters(self) -> int:
         """Total number of parameter elements (works on the meta device)."""

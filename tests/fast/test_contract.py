@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from wan_fixtures import random_wan
+from wan_fixtures import random_wan, wan_inputs
 
 from pyrflow_fast.contract import BackboneDenoiser, FrozenDenoiser, PPFDenoiser, WanBackbone
 from pyrflow_fast.ppf import PPFWan
@@ -14,12 +14,7 @@ WINDOWS = StageWindows((0.4, 0.8))
 
 
 def inputs(cfg, batch=2, seed=0, size=SIZE):
-    """``x`` ``(B, C, F, H, W)``, per-frame ``t`` ``(B, F)`` and a short context ``(B, 5, text_dim)``."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, cfg.in_dim, *size, generator=gen)
-    t = torch.tensor([[700.0, 650.0, 600.0], [300.0, 300.0, 300.0]])[:batch]
-    ctx = torch.randn(batch, 5, cfg.text_dim, generator=gen)
-    return x, t, ctx
+    return wan_inputs(cfg, size, batch, seed)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from launch_fixtures import sample_args, torchrun
 from wan_fixtures import random_wan
 
 from pyrflow_fast.contract import FrozenDenoiser
@@ -317,22 +318,7 @@ def test_distilled_export_samples_through_pyrflow_sample(tmp_path, variant, caps
     assert res.sampler == "few-step" and res.schedule == "2-2-1" and res.info["cfg_scale"] == 1.0
     assert torch.isfinite(res.video).all()
     capsys.readouterr()
-    sample_args = [
-        "--model-dir",
-        str(export),
-        "--prompt",
-        "a dog",
-        "--out",
-        str(tmp_path / "v.gif"),
-        "--frames",
-        "17",
-        "--height",
-        "64",
-        "--width",
-        "64",
-        "--no-progress",
-    ]
-    assert sample_main(sample_args) == 0
+    assert sample_main(sample_args(export, "a dog", tmp_path / "v.gif")) == 0
     assert "few-step 2-2-1" in capsys.readouterr().err
 
 
@@ -358,12 +344,6 @@ def test_model_card_ppf_patches_round_trip(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["dmd-pt*", "ppf"])
 def test_ddp_two_processes_on_gloo(tmp_path, model_path, variant):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
     cfg = tiny_cfg(
         tmp_path / "run",
         model_path,
@@ -371,24 +351,7 @@ def test_ddp_two_processes_on_gloo(tmp_path, model_path, variant):
         train={"parallel": "ddp", "device": "cpu", "steps": 2},
         checkpoint={"every": 1, "export": True},
     )
-    path = tmp_path / "cfg.json"
-    path.write_text(cfg.to_json())
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pyrflow_fast.distill",
-        "--config",
-        str(path),
-    ]
-    proc = subprocess.run(
-        cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun("pyrflow_fast.distill", cfg, tmp_path)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in lines] == [1, 2]
     assert ModelCard.load(tmp_path / "run" / "export").kind == "distilled"
@@ -405,34 +368,6 @@ def test_parallel_none_refuses_a_multi_process_launch(tmp_path, model_path, monk
 MATCH_RTOL = (
     1e-4  # 1 process (batch 2) vs 2 processes (batch 1 each): same draws, other reduction order (measured: <= 1e-6)
 )
-
-
-def _torchrun_distill(cfg, tmp_path, *extra):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
-    path = tmp_path / f"{Path(cfg.train.output_dir).name}.json"
-    path.write_text(cfg.to_json())
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pyrflow_fast.distill",
-        "--config",
-        str(path),
-        *extra,
-    ]
-    proc = subprocess.run(
-        cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def _losses(out):
@@ -469,7 +404,7 @@ def test_two_processes_match_one_and_export_samples(tmp_path, model_path, parall
     two = tiny_cfg(
         tmp_path / "two", source, train={"steps": 2, "batch_size": 1, "parallel": parallel, "device": "cpu"}, **kw
     )
-    _torchrun_distill(two, tmp_path)
+    torchrun("pyrflow_fast.distill", two, tmp_path)
     (c1, g1, k1), (c2, g2, k2) = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert k1 == k2 and len(g1) == len(g2) == 2
     np.testing.assert_allclose(c2, c1, rtol=MATCH_RTOL)
@@ -495,13 +430,13 @@ def test_fsdp_resume_matches_a_straight_run(tmp_path, model_path):
         train={"steps": 3, "batch_size": 1, "parallel": "fsdp", "device": "cpu"},
         **kw,
     )
-    _torchrun_distill(straight, tmp_path)
+    torchrun("pyrflow_fast.distill", straight, tmp_path)
     part = tiny_cfg(
         tmp_path / "resumed", model_path, train={"steps": 2, "batch_size": 1, "parallel": "fsdp", "device": "cpu"}, **kw
     )
-    _torchrun_distill(part, tmp_path)
+    torchrun("pyrflow_fast.distill", part, tmp_path)
     full = tiny_cfg(
         tmp_path / "resumed", model_path, train={"steps": 3, "batch_size": 1, "parallel": "fsdp", "device": "cpu"}, **kw
     )
-    _torchrun_distill(full, tmp_path, "--resume")
+    torchrun("pyrflow_fast.distill", full, tmp_path, "--resume")
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")

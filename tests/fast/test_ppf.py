@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-from wan_fixtures import random_wan
+from wan_fixtures import random_wan, wan_inputs
 
 from pyrflow_fast.contract import PPFDenoiser
 from pyrflow_fast.flops import forward_flops, latent_size, schedule_flops
@@ -28,11 +28,7 @@ WINDOWS = StageWindows((0.4, 0.8))
 
 
 def inputs(cfg, batch=2, seed=0, size=SIZE):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, cfg.in_dim, *size, generator=gen)
-    t = torch.tensor([[700.0, 650.0, 600.0], [300.0, 300.0, 300.0]])[:batch]
-    ctx = torch.randn(batch, 5, cfg.text_dim, generator=gen)
-    return x, t, ctx
+    return wan_inputs(cfg, size, batch, seed)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from launch_fixtures import sample_args
 
 from pyrflow_fast.card import ModelCard
 from pyrflow_fast.resample import Pyramid
@@ -416,22 +417,5 @@ def test_export_is_a_model_directory_that_pyrflow_sample_loads(tmp_path, layout,
     Runner(cfg).fit()
     export = tmp_path / "run" / "export"
     assert ModelCard.load(export).kind == "pyramidal"
-    args = [
-        "--model-dir",
-        str(export),
-        "--prompt",
-        "a red car",
-        "--out",
-        str(tmp_path / "v.gif"),
-        "--frames",
-        "17",
-        "--height",
-        "64",
-        "--width",
-        "64",
-        "--no-progress",
-        "--schedule",
-        "1-1-1",
-    ]
-    assert sample_main(args) == 0
+    assert sample_main(sample_args(export, "a red car", tmp_path / "v.gif", "--schedule", "1-1-1")) == 0
     assert "euler 1-1-1" in capsys.readouterr().err

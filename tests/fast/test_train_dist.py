@@ -8,20 +8,17 @@ below 1e-7). An FSDP run interrupted and resumed with the same world size is bit
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from launch_fixtures import torchrun
 from safetensors.torch import load_file
 
 from pyrflow_fast.train.config import TrainConfig
 from pyrflow_fast.train.runner import Runner
 
-REPO = Path(__file__).resolve().parents[2]
 LOSS_RTOL = 1e-5
 
 
@@ -45,27 +42,6 @@ def config(out, **train):
     )
 
 
-def torchrun(cfg, tmp_path, *extra):
-    path = tmp_path / f"{Path(cfg.train.output_dir).name}.json"
-    path.write_text(cfg.to_json())
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pyrflow_fast.train",
-        "--config",
-        str(path),
-        *extra,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-
 def losses(out):
     return [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
@@ -85,7 +61,7 @@ def single(tmp_path_factory):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(single, tmp_path, parallel):
     out = tmp_path / parallel
-    torchrun(config(out, samples_per_stage=1, parallel=parallel), tmp_path)
+    torchrun("pyrflow_fast.train", config(out, samples_per_stage=1, parallel=parallel), tmp_path)
     np.testing.assert_allclose(losses(out), losses(single), rtol=LOSS_RTOL)
     a, b = weights(single), weights(out)
     assert a.keys() == b.keys()
@@ -96,10 +72,10 @@ def test_two_processes_match_one(single, tmp_path, parallel):
 @pytest.mark.slow
 def test_fsdp_resume_is_bit_exact(tmp_path):
     straight = tmp_path / "straight"
-    torchrun(config(straight, samples_per_stage=1, parallel="fsdp"), tmp_path)
+    torchrun("pyrflow_fast.train", config(straight, samples_per_stage=1, parallel="fsdp"), tmp_path)
     resumed = tmp_path / "resumed"
-    torchrun(config(resumed, samples_per_stage=1, parallel="fsdp", steps=2), tmp_path)
-    torchrun(config(resumed, samples_per_stage=1, parallel="fsdp"), tmp_path, "--resume")
+    torchrun("pyrflow_fast.train", config(resumed, samples_per_stage=1, parallel="fsdp", steps=2), tmp_path)
+    torchrun("pyrflow_fast.train", config(resumed, samples_per_stage=1, parallel="fsdp"), tmp_path, "--resume")
     assert losses(resumed) == losses(straight)
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -121,7 +97,7 @@ def test_fsdp_with_per_stage_lora_and_distillation_matches_one_process(tmp_path)
         return cfg
 
     Runner(lora_config(tmp_path / "one")).fit()
-    torchrun(lora_config(tmp_path / "two", samples_per_stage=1, parallel="fsdp"), tmp_path)
+    torchrun("pyrflow_fast.train", lora_config(tmp_path / "two", samples_per_stage=1, parallel="fsdp"), tmp_path)
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=LOSS_RTOL)
     distill = [json.loads(line)["distill"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert distill[0] == 0.0 and distill[1] > 0  # the adapters moved the student away from the base

@@ -14,3 +14,12 @@ def random_wan(config="tiny", seed=0, std=0.3):
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * std)
     return model.eval()
+
+
+def wan_inputs(cfg, size, batch=2, seed=0):
+    """``x`` ``(B, C, *size)``, per-frame ``t`` ``(B, 3)`` (batch at most 2), a short context ``(B, 5, text_dim)``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cfg.in_dim, *size, generator=gen)
+    t = torch.tensor([[700.0, 650.0, 600.0], [300.0, 300.0, 300.0]])[:batch]
+    ctx = torch.randn(batch, 5, cfg.text_dim, generator=gen)
+    return x, t, ctx

@@ -14,7 +14,7 @@ regression target is the teacher's plain multi-step sample.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from ..distributed import Distributed
 from ..loss import sample_seed
 from .few_step import FewStepDistillation
 
-__all__ = ["DMDDistillation", "multires_finetune"]
+__all__ = ["DMDDistillation", "multires_finetune", "teacher_finetune"]
 
 
 def multires_finetune(
@@ -53,21 +53,45 @@ def multires_finetune(
     stage's gain, i.e. Wan's own process on the natural latent), :math:`\sigma \sim U(0, 1)`:
     the process ``dmd-ot`` re-noises with. Returns the per-step losses.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     fn = BackboneDenoiser(WanBackbone(model, rope=rope))
-    losses = []
-    for n in range(steps):
-        rng = torch.Generator().manual_seed(sample_seed(seed, n, 7))
-        x0s, ctx = batches(n)
-        total = 0.0
+
+    def stage_losses(x0s: list[torch.Tensor], ctx: torch.Tensor, rng: torch.Generator):
         for i in range(pyramid.num_stages):
             x0 = x0s[i]
             process = StageProcess.plain(pyramid.gain(i, x0.shape[-3]))
             sigma = torch.rand(x0.shape[0], generator=rng, dtype=torch.float64)
             eps = torch.randn(x0.shape, generator=rng)
             x = process.sample(x0, eps, sigma)
-            loss = critic_loss(process.velocity(fn, x, sigma, ctx), process.target(x0, eps)) / pyramid.num_stages
+            yield critic_loss(process.velocity(fn, x, sigma, ctx), process.target(x0, eps)) / pyramid.num_stages
+
+    return teacher_finetune(model, batches, stage_losses, steps, lr, seed=seed, salt=7, grad_clip=grad_clip)
+
+
+def teacher_finetune(
+    model: nn.Module,
+    batches: Callable[[int], tuple[list[torch.Tensor], torch.Tensor]],
+    losses_of: Callable[[list[torch.Tensor], torch.Tensor, torch.Generator], Iterator[torch.Tensor]],
+    steps: int,
+    lr: float,
+    *,
+    seed: int,
+    salt: int,
+    grad_clip: float,
+) -> list[float]:
+    """The AdamW loop of the teacher finetunes (:func:`multires_finetune`, PPF's ``ppf_finetune``), in place.
+
+    Step ``n`` backpropagates each loss ``losses_of(x0s, context, rng)`` yields for ``batches(n)`` as it
+    comes (one graph alive at a time), ``rng`` seeded by ``(seed, n, salt)``, then takes one clipped step.
+    Returns the per-step sums of the losses.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses = []
+    for n in range(steps):
+        rng = torch.Generator().manual_seed(sample_seed(seed, n, salt))
+        x0s, ctx = batches(n)
+        total = 0.0
+        for loss in losses_of(x0s, ctx, rng):
             loss.backward()
             total += float(loss.detach())
         if grad_clip > 0:
@@ -114,25 +138,32 @@ class DMDDistillation(FewStepDistillation):
             self.original = self._load(config.model.original_path or config.model.path)
             if d.teacher_finetune_steps > 0:
                 self.original.requires_grad_(True).train()
-                self.teacher_losses = multires_finetune(
-                    self.original,
-                    self._finetune_batch,
-                    self.pyramid,
-                    d.teacher_finetune_steps,
-                    d.teacher_finetune_lr,
-                    seed=config.train.seed,
-                    rope=rope,
-                    grad_clip=config.optim.grad_clip,
-                )
-                self.dist.broadcast(self.original)
-            self.original.requires_grad_(False).eval()
-            self.finetuned_teacher = self.original
+            self._finetune_teacher(self.original, multires_finetune, self.pyramid, rope=rope)
             source = self.original
             real = FrozenDenoiser(BackboneDenoiser(WanBackbone(self.original, rope=rope)))
         # a state copy of the student's base: a deep copy would carry the adapter hooks
         critic = self._load_state_copy(source) if source is self.student else copy.deepcopy(source)
         critic.requires_grad_(True).train().set_gradient_checkpointing(ckpt)
         return real, critic, BackboneDenoiser(WanBackbone(critic, rope=rope))
+
+    def _finetune_teacher(self, model: nn.Module, finetune: Callable, *args: Any, **kwargs: Any) -> None:
+        """Run the config's teacher finetune ``finetune(model, batches, *args, steps, lr, ...)`` when it has
+        steps (rank 0's result broadcast), then freeze ``model``: the finetuned teacher, checkpointed with the run."""
+        config, d = self.config, self.config.distill
+        if d.teacher_finetune_steps > 0:
+            self.teacher_losses = finetune(
+                model,
+                self._finetune_batch,
+                *args,
+                d.teacher_finetune_steps,
+                d.teacher_finetune_lr,
+                seed=config.train.seed,
+                grad_clip=config.optim.grad_clip,
+                **kwargs,
+            )
+            self.dist.broadcast(model)
+        model.requires_grad_(False).eval()
+        self.finetuned_teacher = model
 
     def _shard(self) -> None:
         from torch.distributed.fsdp import fully_shard

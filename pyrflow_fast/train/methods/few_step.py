@@ -253,11 +253,16 @@ class FewStepDistillation(Method):
         student's few-step sampler from ``down^top(eps0)`` stopped at evaluation ``k``, that evaluation with
         gradient when ``grad``."""
         noise = clean_pyramid_latent(dr["eps0"], self.pyramid)[self.plan.top]
+        return self._few_step(self.student_fn, noise, self.pyramid, dr, grad)
+
+    def _few_step(self, fn, noise: torch.Tensor, pyramid, dr: dict[str, Any], grad: bool) -> Prediction:
+        """The student's few-step sampler of every roll-out: ``fn`` from ``noise`` along the plan, stopped at
+        evaluation ``k`` of ``dr`` (with gradient when ``grad``)."""
         with torch.set_grad_enabled(grad):
             return sample_few_step(
-                self.student_fn,
+                fn,
                 noise,
-                self.pyramid,
+                pyramid,
                 self.windows,
                 self.plan,
                 cond=dr["ctx"],

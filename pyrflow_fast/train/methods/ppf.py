@@ -24,10 +24,9 @@ from ...card import PPF_FILE
 from ...contract import FrozenDenoiser, PPFDenoiser, check_ppf_windows
 from ...distill.dmd import DMDVariant, critic_loss
 from ...ppf import PPFWan, ppf_levels, sample_ppf
-from ...samplers import Prediction, sample_few_step
+from ...samplers import Prediction
 from ..distributed import Distributed, full_tensor
-from ..loss import sample_seed
-from .dmd import DMDDistillation
+from .dmd import DMDDistillation, teacher_finetune
 
 __all__ = ["PPFDistillation", "ppf_finetune"]
 
@@ -49,30 +48,18 @@ def ppf_finetune(
     :math:`\sigma \sim U(	ext{window } l)` of ``windows``, target :math:`\epsilon - x_0` (Wan's
     loss at gain 1). Returns the per-step losses.
     """
-    params = [p for p in ppf.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    levels = ppf.num_levels
-    losses = []
-    for n in range(steps):
-        rng = torch.Generator().manual_seed(sample_seed(seed, n, 13))
-        x0s, ctx = batches(n)
+
+    def level_losses(x0s: list[torch.Tensor], ctx: torch.Tensor, rng: torch.Generator):
         x0 = x0s[0]
-        total = 0.0
-        for level in range(levels):
+        for level in range(ppf.num_levels):
             lo, hi = windows.sigma_c(level), windows.sigma_n(level)
             sigma = (lo + (hi - lo) * torch.rand(x0.shape[0], generator=rng, dtype=torch.float64)).to(x0.device)
             eps = torch.randn(x0.shape, generator=rng).to(x0)
             s = sigma.to(x0.dtype).reshape(-1, 1, 1, 1, 1)
             v = ppf((1 - s) * x0 + s * eps, 1000.0 * sigma.float(), ctx, level=level)
-            loss = critic_loss(v, eps - x0) / levels
-            loss.backward()
-            total += float(loss.detach())
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(total)
-    return losses
+            yield critic_loss(v, eps - x0) / ppf.num_levels
+
+    return teacher_finetune(ppf, batches, level_losses, steps, lr, seed=seed, salt=13, grad_clip=grad_clip)
 
 
 class PPFDistillation(DMDDistillation):
@@ -87,19 +74,7 @@ class PPFDistillation(DMDDistillation):
         base = self._load(config.model.teacher_path or config.model.path)
         base.set_gradient_checkpointing(config.train.gradient_checkpointing)
         self.ppf_teacher = PPFWan(base, patches).to(self.device)
-        if d.teacher_finetune_steps > 0:
-            self.teacher_losses = ppf_finetune(
-                self.ppf_teacher,
-                self._finetune_batch,
-                self.windows,
-                d.teacher_finetune_steps,
-                d.teacher_finetune_lr,
-                seed=config.train.seed,
-                grad_clip=config.optim.grad_clip,
-            )
-            self.dist.broadcast(self.ppf_teacher)
-        self.ppf_teacher.requires_grad_(False).eval()
-        self.finetuned_teacher = self.ppf_teacher
+        self._finetune_teacher(self.ppf_teacher, ppf_finetune, self.windows)
         self.ppf_student = PPFWan(self.student, patches).to(self.device)  # per-level layers trainable (also with LoRA)
         self.ppf_student.load_state_dict(self.ppf_teacher.state_dict())
         self.gen_module = self.ppf_student
@@ -119,18 +94,7 @@ class PPFDistillation(DMDDistillation):
         """The PPF student's ``k``-th clean prediction at full resolution, its level and the plain process:
         the few-step sampler over the student's levels (no pyramid) stopped at evaluation ``k``."""
         check_ppf_windows(self.ppf_student, self.windows)
-        with torch.set_grad_enabled(grad):
-            return sample_few_step(
-                ppf_levels(self.ppf_student),
-                dr["eps0"],
-                None,
-                self.windows,
-                self.plan,
-                cond=dr["ctx"],
-                shift=self.config.distill.sample_shift,
-                rng=dr["rng"],
-                stop=dr["k"],
-            )
+        return self._few_step(ppf_levels(self.ppf_student), dr["eps0"], None, dr, grad)
 
     @torch.no_grad()
     def teacher_target(self, dr: dict[str, Any], step: int, stage: int) -> torch.Tensor:

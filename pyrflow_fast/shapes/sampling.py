@@ -1,0 +1,34 @@
+"""A shipped shapes model at the dataset's video size, shared by ``python -m pyrflow_fast.shapes`` and the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..card import ModelCard
+from ..pipeline import WanComponents, load_components
+from ..sample import Generation, generate
+from . import SHIPPED, model_dir
+from .data import FRAMES, SIZE
+
+
+def load(name: str, root: str | Path = SHIPPED) -> tuple[ModelCard, WanComponents]:
+    """The card and components of shapes model ``name`` under ``root``."""
+    path = model_dir(name, root)
+    return ModelCard.load(path), load_components(path)
+
+
+def sample(
+    components: WanComponents, card: ModelCard, prompts: list[str] | str, schedule: str | None, seed: int
+) -> Generation:
+    """:func:`~pyrflow_fast.sample.generate` of ``FRAMES`` x ``SIZE`` x ``SIZE`` videos, without a progress bar."""
+    return generate(
+        components,
+        prompts,
+        card=card,
+        schedule=schedule,
+        seed=seed,
+        frames=FRAMES,
+        height=SIZE,
+        width=SIZE,
+        progress=False,
+    )
