@@ -225,9 +225,11 @@ def write_video_file(video: np.ndarray, path: Path) -> None:
     from pyrflow_ref.media import to_uint8
 
     frames = to_uint8(video)
-    with av.open(str(path), mode="w") as container:
+    # bit-exact muxing: Matroska otherwise writes random segment IDs, so equal clips differ in bytes
+    with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("ffv1", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "bgr0"
+        stream.codec_context.thread_count = 1
         for f in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         container.mux(stream.encode())

@@ -88,6 +88,14 @@ def test_written_clips_are_lossless(tmp_path):
         assert draw(4, i).prompt in rows[i + 1]
 
 
+def test_written_clips_are_byte_identical_across_runs(tmp_path):
+    write_dataset(tmp_path / "a", 2, seed=4, progress=False)
+    write_dataset(tmp_path / "b", 2, seed=4, progress=False)
+    for i in range(2):
+        name = f"videos/{i:06d}.mkv"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
 # ---------------------------------------------------------------------------- analyzers
 def test_analyzers_are_exact_on_data():
     videos = [draw(3, i) for i in range(96)]
