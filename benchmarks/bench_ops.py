@@ -58,18 +58,18 @@ def run(benchmark, impl, fn, *args):
     return benchmark(fn, *args)
 
 
-def level(impl):
+def transition(impl):
     return (rr if impl == "ref" else fr).Resampler("haar", (2, 2, 2), first_frame=True)
 
 
 def test_haar_down(benchmark, impl):
     (x,) = arrays(impl, SHAPE)
-    out = run(benchmark, impl, level(impl).down, x)
+    out = run(benchmark, impl, transition(impl).down, x)
     assert tuple(out.shape) == rr.WAN_PYRAMID.shapes(SHAPE)[1]
 
 
 def test_up_noisy(benchmark, impl):
-    r = level(impl)
+    r = transition(impl)
     y, w = arrays(impl, r.coarse_shape(SHAPE), SHAPE)
     out = run(benchmark, impl, r.up_noisy, y, 0.5, w)
     assert tuple(out.shape) == SHAPE

@@ -110,13 +110,13 @@ def separable(family, shape, factors=(2, 2, 2), first_frame=True, matrices=None)
     coarse = tuple(k for _, k in axes)
 
     code_matrices = None if matrices is None else tuple(None if m is None else to_float(m) for m in matrices)
-    level = resample.Resampler(family, factors, first_frame, code_matrices)
+    transition = resample.Resampler(family, factors, first_frame, code_matrices)
     # kron of the float axis blocks: the same numbers as float(L3) without evaluating every exact product
     low_f = np.ones((1, 1))
     for t, k in axes:
         low_f = np.kron(low_f, to_float(t[:k, :]))
     what = f"pyrflow_ref Resampler({family!r}, {factors}, first_frame={first_frame}) on {shape}"
-    assert_close(operator_matrix(level.down, shape), low_f, f"{what}: down = L")
-    assert_close(operator_matrix(lambda y: level.up(y, (len(y), *shape)), coarse), low_f.T, f"{what}: up = L^T")
-    assert_close(operator_matrix(level.project, shape), low_f.T @ low_f, f"{what}: project = L^T L")
+    assert_close(operator_matrix(transition.down, shape), low_f, f"{what}: down = L")
+    assert_close(operator_matrix(lambda y: transition.up(y, (len(y), *shape)), coarse), low_f.T, f"{what}: up = L^T")
+    assert_close(operator_matrix(transition.project, shape), low_f.T @ low_f, f"{what}: project = L^T L")
     return full, low, coarse

@@ -59,7 +59,7 @@ def _check_code(rng, coefficients):
                 b = sigma.reshape(-1, 1, 1, 1, 1)
                 high, kappa, on_x0, on_u = coefficients(b, sc, sn)
                 eps = rng.standard_normal(x0s[i].shape)
-                project = pyramid.levels[i].project if i < 2 else None
+                project = pyramid.transitions[i].project if i < 2 else None
                 # At the coarsest stage (sigma_n = 1) high = 1 - sigma and kappa = 1, so P drops out.
                 x0, px0 = x0s[i], project(x0s[i]) if project else x0s[i]
                 what = f"{family} stage {i}, window [{sc:.3f}, {sn:.3f}]"

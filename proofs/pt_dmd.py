@@ -31,7 +31,7 @@ def _check_code(rng, weights, draws=10):
             eps = rng.standard_normal(x0s[i].shape)
             x, _ = process.forward_sample(x0s, eps, sigma, i, w, pyramid)
             alpha, beta = weights(b, sc, sn)
-            px0 = pyramid.levels[i].project(x0s[i])
+            px0 = pyramid.transitions[i].project(x0s[i])
             m_x0 = alpha * px0 + beta * (x0s[i] - px0)
             assert_close((x - m_x0) / b, eps, f"stage {i}, window [{sc:.3f}, {sn:.3f}]: eps = (x - M x0) / sigma")
 

@@ -51,11 +51,11 @@ def _check_avgpool(shape):
     assert_matrix_equal(a * up, sp.eye(low.rows), f"avgpool {shape}: A U = I")
     assert_matrix_equal(up * a, low.T * low, f"avgpool {shape}: U A = P")
     assert_matrix_equal(a * sp.ones(low.cols, 1), sp.ones(low.rows, 1), f"avgpool {shape}: A 1 = 1 (gain 1)")
-    level = resample.Resampler("avgpool", (2, 2, 2), first_frame=True)
+    transition = resample.Resampler("avgpool", (2, 2, 2), first_frame=True)
     what = f"pyrflow_ref Resampler('avgpool') on {shape}"
-    assert_close(operator_matrix(level.down, shape), a, f"{what}: down = A")
-    assert_close(operator_matrix(lambda y: level.up(y, (len(y), *shape)), coarse), up, f"{what}: up = U")
-    assert_close(level.gain(coarse[0]), np.ones(coarse[0]), f"{what}: gain = 1")
+    assert_close(operator_matrix(transition.down, shape), a, f"{what}: down = A")
+    assert_close(operator_matrix(lambda y: transition.up(y, (len(y), *shape)), coarse), up, f"{what}: up = U")
+    assert_close(transition.gain(coarse[0]), np.ones(coarse[0]), f"{what}: gain = 1")
 
 
 def _check_code_jump(rng, draws=100):
@@ -126,8 +126,10 @@ def prove():
         want = sp.eye(r) + sp.Rational(-1, r - 1) * (j - sp.eye(r))
         assert_matrix_equal(_correlation(cov), want, f"r={r}: unit-diagonal correlation, off-diagonal -1/(r - 1)")
         assert_close(pyramid_flow.block_correlation(r), want[0, 1], f"pyrflow_ref block_correlation({r})")
-        level = resample.Resampler("haar", block_shape, first_frame=False)
-        noise = operator_matrix(lambda w, level=level: pyramid_flow.high_band_unit_noise(level, w), block_shape)
+        transition = resample.Resampler("haar", block_shape, first_frame=False)
+        noise = operator_matrix(
+            lambda w, transition=transition: pyramid_flow.high_band_unit_noise(transition, w), block_shape
+        )
         assert_close(noise @ noise.T, want, f"r={r}: pyrflow_ref high_band_unit_noise covariance")
         lines.append(f"r = {r}: a, b, e unique; block correlation -1/{r - 1}")
     s_sym = sp.Symbol("s")

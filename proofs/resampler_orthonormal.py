@@ -3,7 +3,7 @@
 Statement: for T = [L; H] the 1-D Haar (block sums / sqrt(factor) and the Helmert zero-sum rows) and
 DCT resamplers, T T^T = I; the first-frame time transform blockdiag(1, T_{F-1}) and the separable
 (T, H, W) transform T_t (x) T_h (x) T_w are orthogonal, also for user ``orthogonal`` matrices; the
-3-D low band L satisfies L L^T = I; and per level frame 0 has spatial factor r = 4 (gain 2 on a
+3-D low band L satisfies L L^T = I; and per transition frame 0 has spatial factor r = 4 (gain 2 on a
 constant video) while every other frame has r = 8 (gain 2 sqrt 2), so stage i has gain 2^i
 (frame 0) and (2 sqrt 2)^i. pyrflow_ref.resample's matrices, Resampler and gains are these.
 """

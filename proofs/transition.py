@@ -26,12 +26,12 @@ def gaussian(mean, *loadings):
 
 def _check_code_loadings(low, shape, coarse):
     """The code's up_noisy(y, s, w) is linear in (y, w): read off its loadings and compare with L^T and s (I - P)."""
-    level = resample.Resampler("haar", (2, 2, 2), first_frame=True)
+    transition = resample.Resampler("haar", (2, 2, 2), first_frame=True)
     low_f = to_float(low)
     n = low.cols
     for s in LEVELS:
-        on_y = operator_matrix(lambda y, s=s: level.up_noisy(y, s, np.zeros((len(y), *shape))), coarse)
-        on_w = operator_matrix(lambda w, s=s: level.up_noisy(np.zeros((len(w), *coarse)), s, w), shape)
+        on_y = operator_matrix(lambda y, s=s: transition.up_noisy(y, s, np.zeros((len(y), *shape))), coarse)
+        on_w = operator_matrix(lambda w, s=s: transition.up_noisy(np.zeros((len(w), *coarse)), s, w), shape)
         assert_close(on_y, low_f.T, f"{shape}: pyrflow_ref up_noisy loading on y = L^T (s = {s})")
         assert_close(on_w, s * (np.eye(n) - low_f.T @ low_f), f"{shape}: up_noisy loading on w = s (I - P) (s = {s})")
 

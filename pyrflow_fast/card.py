@@ -3,7 +3,7 @@
 A *model directory* is a Wan2.1 download in the diffusers or the original layout
 (:mod:`pyrflow_fast.pipeline.layout`), optionally with a ``pyrflow.json`` :class:`ModelCard` that
 says what kind of checkpoint it is and which pyramid it was trained for, and, for a
-pyramidal-patchification checkpoint, the per-level layers in ``ppf_levels.safetensors``. A
+pyramidal-patchification checkpoint, the per-stage layers in ``ppf_stages.safetensors``. A
 directory without a card is a plain Wan checkpoint (``kind = "base"``, default schedule ``0-0-50``).
 
 - :class:`ModelCard` reads and writes ``pyrflow.json``;
@@ -12,7 +12,7 @@ directory without a card is a plain Wan checkpoint (``kind = "base"``, default s
   :data:`pyrflow_ref.resample.TRANSITION_FAMILIES`;
 - :func:`write_model_dir` writes a transformer state dict and its card as a model directory,
   linking the frozen components of the source directory;
-- :func:`load_ppf` loads the per-level layers of a PPF checkpoint.
+- :func:`load_ppf` loads the per-stage layers of a PPF checkpoint.
 
 >>> card = ModelCard(kind="pyramidal")
 >>> card.schedule, card.pyramid().num_stages
@@ -56,16 +56,16 @@ UNCONDS = ("prompt", "zeros")
 """Unconditional branch of CFG: the negative prompt's embedding, or the all-zero context."""
 
 CARD_FILE = "pyrflow.json"
-PPF_FILE = "ppf_levels.safetensors"
+PPF_FILE = "ppf_stages.safetensors"
 DEFAULT_SCHEDULE = {"base": "0-0-50", "pyramidal": "20-20-10", "distilled": "2-2-1"}
 """Default schedule of a 3-stage card of each kind; with other stage counts the coarse stages take 0
 steps and stage 0 the last entry."""
 
 
 def latent_pyramid(resampler: str, factors: Sequence[int], num_stages: int) -> Pyramid:
-    """The latent pyramid of ``num_stages`` uniform levels of ``resampler`` with per-level factors ``(T, H, W)``.
+    """The latent pyramid of ``num_stages`` stages: identical ``resampler`` transitions with factors ``(T, H, W)``.
 
-    Every level keeps frame 0 apart (the first-frame rule, as Wan's causal VAE needs), so a stage-0
+    Every transition keeps frame 0 apart (the first-frame rule, as Wan's causal VAE needs), so a stage-0
     latent ``(B, C, F, H, W)`` needs ``F = 1 + T^(S-1) k`` frames and ``H, W`` divisible by
     ``H^(S-1)``, ``W^(S-1)``. ValueError for a family outside
     :data:`~pyrflow_ref.resample.TRANSITION_FAMILIES` (``haar``, ``dct``).
@@ -89,12 +89,12 @@ class ModelCard:
     :param num_stages: pyramid stages the checkpoint was trained for.
     :param boundaries: inner stage boundaries, finest first.
     :param resampler: resampler family (``haar``, ``dct``: :data:`~pyrflow_ref.resample.TRANSITION_FAMILIES`).
-    :param factors: per-level factors ``(T, H, W)`` on the latent.
+    :param factors: per-transition factors ``(T, H, W)`` on the latent.
     :param rope: ``integer`` or ``scaled`` RoPE positions at coarse stages.
     :param schedule: default schedule.
-    :param ppf_patches: per-level patches ``(T, H, W)`` of a pyramidal-patchification checkpoint
-        (finest first, one per stage; :mod:`pyrflow_fast.ppf`), whose per-level layers are in
-        ``ppf_levels.safetensors``; empty: a resolution-pyramid checkpoint.
+    :param ppf_patches: per-stage patches ``(T, H, W)`` of a pyramidal-patchification checkpoint
+        (finest first, one per stage; :mod:`pyrflow_fast.ppf`), whose per-stage layers are in
+        ``ppf_stages.safetensors``; empty: a resolution-pyramid checkpoint.
     :param uncond: unconditional branch of CFG: ``prompt`` (the negative prompt's embedding, as
         Wan) or ``zeros`` (the all-zero context, for models trained with ``data.text_dropout``).
     :param guidance: default CFG scale (``base`` and ``pyramidal`` checkpoints).
@@ -222,7 +222,7 @@ def load_ppf(model_dir: str | Path, transformer: torch.nn.Module, card: ModelCar
     """The :class:`~pyrflow_fast.ppf.PPFWan` of a PPF checkpoint (``card.ppf_patches``), in eval mode.
 
     It shares ``transformer`` (the directory's :class:`~pyrflow_fast.wan.WanDiT`) and adds the
-    per-level layers of ``ppf_levels.safetensors``, read onto the transformer's device; FileNotFoundError
+    per-stage layers of ``ppf_stages.safetensors``, read onto the transformer's device; FileNotFoundError
     without that file, ValueError when its keys do not fit the patches.
     """
     from safetensors.torch import load_file

@@ -24,7 +24,7 @@ wraps a diffusers ``WanTransformer3DModel`` instance so that it can be plugged i
 Denoisers: :class:`BackboneDenoiser` turns a backbone into a denoiser (``full_size`` bound, an
 optional per-stage adapter selection for per-stage LoRA); :class:`FrozenDenoiser` runs any model in
 ``torch.inference_mode`` (a frozen teacher or real score); :class:`PPFDenoiser` runs a
-pyramidal-patchification model (:class:`pyrflow_fast.ppf.PPFWan`) at the level of each sample's
+pyramidal-patchification model (:class:`pyrflow_fast.ppf.PPFWan`) at the stage of each sample's
 noise level.
 """
 
@@ -270,27 +270,27 @@ class FrozenDenoiser:
 
 
 def check_ppf_windows(ppf: nn.Module, windows: StageWindows) -> None:
-    """ValueError unless ``windows`` has one window per level of the PPF model ``ppf`` (``ppf.num_levels``).
+    """ValueError unless ``windows`` has one window per stage of the PPF model ``ppf`` (``ppf.num_stages``).
 
-    Every PPF sampler and adapter calls it first: a schedule indexes the levels by window, so a
+    Every PPF sampler and adapter calls it first: a schedule indexes the stages by window, so a
     mismatch would otherwise surface as an index error deep in sampling, or not at all.
     """
-    if windows.num_stages != ppf.num_levels:
-        raise ValueError(f"{windows.num_stages} windows for {ppf.num_levels} PPF levels")
+    if windows.num_stages != ppf.num_stages:
+        raise ValueError(f"{windows.num_stages} windows for {ppf.num_stages} PPF stages")
 
 
 class PPFDenoiser:
-    """A pyramidal-patchification model as a :class:`Denoiser`, with the level chosen from the timestep.
+    """A pyramidal-patchification model as a :class:`Denoiser`, with the stage chosen from the timestep.
 
-    ``ppf(x, t, context, level=l)`` (a :class:`pyrflow_fast.ppf.PPFWan`, or any module with
-    ``num_levels`` and that call) maps a full-resolution latent ``(B, C, F, H, W)`` to its velocity
-    at level ``l``. Each sample runs at the level whose window holds its noise level ``t / 1000``
+    ``ppf(x, t, context, stage=l)`` (a :class:`pyrflow_fast.ppf.PPFWan`, or any module with
+    ``num_stages`` and that call) maps a full-resolution latent ``(B, C, F, H, W)`` to its velocity
+    at stage ``l``. Each sample runs at the stage whose window holds its noise level ``t / 1000``
     (PPF uses the plain process at gain 1, so ``t`` must be equal over frames; a window boundary
-    belongs to the finer level, as in :meth:`~pyrflow_ref.windows.StageWindows.stage_of`). Samples
-    of one level run as one batch.
+    belongs to the finer stage, as in :meth:`~pyrflow_ref.windows.StageWindows.stage_of`). Samples
+    of one stage run as one batch.
 
     :param ppf: the model.
-    :param windows: one window per level (finest first).
+    :param windows: one window per stage (finest first).
     """
 
     def __init__(self, ppf: nn.Module, windows: StageWindows) -> None:
@@ -298,22 +298,22 @@ class PPFDenoiser:
         self.ppf = ppf
         self.windows = windows
 
-    def levels(self, t: torch.Tensor | float, batch: int, frames: int) -> list[int]:
-        """Level of each sample from its timesteps (a number, ``(B,)`` or ``(B, F)``)."""
+    def stages(self, t: torch.Tensor | float, batch: int, frames: int) -> list[int]:
+        """Stage of each sample from its timesteps (a number, ``(B,)`` or ``(B, F)``)."""
         t = frame_timesteps(t, batch, frames, None)
         if not bool((t == t[:, :1]).all()):
-            raise ValueError("PPF levels need one timestep per sample (equal over frames)")
+            raise ValueError("PPF stages need one timestep per sample (equal over frames)")
         return [self.windows.stage_of(min(max(float(v) / 1000.0, 0.0), 1.0)) for v in t[:, 0].tolist()]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
-        """``v_hat`` ``(B, C_out, F, H, W)`` (float32) of ``x`` ``(B, C, F, H, W)``, each sample at its level."""
+        """``v_hat`` ``(B, C_out, F, H, W)`` (float32) of ``x`` ``(B, C, F, H, W)``, each sample at its stage."""
         b, f = x.shape[0], x.shape[2]
-        levels = self.levels(t, b, f)
+        stages = self.stages(t, b, f)
         t = frame_timesteps(t, b, f, x.device)
         out = None
-        for level in sorted(set(levels)):
-            idx = torch.tensor([i for i, lv in enumerate(levels) if lv == level], device=x.device)
-            v = self.ppf(x[idx], t[idx], context[idx], level=level)
+        for stage in sorted(set(stages)):
+            idx = torch.tensor([i for i, s in enumerate(stages) if s == stage], device=x.device)
+            v = self.ppf(x[idx], t[idx], context[idx], stage=stage)
             if out is None:
                 out = v.new_empty((b,) + tuple(v.shape[1:]))
             out[idx] = v

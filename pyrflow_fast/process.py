@@ -64,7 +64,7 @@ def coarse_signal_up(x0s: Sequence[torch.Tensor], stage: int, pyramid: Pyramid) 
     """``up(x0^(stage+1))`` at the stage's shape; zeros at the coarsest stage (its ``y_n`` is pure noise)."""
     if stage + 1 >= len(x0s):
         return torch.zeros_like(x0s[stage])
-    return pyramid.levels[stage].up(x0s[stage + 1], tuple(x0s[stage].shape))
+    return pyramid.transitions[stage].up(x0s[stage + 1], tuple(x0s[stage].shape))
 
 
 # twin: pyrflow_ref.process.forward_sample
@@ -89,8 +89,8 @@ def forward_sample(
 def clean_pyramid_latent(x0: torch.Tensor, pyramid: Pyramid) -> list[torch.Tensor]:
     """Definition 1: :math:`x_0^{(i+1)} = \\mathrm{down}(x_0^{(i)})`, finest first."""
     out = [torch.as_tensor(x0)]
-    for level in pyramid.levels:
-        out.append(level.down(out[-1]))
+    for transition in pyramid.transitions:
+        out.append(transition.down(out[-1]))
     return out
 
 
@@ -101,23 +101,23 @@ def clean_pyramid_pixel(
     encode: Callable[[torch.Tensor], torch.Tensor],
     pixel_pyramid: Pyramid,
 ) -> list[torch.Tensor]:
-    r"""Definition 2: downsample the pixel video, encode each level, apply the gain :math:`g_i`.
+    r"""Definition 2: downsample the pixel video, encode each stage, apply the gain :math:`g_i`.
 
     See :func:`pyrflow_ref.process.clean_pyramid_pixel`; ``encode`` maps tensors to tensors.
     """
     if pixel_pyramid.num_stages != pyramid.num_stages:
         raise ValueError(f"pixel pyramid has {pixel_pyramid.num_stages} stages, latent pyramid {pyramid.num_stages}")
-    levels = [torch.as_tensor(video)]
-    for level in pixel_pyramid.levels:
-        levels.append(level.down(levels[-1]))
+    videos = [torch.as_tensor(video)]
+    for transition in pixel_pyramid.transitions:
+        videos.append(transition.down(videos[-1]))
     out = []
-    for i, v in enumerate(levels):
+    for i, v in enumerate(videos):
         z = encode(v)
         g = torch.as_tensor(pyramid.gain(i, z.shape[-3]), dtype=z.dtype, device=z.device)
         out.append(z * g[:, None, None])
     for i, (z, expected) in enumerate(zip(out, pyramid.shapes(tuple(out[0].shape)))):
         if tuple(z.shape) != expected:
-            raise ValueError(f"encoded level {i} has shape {tuple(z.shape)}, the latent pyramid expects {expected}")
+            raise ValueError(f"encoded stage {i} has shape {tuple(z.shape)}, the latent pyramid expects {expected}")
     return out
 
 
@@ -205,7 +205,7 @@ class StageProcess:
     :param sigma_c: cleaner end of the window.
     :param sigma_n: noisier end (1 for the plain process and the coarsest stage).
     :param gain: the stage's per-frame gain :math:`g_i` ``(F,)`` or a number.
-    :param project: :math:`P` of the level below the stage; required when ``sigma_n < 1``.
+    :param project: :math:`P` of the transition below the stage; required when ``sigma_n < 1``.
     """
 
     sigma_c: float
@@ -228,7 +228,7 @@ class StageProcess:
     def pyramidal(cls, pyramid: Pyramid, windows: StageWindows, stage: int, frames: int) -> StageProcess:
         """The pyramidal process of ``stage``; see :meth:`pyrflow_ref.process.StageProcess.pyramidal`."""
         sc, sn = windows.sigma_c(stage), windows.sigma_n(stage)
-        project = pyramid.levels[stage].project if sn < 1.0 else None
+        project = pyramid.transitions[stage].project if sn < 1.0 else None
         return cls(sc, sn, pyramid.gain(stage, frames), project)
 
     # ----------------------------------------------------------------------- the process

@@ -3,7 +3,7 @@ r"""Torch twin of :mod:`pyrflow_ref.resample`: the same resamplers on batched te
 Shapes, gains and validation are host-side and inherited from the reference classes (same
 errors, same messages); only the operators are torch. The per-axis matrices are the reference's
 (first-frame block and avgpool scaling included), converted once per ``(shape, device, dtype)``.
-Haar levels with factors in :data:`pyrflow_fast.kernels.FUSED_FACTORS` run ``down`` and
+Haar transitions with factors in :data:`pyrflow_fast.kernels.FUSED_FACTORS` run ``down`` and
 ``up_noisy`` through the fused kernels (Triton on CUDA, their torch twin elsewhere).
 
 >>> import torch
@@ -110,7 +110,7 @@ def _apply(x: torch.Tensor, m: torch.Tensor, axis: int) -> torch.Tensor:
 # twin: pyrflow_ref.resample.Pyramid
 @dataclass(frozen=True)
 class Pyramid(ref.Pyramid):
-    """Torch twin of :class:`pyrflow_ref.resample.Pyramid`: a stack of :class:`Resampler` levels.
+    """Torch twin of :class:`pyrflow_ref.resample.Pyramid`: a stack of :class:`Resampler` transitions.
 
     Shapes and gains are the reference's (host-side, float64 NumPy gains).
 
@@ -121,7 +121,7 @@ class Pyramid(ref.Pyramid):
 
     @classmethod
     def uniform(cls, family: str = "haar", factors=(2, 2, 2), num_stages: int = 3, first_frame: bool = True):
-        """``num_stages - 1`` identical levels."""
+        """``num_stages - 1`` identical transitions."""
         if num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
         return cls(tuple(Resampler(family, tuple(factors), first_frame) for _ in range(num_stages - 1)))

@@ -113,12 +113,12 @@ def _draw(rng: NoiseSource, shape: tuple[int, ...], like: torch.Tensor) -> torch
     return torch.randn(shape, generator=rng, dtype=like.dtype, device=like.device)
 
 
-def _transition(level: Resampler, x: torch.Tensor, s: float, rng: NoiseSource) -> torch.Tensor:
-    """``up_noisy`` to the finer stage; in-kernel noise on the Triton path of a Haar level."""
-    if level.fused and not callable(rng) and kernels.use_triton(x):
+def _transition(transition: Resampler, x: torch.Tensor, s: float, rng: NoiseSource) -> torch.Tensor:
+    """``up_noisy`` to the finer stage; in-kernel noise on the Triton path of a Haar transition."""
+    if transition.fused and not callable(rng) and kernels.use_triton(x):
         seed = int(torch.randint(2**31 - 1, (), generator=rng, device=rng.device if rng is not None else "cpu"))
-        return kernels.haar_up_noisy(x, s, None, level.factors, level.first_frame, seed=seed)
-    return level.up_noisy(x, s, _draw(rng, level.fine_shape(tuple(x.shape)), x))
+        return kernels.haar_up_noisy(x, s, None, transition.factors, transition.first_frame, seed=seed)
+    return transition.up_noisy(x, s, _draw(rng, transition.fine_shape(tuple(x.shape)), x))
 
 
 # twin: pyrflow_ref.samplers.sample_euler
@@ -150,7 +150,7 @@ def sample_euler(
             if callback is not None:
                 callback(i, k, float(grid[k + 1]), x)
         if i > 0 and pyramid is not None:
-            x = _transition(pyramid.levels[i - 1], x, sp.sigma_c, rng)
+            x = _transition(pyramid.transitions[i - 1], x, sp.sigma_c, rng)
     return x
 
 
@@ -220,8 +220,10 @@ def sample_few_step(
                 if k + 1 < n:
                     x = process.sample(x0, _draw(rng, tuple(x.shape), x), float(grid[k + 1]))
                 elif i > 0:  # the finer stage's process at the boundary, coarse signal up(x0)
-                    fine = pyramid.levels[i - 1].fine_shape(tuple(x.shape)) if pyramid is not None else tuple(x.shape)
-                    up = pyramid.levels[i - 1].up(x0, fine) if pyramid is not None else x0
+                    fine = (
+                        pyramid.transitions[i - 1].fine_shape(tuple(x.shape)) if pyramid is not None else tuple(x.shape)
+                    )
+                    up = pyramid.transitions[i - 1].up(x0, fine) if pyramid is not None else x0
                     finer = stage_process(pyramid, plan, i - 1, fine[-3])
                     x = finer.sample(up, _draw(rng, fine, x), sp.sigma_c, coarse=up)
                 else:

@@ -2,7 +2,7 @@ r"""Spectral calibration of stage boundaries (theory §3.2).
 
 Natural video has little energy in high bands, so noise drowns them first. Let :math:`E_i` be
 the mean per-element energy, in orthonormal units, of the band removed between stages :math:`i`
-and :math:`i + 1`. Its SNR at level :math:`\sigma` is :math:`(1 - \sigma)^2 E_i / \sigma^2`;
+and :math:`i + 1`. Its SNR at noise level :math:`\sigma` is :math:`(1 - \sigma)^2 E_i / \sigma^2`;
 calibration puts the boundary :math:`\sigma_c^{(i+1)}` where that SNR equals a threshold
 :math:`\tau`:
 
@@ -30,8 +30,8 @@ def band_energies(latents: np.ndarray, pyramid: Pyramid) -> np.ndarray:
     """
     x0s = clean_pyramid_latent(np.asarray(latents, dtype=np.float64), pyramid)
     out = []
-    for level, fine, coarse in zip(pyramid.levels, x0s[:-1], x0s[1:]):
-        band = level.high(fine)
+    for transition, fine, coarse in zip(pyramid.transitions, x0s[:-1], x0s[1:]):
+        band = transition.high(fine)
         out.append(np.sum(band**2) / (fine.size - coarse.size))
     return np.array(out)
 

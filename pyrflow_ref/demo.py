@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = Plan.build(args.schedule, pyramid, StageWindows(WAN_DEFAULT_BOUNDARIES), args.shift)
         # the Gaussian lives on the stages that take steps: coarsest stages with 0 steps are skipped
-        eff, sub = plan.effective_windows, Pyramid(pyramid.levels[: plan.top])
+        eff, sub = plan.effective_windows, Pyramid(pyramid.transitions[: plan.top])
         model = SpectralGaussianVideo((3, args.frames, args.size, args.size), sub, eff, channel_cov=CHANNEL_COV)
     except ValueError as err:
         ap.error(str(err))
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         g = sub.gain(stage, x.shape[-3])
         if stage:  # show the stage's clean estimate, not its noisy end
-            project = sub.levels[stage].project if stage < plan.top else None
+            project = sub.transitions[stage].project if stage < plan.top else None
             v = model_velocity(model, x, sigma, g)
             x = x0_from_velocity(x, v, sigma, eff.sigma_c(stage), eff.sigma_n(stage), project)
         stage_ends[stage] = x[0] / g[:, None, None]  # natural scale for display

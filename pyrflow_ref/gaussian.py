@@ -8,7 +8,7 @@ If the clean stage signals are linear in a Gaussian :math:`z \sim N(\mu, \Sigma)
 
     B(\sigma) = (1 - \rho)(1 - \sigma_c) K_i + \rho (1 - \sigma_n)\, U_i K_{i+1}
 
-(:math:`U_i` = ``up`` of level :math:`i`), the target is :math:`B'(\sigma) z + \epsilon`, and the
+(:math:`U_i` = ``up`` of transition :math:`i`), the target is :math:`B'(\sigma) z + \epsilon`, and the
 exact posterior velocity is linear in :math:`x`:
 
 .. math::
@@ -90,7 +90,7 @@ class GaussianVideoModel:
     :param mean: mean of ``z`` (zero by default); ``cov = 0`` makes the data a point mass.
     :param clean_maps: ``K_i`` per stage, ``x0^(i) = K_i z`` (flattened per sample).
     :param shapes: per-sample shape ``(C, F, H, W)`` of every stage, finest first.
-    :param pyramid: the latent pyramid (``up`` of each level and the per-frame gains).
+    :param pyramid: the latent pyramid (``up`` of each transition and the per-frame gains).
     :param windows: the stage windows the model is sampled with.
     """
 
@@ -114,7 +114,7 @@ class GaussianVideoModel:
         self.clean_maps = [np.asarray(k, dtype=np.float64) for k in clean_maps]
         # U_i K_{i+1}: the coarser stage's signal brought up to stage i.
         self.up_maps = [
-            linear_map(lambda y, i=i: pyramid.levels[i].up(y, (len(y), *self.shapes[i])), self.shapes[i + 1])
+            linear_map(lambda y, i=i: pyramid.transitions[i].up(y, (len(y), *self.shapes[i])), self.shapes[i + 1])
             @ self.clean_maps[i + 1]
             for i in range(pyramid.num_stages - 1)
         ]
@@ -143,12 +143,12 @@ class GaussianVideoModel:
     ):
         """Definition 2: ``cov`` (and ``mean``) describe the pixel video of per-sample ``video_shape``."""
 
-        def level(z, i):
+        def stage_video(z, i):
             return clean_pyramid_pixel(z, pyramid, encode, pixel_pyramid)[i]
 
         probe = clean_pyramid_pixel(np.zeros((1, *video_shape)), pyramid, encode, pixel_pyramid)
         shapes = [p.shape[1:] for p in probe]
-        maps = [linear_map(lambda z, i=i: level(z, i), tuple(video_shape)) for i in range(len(shapes))]
+        maps = [linear_map(lambda z, i=i: stage_video(z, i), tuple(video_shape)) for i in range(len(shapes))]
         return cls(cov, maps, shapes, pyramid, windows, mean)
 
     # --------------------------------------------------------------- the process
@@ -248,9 +248,9 @@ class SpectralGaussianVideo:
         beta: float = 1.5,
         channel_cov=None,
     ):
-        for level in pyramid.levels:
-            if level.family != "dct" or level.first_frame:
-                raise ValueError("SpectralGaussianVideo needs 'dct' levels without the first-frame rule")
+        for transition in pyramid.transitions:
+            if transition.family != "dct" or transition.first_frame:
+                raise ValueError("SpectralGaussianVideo needs 'dct' transitions without the first-frame rule")
         if pyramid.num_stages != windows.num_stages:
             raise ValueError(f"pyramid has {pyramid.num_stages} stages but the windows have {windows.num_stages}")
         self.pyramid, self.windows = pyramid, windows

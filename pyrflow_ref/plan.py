@@ -83,7 +83,7 @@ class Plan:
 
     @classmethod
     def build(cls, steps: str | Sequence[int] | Plan, pyramid: Any, windows: StageWindows, shift: float = 1.0) -> Plan:
-        """The plan of ``steps`` on ``pyramid`` (``None``: no resampling, e.g. PPF levels) and ``windows``.
+        """The plan of ``steps`` on ``pyramid`` (``None``: no resampling, e.g. PPF stages) and ``windows``.
 
         A :class:`Plan` passes through after checking it was made for ``windows`` and ``shift``.
         """

@@ -16,7 +16,7 @@ Per-stage clean signals come from :func:`clean_pyramid_latent` (Definition 1) or
 :func:`clean_pyramid_pixel` (Definition 2).
 
 :class:`StageProcess` is one stage of it as a value (window, per-frame gain, projection :math:`P`
-of the level below): sampling, target, the :math:`x_0` decode, the closed-form noise and the
+of the transition below): sampling, target, the :math:`x_0` decode, the closed-form noise and the
 model conditioning of theory §3 (:func:`natural_input`, :func:`model_velocity`), on which the
 samplers, the trainer's loss and DMD are built.
 """
@@ -70,7 +70,7 @@ def coarse_signal_up(x0s: Sequence[np.ndarray], stage: int, pyramid: Pyramid) ->
     """``up(x0^(stage+1))`` at the stage's shape; zeros at the coarsest stage (its ``y_n`` is pure noise)."""
     if stage + 1 >= len(x0s):
         return np.zeros_like(x0s[stage])
-    return pyramid.levels[stage].up(x0s[stage + 1], np.shape(x0s[stage]))
+    return pyramid.transitions[stage].up(x0s[stage + 1], np.shape(x0s[stage]))
 
 
 # twin: pyrflow_fast.process.forward_sample
@@ -101,8 +101,8 @@ def forward_sample(
 def clean_pyramid_latent(x0: np.ndarray, pyramid: Pyramid) -> list[np.ndarray]:
     """Definition 1: :math:`x_0^{(i+1)} = \\mathrm{down}(x_0^{(i)})`, finest first."""
     out = [np.asarray(x0)]
-    for level in pyramid.levels:
-        out.append(level.down(out[-1]))
+    for transition in pyramid.transitions:
+        out.append(transition.down(out[-1]))
     return out
 
 
@@ -113,7 +113,7 @@ def clean_pyramid_pixel(
     encode: Callable[[np.ndarray], np.ndarray],
     pixel_pyramid: Pyramid,
 ) -> list[np.ndarray]:
-    r"""Definition 2: downsample the pixel video, encode each level, apply the gain :math:`g_i`.
+    r"""Definition 2: downsample the pixel video, encode each stage, apply the gain :math:`g_i`.
 
     :param video: ``(B, C_pix, F_pix, H_pix, W_pix)``.
     :param pyramid: the latent pyramid (it supplies the per-frame gains to orthonormal units).
@@ -123,16 +123,16 @@ def clean_pyramid_pixel(
     """
     if pixel_pyramid.num_stages != pyramid.num_stages:
         raise ValueError(f"pixel pyramid has {pixel_pyramid.num_stages} stages, latent pyramid {pyramid.num_stages}")
-    levels = [np.asarray(video)]
-    for level in pixel_pyramid.levels:
-        levels.append(level.down(levels[-1]))
+    videos = [np.asarray(video)]
+    for transition in pixel_pyramid.transitions:
+        videos.append(transition.down(videos[-1]))
     out = []
-    for i, v in enumerate(levels):
+    for i, v in enumerate(videos):
         z = encode(v)
         out.append(z * pyramid.gain(i, z.shape[-3])[:, None, None])
     for i, (z, expected) in enumerate(zip(out, pyramid.shapes(out[0].shape))):
         if z.shape != expected:
-            raise ValueError(f"encoded level {i} has shape {z.shape}, the latent pyramid expects {expected}")
+            raise ValueError(f"encoded stage {i} has shape {z.shape}, the latent pyramid expects {expected}")
     return out
 
 
@@ -152,7 +152,7 @@ def x0_from_velocity(
         x - \sigma \frac{dx}{d\sigma} = P x_0 + k (I - P) x_0, \qquad
         k = \frac{(1 - \sigma_c)\sigma_n}{\sigma_n - \sigma_c},
 
-    independent of :math:`\sigma` inside the stage. ``project`` is :math:`P` of the level below
+    independent of :math:`\sigma` inside the stage. ``project`` is :math:`P` of the transition below
     the stage; it is not needed when :math:`k = 1` (finest and coarsest stages).
     """
     d = x - batch_scalar(sigma, x.ndim) * v
@@ -212,7 +212,7 @@ class StageProcess:
     :param sigma_n: noisier end (1 for the plain process and the coarsest stage).
     :param gain: the stage's per-frame gain :math:`g_i` ``(F,)`` or a number (what the model
         conditioning divides by, theory §3).
-    :param project: :math:`P` of the level below the stage; required when ``sigma_n < 1``.
+    :param project: :math:`P` of the transition below the stage; required when ``sigma_n < 1``.
     """
 
     sigma_c: float
@@ -239,7 +239,7 @@ class StageProcess:
         :math:`\sigma_n < 1` needs it.
         """
         sc, sn = windows.sigma_c(stage), windows.sigma_n(stage)
-        project = pyramid.levels[stage].project if sn < 1.0 else None
+        project = pyramid.transitions[stage].project if sn < 1.0 else None
         return cls(sc, sn, pyramid.gain(stage, frames), project)
 
     # ----------------------------------------------------------------------- the process

@@ -2,7 +2,7 @@ r"""Pyramid Flow (Jin et al., 2024) as a special case of the orthonormal machine
 
 Pyramid Flow works in *natural* units with the ``avgpool`` pair (mean pool, nearest upsample:
 Haar scaled by :math:`\sqrt r`) and a noise level that jumps at stage boundaries. Converting its
-levels with :func:`pyrflow_ref.natural.varsigma` (gain :math:`\sqrt r` per level) makes the global
+levels with :func:`pyrflow_ref.natural.varsigma` (gain :math:`\sqrt r` per transition) makes the global
 level continuous, and its jump is the orthonormal ``up_noisy`` written in natural units:
 
 .. math::
@@ -50,14 +50,14 @@ def block_correlation(r: int) -> float:
     >>> round(block_correlation(4), 12), round(block_correlation(8), 12)
     (-0.333333333333, -0.142857142857)
     """
-    level = Resampler("haar", (1, 1, r), first_frame=False)
-    cov = level.high(np.eye(r).reshape(r, 1, 1, r)).reshape(r, r)  # (I - P) = H^T H on one block
+    transition = Resampler("haar", (1, 1, r), first_frame=False)
+    cov = transition.high(np.eye(r).reshape(r, 1, 1, r)).reshape(r, r)  # (I - P) = H^T H on one block
     return float(cov[0, 1] / cov[0, 0])
 
 
-def high_band_unit_noise(level: Resampler, w: np.ndarray) -> np.ndarray:
+def high_band_unit_noise(transition: Resampler, w: np.ndarray) -> np.ndarray:
     """Pyramid Flow's block noise from white ``w``: ``sqrt(r/(r-1)) (I - P) w`` (unit variance)."""
-    return np.sqrt(level.r / (level.r - 1)) * level.high(w)
+    return np.sqrt(transition.r / (transition.r - 1)) * transition.high(w)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-r"""Orthonormal resamplers between pyramid levels (theory §2).
+r"""Orthonormal resamplers between pyramid stages (theory §2).
 
-A resampler between a fine level (:math:`N_i` elements) and a coarse level (:math:`N_{i+1}`
+A resampler between a fine stage (:math:`N_i` elements) and a coarse stage (:math:`N_{i+1}`
 elements) is an orthogonal matrix :math:`T = [L; H]` whose first rows :math:`L` are the low band:
 
 .. math::
@@ -122,7 +122,7 @@ def _apply(x: np.ndarray, m: np.ndarray, axis: int) -> np.ndarray:
 # twin: pyrflow_fast.resample.Resampler
 @dataclass(frozen=True)
 class Resampler:
-    r"""One pyramid level: separable resampling of the last three axes ``(F, H, W)``.
+    r"""One stage transition: separable resampling of the last three axes ``(F, H, W)``.
 
     :param family: ``"haar"``, ``"dct"``, ``"orthogonal"`` (user matrices) or ``"avgpool"``
         (Pyramid Flow's mean-pool / nearest pair, :math:`A = L/\sqrt r`, :math:`U = \sqrt r L^\top`;
@@ -196,7 +196,7 @@ class Resampler:
         return int(np.prod(self.factors))
 
     def gain(self, num_frames: int) -> np.ndarray:
-        r"""Per-frame gain of a smooth signal over this level, for ``num_frames`` *coarse* frames.
+        r"""Per-frame gain of a smooth signal over this transition, for ``num_frames`` *coarse* frames.
 
         :math:`\sqrt r` for orthonormal families (frame 0 has :math:`r = f_H f_W` under the
         first-frame rule); 1 for ``avgpool``, which keeps natural units.
@@ -276,7 +276,7 @@ class Resampler:
     def up_noisy(self, y: np.ndarray, s, w: np.ndarray) -> np.ndarray:
         r"""Noise-augmented upsampling :math:`L^\top y + s (w - L^\top L w)`, ``w`` white at the fine shape.
 
-        Fills the missing high band with white noise of level ``s`` (scalar or per-sample ``(B,)``).
+        Fills the missing high band with white noise of noise level ``s`` (scalar or per-sample ``(B,)``).
         """
         if self.family == "avgpool":
             raise ValueError(
@@ -307,9 +307,9 @@ def batch_scalar(s, ndim: int) -> np.ndarray:
 # twin: pyrflow_fast.resample.Pyramid
 @dataclass(frozen=True)
 class Pyramid:
-    """A stack of resamplers: ``levels[i]`` maps stage ``i`` (finer) to stage ``i + 1`` (coarser).
+    """A stack of resamplers: ``transitions[i]`` maps stage ``i`` (finer) to stage ``i + 1`` (coarser).
 
-    Stage 0 is the output resolution; ``num_stages = len(levels) + 1``.
+    Stage 0 is the output resolution; ``num_stages = len(transitions) + 1``.
 
     >>> p = Pyramid.uniform("haar", (2, 2, 2), num_stages=3)
     >>> [s[-3:] for s in p.shapes((1, 16, 21, 56, 104))]
@@ -318,36 +318,36 @@ class Pyramid:
     array([4., 8., 8., 8., 8., 8.])
     """
 
-    levels: tuple[Resampler, ...] = ()
+    transitions: tuple[Resampler, ...] = ()
 
     @classmethod
     def uniform(cls, family: str = "haar", factors=(2, 2, 2), num_stages: int = 3, first_frame: bool = True):
-        """``num_stages - 1`` identical levels."""
+        """``num_stages - 1`` identical transitions."""
         if num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
         return cls(tuple(Resampler(family, tuple(factors), first_frame) for _ in range(num_stages - 1)))
 
     @property
     def num_stages(self) -> int:
-        return len(self.levels) + 1
+        return len(self.transitions) + 1
 
     def shapes(self, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Shape at every stage, finest first; ``ValueError`` names the level that does not divide."""
+        """Shape at every stage, finest first; ``ValueError`` names the transition that does not divide."""
         out = [tuple(int(s) for s in shape)]
-        for i, level in enumerate(self.levels):
+        for i, transition in enumerate(self.transitions):
             try:
-                out.append(level.coarse_shape(out[-1]))
+                out.append(transition.coarse_shape(out[-1]))
             except ValueError as err:
                 raise ValueError(
-                    f"shape {out[0]} does not fit {self.num_stages} stages: level {i} -> {i + 1}: {err}"
+                    f"shape {out[0]} does not fit {self.num_stages} stages: transition {i} -> {i + 1}: {err}"
                 ) from None
         return out
 
     def gain(self, stage: int, num_frames: int) -> np.ndarray:
         """Cumulative per-frame gain :math:`g_i` of stage ``stage`` with ``num_frames`` frames."""
         g = np.ones(num_frames)
-        for level in self.levels[:stage]:
-            g = g * level.gain(num_frames)
+        for transition in self.transitions[:stage]:
+            g = g * transition.gain(num_frames)
         return g
 
     def gains(self, shape: tuple[int, ...]) -> list[np.ndarray]:

@@ -130,8 +130,8 @@ def sample_euler(
             if callback is not None:
                 callback(i, k, float(grid[k + 1]), x)
         if i > 0 and pyramid is not None:
-            level = pyramid.levels[i - 1]
-            x = level.up_noisy(x, sp.sigma_c, draw(level.fine_shape(x.shape)))
+            transition = pyramid.transitions[i - 1]
+            x = transition.up_noisy(x, sp.sigma_c, draw(transition.fine_shape(x.shape)))
     return x
 
 
@@ -179,11 +179,11 @@ def sample_few_step(
 ) -> np.ndarray | Prediction:
     r"""Few-step x0-prediction sampling (distilled generators, e.g. ``"2-2-1"``), no CFG (theory §3.3).
 
-    Stage ``i`` with ``n`` steps evaluates the model at the first ``n`` levels of its grid. Each
+    Stage ``i`` with ``n`` steps evaluates the model at the first ``n`` noise levels of its grid. Each
     evaluation decodes the clean stage signal (:meth:`StageProcess.x0_from_velocity`), then
-    re-noises it with fresh noise (:meth:`StageProcess.sample`): to the next level of the stage
+    re-noises it with fresh noise (:meth:`StageProcess.sample`): to the next noise level of the stage
     with the stage's process, or across the boundary with the finer stage's process at its
-    noisiest level and coarse signal :math:`\mathrm{up}(x_0)`, i.e. its
+    noisiest noise level and coarse signal :math:`\mathrm{up}(x_0)`, i.e. its
     :math:`y_n = (1 - \sigma) \mathrm{up}(x_0) + \sigma \epsilon` (without a pyramid: the plain
     :math:`(1 - \sigma) x_0 + \sigma \epsilon`). Returns the last clean prediction.
 
@@ -208,8 +208,8 @@ def sample_few_step(
             if k + 1 < n:
                 x = process.sample(x0, draw(x.shape), grid[k + 1])
             elif i > 0:  # the finer stage's process at the boundary, coarse signal up(x0)
-                fine = pyramid.levels[i - 1].fine_shape(x.shape) if pyramid is not None else x.shape
-                up = pyramid.levels[i - 1].up(x0, fine) if pyramid is not None else x0
+                fine = pyramid.transitions[i - 1].fine_shape(x.shape) if pyramid is not None else x.shape
+                up = pyramid.transitions[i - 1].up(x0, fine) if pyramid is not None else x0
                 x = stage_process(pyramid, plan, i - 1, fine[-3]).sample(up, draw(fine), sp.sigma_c, coarse=up)
             else:
                 x = x0

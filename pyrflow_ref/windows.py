@@ -146,7 +146,7 @@ def unshift_sigma(s, shift: float):
 
 
 def step_grid(sigma_from: float, sigma_to: float, n: int, shift: float = 1.0) -> np.ndarray:
-    """``n + 1`` levels from ``sigma_from`` to ``sigma_to``: uniform before the shift, then shifted.
+    """``n + 1`` noise levels from ``sigma_from`` to ``sigma_to``: uniform before the shift, then shifted.
 
     The grid is uniform in the unshifted variable, so a stage grid at shift ``k`` is a piece of the
     plain grid at shift ``k``; the ends are exact.

@@ -20,9 +20,9 @@ def test_smooth_signal_has_little_high_band_energy():
     t, h, w = np.meshgrid(np.linspace(0, 1, 9), np.linspace(0, 1, 16), np.linspace(0, 1, 16), indexing="ij")
     smooth = np.sin(2 * t + 3 * h + w)[None, None]
     pyramid = Pyramid.uniform("dct", (2, 2, 2), 3)
-    levels = clean_pyramid_latent(smooth, pyramid)
+    stages = clean_pyramid_latent(smooth, pyramid)
     fractions = [
-        e * (f.size - c.size) / np.sum(f**2) for e, f, c in zip(band_energies(smooth, pyramid), levels, levels[1:])
+        e * (f.size - c.size) / np.sum(f**2) for e, f, c in zip(band_energies(smooth, pyramid), stages, stages[1:])
     ]
     assert max(fractions) < 0.02, fractions
 

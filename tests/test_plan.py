@@ -39,7 +39,7 @@ def test_build_checks_and_passes_plans_through():
     with pytest.raises(ValueError, match="at shift 2.0 used with"):
         Plan.build(plan, PYRAMID, WINDOWS, 1.0)
     with pytest.raises(ValueError, match="used with"):
-        Plan.build(plan, PYRAMID.__class__(PYRAMID.levels[:1]), StageWindows((0.5,)), 2.0)
+        Plan.build(plan, PYRAMID.__class__(PYRAMID.transitions[:1]), StageWindows((0.5,)), 2.0)
     with pytest.raises(ValueError, match="pyramid has 2 stages but the windows have 3"):
         Plan.build("1-1-1", Pyramid.uniform("haar", (2, 2, 2), 2), WINDOWS)
     with pytest.raises(ValueError, match="skips a stage"):

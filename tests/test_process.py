@@ -48,8 +48,8 @@ def test_bands_follow_spec(pyramid):
     for x0s, i, sigma, r, eps, x, v in forward_points(pyramid, seed=0):
         sc, sn = WINDOWS.sigma_c(i), WINDOWS.sigma_n(i)
         if i < 2:
-            level = pyramid.levels[i]
-            p, h = level.project, level.high
+            transition = pyramid.transitions[i]
+            p, h = transition.project, transition.high
             np.testing.assert_allclose(p(x), (1 - sigma) * p(x0s[i]) + sigma * p(eps), atol=1e-12)
             np.testing.assert_allclose(h(x), (1 - r) * (1 - sc) * h(x0s[i]) + sigma * h(eps), atol=1e-12)
             kappa = (1 - sc) / (sn - sc)
@@ -66,7 +66,7 @@ def test_bands_follow_spec(pyramid):
 
 def test_x0_decode_is_exact(pyramid):
     for x0s, i, sigma, _, _, x, v in forward_points(pyramid, seed=1):
-        project = pyramid.levels[i].project if i < 2 else None
+        project = pyramid.transitions[i].project if i < 2 else None
         np.testing.assert_allclose(
             x0_from_velocity(x, v, sigma, WINDOWS.sigma_c(i), WINDOWS.sigma_n(i), project), x0s[i], atol=1e-10
         )
@@ -89,19 +89,19 @@ def test_transition_matches_next_stage_start(pyramid):
     x0s = clean_pyramid_latent(rng.standard_normal((1, 1, 5, 4, 4)), pyramid)
     for i in range(2):
         s = WINDOWS.sigma_c(i + 1)
-        level = pyramid.levels[i]
+        transition = pyramid.transitions[i]
         fine, coarse = x0s[i].shape, x0s[i + 1].shape
         nf, nc = int(np.prod(fine)), int(np.prod(coarse))
         # noise part of up_noisy as a matrix applied to [eps_coarse; w]
-        a = level.up(s * np.eye(nc).reshape(nc, *coarse[1:]), (nc, *fine[1:])).reshape(nc, nf)
-        b = s * level.high(np.eye(nf).reshape(nf, *fine[1:])).reshape(nf, nf)
+        a = transition.up(s * np.eye(nc).reshape(nc, *coarse[1:]), (nc, *fine[1:])).reshape(nc, nf)
+        b = s * transition.high(np.eye(nf).reshape(nf, *fine[1:])).reshape(nf, nf)
         np.testing.assert_allclose(a.T @ a + b.T @ b, WINDOWS.sigma_n(i) ** 2 * np.eye(nf), atol=1e-12)
-        mean = level.up((1 - s) * x0s[i + 1], fine)
+        mean = transition.up((1 - s) * x0s[i + 1], fine)
         np.testing.assert_allclose(mean, (1 - WINDOWS.sigma_n(i)) * coarse_signal_up(x0s, i, pyramid), atol=1e-12)
 
 
 def test_definition_2_pixel_pyramid(pyramid):
-    """Definition 2: encode each pixel level, gain to orthonormal units; the generic x0 decode holds."""
+    """Definition 2: encode each pixel stage, gain to orthonormal units; the generic x0 decode holds."""
     rng = np.random.default_rng(4)
     enc = LinearPatchEncoder(rng.standard_normal((2, 3, 2, 2)) / 3)
     pix = Pyramid.uniform("avgpool", (2, 2, 2), 3)

@@ -37,7 +37,7 @@ def test_code_constants():
 def test_avgpool_jump_is_orthonormal_up_noisy_in_natural_units():
     """a * Up(y) + b * n_hf (natural units) equals up_noisy of the orthonormal state, scaled by c."""
     rng = np.random.default_rng(0)
-    level = Resampler("haar", (1, 2, 2), first_frame=False)
+    transition = Resampler("haar", (1, 2, 2), first_frame=False)
     avg = Resampler("avgpool", (1, 2, 2), first_frame=False)
     s = 0.3
     a, b, e = jump_coefficients(s, 4)
@@ -45,11 +45,11 @@ def test_avgpool_jump_is_orthonormal_up_noisy_in_natural_units():
     w = rng.standard_normal((1, 2, 3, 8, 8))
     sigma = 1 - s
     c = 2 * (1 - sigma) + sigma  # orthonormal coarse state = c * natural state (gain 2)
-    ortho = level.up_noisy(c * y_nat, sigma, w)
-    natural = a * avg.up(y_nat, w.shape) + b * high_band_unit_noise(level, w)
+    ortho = transition.up_noisy(c * y_nat, sigma, w)
+    natural = a * avg.up(y_nat, w.shape) + b * high_band_unit_noise(transition, w)
     np.testing.assert_allclose(natural, ortho, atol=1e-13)
     # the block noise has unit variance and -1/3 correlation inside each 2x2 block
-    n = high_band_unit_noise(level, rng.standard_normal((20000, 1, 1, 2, 2))).reshape(-1, 4)
+    n = high_band_unit_noise(transition, rng.standard_normal((20000, 1, 1, 2, 2))).reshape(-1, 4)
     cov = n.T @ n / len(n)
     assert np.abs(np.diag(cov) - 1).max() < 0.05
     assert np.abs(cov[~np.eye(4, dtype=bool)] + 1 / 3).max() < 0.05

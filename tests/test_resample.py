@@ -175,7 +175,7 @@ def test_pyramid_shapes_and_gains():
     [
         (
             lambda: Pyramid.uniform("haar", (2, 2, 2), 3).shapes((1, 1, 21, 58, 104)),
-            r"level 1 -> 2: height 29 is not divisible by factor 2",
+            r"transition 1 -> 2: height 29 is not divisible by factor 2",
         ),
         (lambda: Resampler().coarse_shape((1, 1, 20, 4, 4)), r"frame count 20 does not fit the first-frame rule"),
         (lambda: Resampler(first_frame=False).coarse_shape((1, 1, 5, 4, 4)), r"frame count 5 is not divisible"),

@@ -84,7 +84,7 @@ def test_few_step_sampler_is_exact_for_a_point_mass(family, schedule):
     point = rng.standard_normal(SHAPE)
     steps = tuple(int(n) for n in schedule.split("-"))
     eff = WINDOWS.for_schedule(steps)
-    sub = Pyramid(pyramid.levels[: eff.num_stages - 1])
+    sub = Pyramid(pyramid.transitions[: eff.num_stages - 1])
     model = GaussianVideoModel.latent(np.zeros((80, 80)), SHAPE, sub, eff, mean=point)
     noise = rng.standard_normal((3, *model.shapes[-1]))
     out = sample_few_step(model, noise, sub, eff, steps[3 - eff.num_stages :], rng=rng)
@@ -143,7 +143,7 @@ def test_few_step_stops_at_each_evaluation():
         callback=lambda i, k, s, x: states.append(x),
     )  # fmt: skip
     plan = Plan.build("2-2-1", pyramid, WINDOWS, 3.0)
-    levels = [float(s) for sp in plan.stages for s in sp.grid[:-1]]
+    sigmas = [float(s) for sp in plan.stages for s in sp.grid[:-1]]
     stages = []
     for k in range(5):
         x0, stage, process = sample_few_step(
@@ -151,7 +151,7 @@ def test_few_step_stops_at_each_evaluation():
         )
         stages.append(stage)
         assert (process.sigma_c, process.sigma_n) == (WINDOWS.sigma_c(stage), WINDOWS.sigma_n(stage))
-        np.testing.assert_array_equal(x0, process.denoise(model, states[k], levels[k]))
+        np.testing.assert_array_equal(x0, process.denoise(model, states[k], sigmas[k]))
     assert stages == [2, 2, 1, 1, 0]
     np.testing.assert_array_equal(x0, out)
     with pytest.raises(ValueError, match="stop 5 outside the 5 evaluations"):

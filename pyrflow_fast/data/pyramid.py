@@ -7,7 +7,7 @@ r"""Clean per-stage training signals :math:`x_0^{(i)}` in orthonormal units (the
   with the latent pyramid, :math:`x_0^{(i+1)} = \mathrm{down}(x_0^{(i)})`
   (:func:`pyrflow_fast.process.clean_pyramid_latent`).
 - **Definition 2** (pixel space): downsample the RGB video with the *pixel pyramid*, encode every
-  level with the VAE, and multiply by the latent pyramid's per-frame gain :math:`g_i`
+  stage with the VAE, and multiply by the latent pyramid's per-frame gain :math:`g_i`
   (:func:`pyrflow_fast.process.clean_pyramid_pixel`). The default pixel pyramid is
   :func:`pixel_pyramid_for`: ``avgpool`` (box-filter mean pooling, the antialiasing filter
   Pyramid Flow uses) with the latent pyramid's factors and the first-frame rule.
@@ -16,9 +16,9 @@ Why the first-frame rule in pixel space matches the VAE: Wan's causal VAE maps `
 frames to ``1 + k`` latent frames (pixel frame 0 alone to latent frame 0, then 4 pixel frames per
 latent frame). Halving the pixel video in time under the first-frame rule gives ``1 + 2k`` frames,
 which encode to ``1 + k/2`` latent frames: exactly the latent pyramid's coarse frame count, and
-latent frame ``j >= 1`` of the coarse level covers pixel frames ``8j-7 .. 8j`` of the original,
+latent frame ``j >= 1`` of the coarse stage covers pixel frames ``8j-7 .. 8j`` of the original,
 the same span as latent frames ``2j-1, 2j`` that Haar merges. Wan's 81 frames: pixel
-81 -> 41 -> 21 = (1+80) -> (1+40) -> (1+20), latents 21 -> 11 -> 6. Spatially, every pixel level
+81 -> 41 -> 21 = (1+80) -> (1+40) -> (1+20), latents 21 -> 11 -> 6. Spatially, every pixel stage
 must stay a multiple of the VAE stride (8), i.e. ``H, W`` multiples of ``8 * 2**(S-1)``.
 
 For a *linear* encoder that mean-pools over the VAE stride (first-frame rule), Definition 2 equals
@@ -39,13 +39,13 @@ DEFINITIONS = (1, 2)
 
 
 def pixel_pyramid_for(pyramid: Pyramid) -> Pyramid:
-    """The ``avgpool`` pixel pyramid with ``pyramid``'s per-level factors and first-frame rule.
+    """The ``avgpool`` pixel pyramid with ``pyramid``'s per-transition factors and first-frame rule.
 
     >>> p = pixel_pyramid_for(WAN_PYRAMID)
     >>> [s[-3:] for s in p.shapes((1, 3, 81, 448, 832))]
     [(81, 448, 832), (41, 224, 416), (21, 112, 208)]
     """
-    return Pyramid(tuple(Resampler("avgpool", lvl.factors, lvl.first_frame) for lvl in pyramid.levels))
+    return Pyramid(tuple(Resampler("avgpool", tr.factors, tr.first_frame) for tr in pyramid.transitions))
 
 
 def clean_pyramid(
@@ -64,11 +64,11 @@ def clean_pyramid(
     :param definition: 1 (latent-space pyramid) or 2 (pixel-space pyramid).
     :param components: anything with ``encode_video`` (e.g. :class:`~pyrflow_fast.pipeline.WanComponents`);
         unused when latents are given.
-    :param pyramid: the latent pyramid (levels and gains).
+    :param pyramid: the latent pyramid (transitions and gains).
     :param pixel_pyramid: Definition 2's pixel downsamplers; default :func:`pixel_pyramid_for`.
     :param kind: ``"video"`` or ``"latents"``; default: a 3-channel input is a video.
     :raises ValueError: for an unknown definition, latents given to Definition 2, or sizes that do
-        not fit the pyramid (the message names the level).
+        not fit the pyramid (the message names the stage).
     """
     if definition not in DEFINITIONS:
         raise ValueError(f"definition must be 1 (latent space) or 2 (pixel space), got {definition!r}")
@@ -85,7 +85,7 @@ def clean_pyramid(
     if kind not in ("video", "latents"):
         raise ValueError(f"kind must be 'video' or 'latents', got {kind!r}")
     if kind == "latents" and definition == 2:
-        raise ValueError("Definition 2 encodes every pixel level: give the video (B, 3, F, H, W), not latents")
+        raise ValueError("Definition 2 encodes every pixel stage: give the video (B, 3, F, H, W), not latents")
     if kind == "video" and x.shape[1] != 3:
         raise ValueError(f"a video must have 3 channels, got shape {tuple(x.shape)}")
     if definition == 1:
@@ -102,7 +102,7 @@ def clean_pyramid(
                     check(*s[-3:])
                 except ValueError as err:
                     raise ValueError(
-                        f"pixel pyramid level {i} has size {s[-3:]} that the VAE cannot encode: {err}"
+                        f"pixel pyramid stage {i} has size {s[-3:]} that the VAE cannot encode: {err}"
                     ) from None
         out = clean_pyramid_pixel(x.float(), pyramid, lambda v: components.encode_video(v).float(), pix)
     return [o[0] for o in out] if unbatched else out

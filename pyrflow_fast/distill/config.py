@@ -50,7 +50,7 @@ VARIANTS: dict[str, str] = {
     "dmd-pt*": "DMD with the pyramidal teacher and process, without band weights (the paper's final recipe)",
     "adv-od": "adversarial distillation, discriminator on frozen features of the original Wan",
     "adv-pd": "adversarial distillation, discriminator on frozen features of the pyramidal teacher",
-    "ppf": "pyramidal patchification: flow-matching finetune of a PPF model (levels as stages), then DMD with PPF "
+    "ppf": "pyramidal patchification: flow-matching finetune of a PPF model (patch sizes as stages), then DMD with PPF "
     "student, teacher and critic",
 }
 """Accepted ``distill.variant`` values and what they are."""
@@ -125,7 +125,7 @@ class DistillSection:
         200,
         "dmd-ot: steps of the multi-resolution flow-matching finetune of the original teacher (plain forward "
         "process at every stage resolution, one batch per stage and step); ppf: steps of the PPF diffusion "
-        "finetune (plain process on the full latent, one batch per level and step, sigma in the level's window). "
+        "finetune (plain process on the full latent, one batch per stage and step, sigma in the stage's window). "
         "The critic, and for ppf the student, start from the finetuned teacher; 0: skip.",
     )
     teacher_finetune_lr: float = _f(1e-5, "dmd-ot and ppf: learning rate of the teacher finetune (AdamW, no warm-up).")
@@ -138,8 +138,8 @@ class DistillSection:
     adv_weight: float = _f(1.0, "adv-*: weight of the adversarial (hinge) term of the generator loss.")
     ppf_patches: list = _f(
         [[1, 2, 2], [1, 4, 4], [1, 8, 8]],
-        "ppf: patch (T, H, W) per level on the full-resolution latent, finest first (one per pyramid stage; level "
-        "0 is the pretrained patch); the pyramid's boundaries are the level windows.",
+        "ppf: patch (T, H, W) per stage on the full-resolution latent, finest first (one per pyramid stage; stage "
+        "0 is the pretrained patch); the pyramid's boundaries are the stage windows.",
     )
     rec_weight: float = _f(
         2.0,

@@ -11,7 +11,7 @@ Re-noising (:class:`pyrflow_fast.process.StageProcess`)
 -------------------------------------------------------
 Inside a stage with window :math:`[\sigma_c, \sigma_n]`, local level
 :math:`\rho = (\sigma - \sigma_c)/(\sigma_n - \sigma_c)` and the projection :math:`P` onto the
-low band of the level below (Definition 1, :math:`\mathrm{up}(x_0^{(i+1)}) = P x_0`), the
+low band of the stage below (Definition 1, :math:`\mathrm{up}(x_0^{(i+1)}) = P x_0`), the
 pyramidal forward process is linear in :math:`x_0`:
 
 .. math::

@@ -65,7 +65,7 @@ def _impl(tensor: torch.Tensor) -> ModuleType:
     return _triton_ops() if use_triton(tensor) else torch_ops
 
 
-def _haar_level(factors, first_frame: bool) -> Resampler:
+def _haar_transition(factors, first_frame: bool) -> Resampler:
     factors = tuple(int(f) for f in factors)
     if factors not in FUSED_FACTORS:
         raise ValueError(f"fused Haar kernels support factors {FUSED_FACTORS}, got {factors}")
@@ -77,7 +77,7 @@ def haar_down(
     x: torch.Tensor, factors=(2, 2, 2), first_frame: bool = True, gain: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Orthonormal Haar down of ``(..., F, H, W)``; coarse frame ``f`` times ``gain[f]`` if given."""
-    shape = _haar_level(factors, first_frame).coarse_shape(x.shape)
+    shape = _haar_transition(factors, first_frame).coarse_shape(x.shape)
     if gain is not None and tuple(gain.shape) != shape[-3:-2]:
         raise ValueError(f"gain must have one value per coarse frame, shape ({shape[-3]},), got {tuple(gain.shape)}")
     return _impl(x).haar_down(x, tuple(factors), first_frame, gain)
@@ -98,8 +98,8 @@ def haar_up_noisy(
     ``torch.Generator().manual_seed(seed)`` on the torch path. The two streams differ (same
     distribution), so results are reproducible per path only.
     """
-    level = _haar_level(factors, first_frame)
-    shape = level.fine_shape(tuple(y.shape))
+    transition = _haar_transition(factors, first_frame)
+    shape = transition.fine_shape(tuple(y.shape))
     if w is not None and tuple(w.shape) != shape:
         raise ValueError(f"noise has shape {tuple(w.shape)}, the coarse array of shape {tuple(y.shape)} needs {shape}")
     if w is None and seed is None:

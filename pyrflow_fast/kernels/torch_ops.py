@@ -22,15 +22,15 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def per_sample(s, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A number or per-sample ``(B,)`` level as a ``(B,)`` tensor, ``B = y.shape[0]``."""
+    """A number or per-sample ``(B,)`` noise level as a ``(B,)`` tensor, ``B = y.shape[0]``."""
     s = torch.as_tensor(s, dtype=dtype, device=y.device)
     if s.ndim > 1:
-        raise ValueError(f"expected a scalar or a per-sample (B,) level, got shape {tuple(s.shape)}")
+        raise ValueError(f"expected a scalar or a per-sample (B,) noise level, got shape {tuple(s.shape)}")
     return s.expand(y.shape[0])
 
 
 def fine_shape(shape, factors, first_frame: bool) -> tuple[int, ...]:
-    """The fine shape of a Haar level whose coarse shape is ``shape``."""
+    """The fine shape of a Haar transition whose coarse shape is ``shape``."""
     return Resampler("haar", tuple(factors), first_frame).fine_shape(tuple(shape))
 
 

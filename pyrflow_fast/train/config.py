@@ -86,7 +86,7 @@ class PyramidConfig:
         "steps 40 and 20: 5/9, 15/17).",
     )
     resampler: str = _f("haar", "Resampler family of the latent pyramid: `haar` or `dct`.")
-    factors: list = _f([2, 2, 2], "Per-level factors (T, H, W) on the latent (the first-frame rule applies on T).")
+    factors: list = _f([2, 2, 2], "Per-transition factors (T, H, W) on the latent (the first-frame rule applies on T).")
 
     def build(self):
         """The :class:`~pyrflow_fast.resample.Pyramid` and :class:`~pyrflow_ref.windows.StageWindows` of this

@@ -108,7 +108,7 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
     """Clip the global gradient norm of ``params`` to ``max_norm`` (0: no clipping) and return the norm.
 
     All plain tensors or all DTensors: :func:`torch.nn.utils.clip_grad_norm_`. FSDP2 shards mixed with
-    replicated tensors (LoRA adapters, PPF's per-level layers) cannot share one norm kernel: the
+    replicated tensors (LoRA adapters, PPF's per-stage layers) cannot share one norm kernel: the
     shards' squares are summed over the ranks, the replicated ones counted once.
     """
     sharded = [hasattr(p, "device_mesh") for p in params]

@@ -133,10 +133,12 @@ def check_dataset(dataset: Dataset, pyramid: Pyramid, model_config, data) -> Non
         raise ValueError("the dataset is empty")
     data_pyramid = getattr(dataset, "pyramid", None)
     if data_pyramid is not None:
-        have = [(lv.family, tuple(lv.factors)) for lv in data_pyramid.levels]
-        want = [(lv.family, tuple(lv.factors)) for lv in pyramid.levels]
+        have = [(tr.family, tuple(tr.factors)) for tr in data_pyramid.transitions]
+        want = [(tr.family, tuple(tr.factors)) for tr in pyramid.transitions]
         if have[: len(want)] != want:
-            raise ConfigMismatchError(f"the dataset's pyramid levels {have} do not match the config's pyramid {want}")
+            raise ConfigMismatchError(
+                f"the dataset's pyramid transitions {have} do not match the config's pyramid {want}"
+            )
     first = dataset[0]
     check_item(first, pyramid, model_config, f"dataset ({data.kind})")
     size = tuple(first["x0s"][0].shape[-3:])

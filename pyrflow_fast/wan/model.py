@@ -168,7 +168,7 @@ class _Head(nn.Module):
         return _linear32(self.head, self.modulate(x, e))
 
     def modulate(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """The head's input to its output Linear (separate: PPF's coarser levels have their own Linear)."""
+        """The head's input to its output Linear (separate: PPF's coarser stages have their own Linear)."""
         # x: (B, F, S, dim); e: (B, F, dim) float32. Everything here runs in float32.
         m = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unsqueeze(3)  # (B, F, 2, 1, dim)
         shift, scale = m.unbind(2)
@@ -323,7 +323,7 @@ class WanDiT(nn.Module):
     ) -> torch.Tensor:
         """The forward pass after the time embedding and RoPE tables: patchify, blocks, head, unpatchify.
 
-        Separate so that :class:`~pyrflow_fast.ppf.PPFWan` runs its levels through the same blocks with its own
+        Separate so that :class:`~pyrflow_fast.ppf.PPFWan` runs its stages through the same blocks with its own
         ``patch``, patch ``embed`` and output ``head`` (default: the model's).
         """
         b, _, f, h, w = x.shape

@@ -74,8 +74,8 @@ def test_cli_offers_the_transition_families():
 def test_latent_pyramid(family):
     pyramid = latent_pyramid(family, [2, 2, 2], 3)
     want = Pyramid.uniform(family, (2, 2, 2), 3, first_frame=True)
-    assert [(lv.family, lv.factors, lv.first_frame) for lv in pyramid.levels] == [
-        (lv.family, lv.factors, lv.first_frame) for lv in want.levels
+    assert [(tr.family, tr.factors, tr.first_frame) for tr in pyramid.transitions] == [
+        (tr.family, tr.factors, tr.first_frame) for tr in want.transitions
     ]
     assert pyramid.shapes((1, 16, 21, 56, 104)) == want.shapes((1, 16, 21, 56, 104))
     card = ModelCard(resampler=family, factors=(2, 2, 2))
@@ -133,18 +133,18 @@ def test_load_ppf(tmp_path):
     card = ModelCard(kind="distilled", ppf_patches=((1, 2, 2), (1, 4, 4), (1, 8, 8)))
     trained = PPFWan(random_wan("tiny", seed=5), card.ppf_patches)
     with torch.no_grad():
-        trained.level_embedding.normal_()
+        trained.stage_embedding.normal_()
         trained.heads[2].weight.mul_(2.0)
-    levels = {k: v.contiguous() for k, v in trained.state_dict().items() if not k.startswith("model.")}
+    stage_layers = {k: v.contiguous() for k, v in trained.state_dict().items() if not k.startswith("model.")}
     with pytest.raises(FileNotFoundError, match=f"is a PPF checkpoint .* has no {PPF_FILE}"):
         load_ppf(tmp_path, base, card)
-    save_file(levels, str(tmp_path / PPF_FILE))
+    save_file(stage_layers, str(tmp_path / PPF_FILE))
     ppf = load_ppf(tmp_path, base, card)
     assert ppf.model is base and not ppf.training
     assert _same_weights(ppf, trained)
-    save_file({**levels, "extra": torch.zeros(1)}, str(tmp_path / PPF_FILE))
+    save_file({**stage_layers, "extra": torch.zeros(1)}, str(tmp_path / PPF_FILE))
     with pytest.raises(ValueError, match=r"unexpected \['extra'\]"):
         load_ppf(tmp_path, base, card)
-    save_file({k: v for k, v in levels.items() if k != "level_embedding"}, str(tmp_path / PPF_FILE))
-    with pytest.raises(ValueError, match=r"missing \['level_embedding'\]"):
+    save_file({k: v for k, v in stage_layers.items() if k != "stage_embedding"}, str(tmp_path / PPF_FILE))
+    with pytest.raises(ValueError, match=r"missing \['stage_embedding'\]"):
         load_ppf(tmp_path, base, card)

@@ -86,23 +86,23 @@ def test_frozen_denoiser_records_no_graph_and_returns_an_ordinary_tensor(model):
 def ppf():
     ppf = PPFWan(random_wan("tiny", seed=4)).eval()
     with torch.no_grad():
-        ppf.level_embedding.normal_()
+        ppf.stage_embedding.normal_()
     return ppf
 
 
 def test_ppf_denoiser_dispatches_levels_by_timestep(ppf):
     x, _, ctx = inputs(ppf.config, batch=3, size=(3, 8, 8))
-    t = torch.tensor([900.0, 400.0, 100.0])  # levels 2, 0 (a boundary belongs to the finer level), 0
+    t = torch.tensor([900.0, 400.0, 100.0])  # stages 2, 0 (a boundary belongs to the finer stage), 0
     model = PPFDenoiser(ppf, WINDOWS)
-    assert model.levels(t, 3, 3) == [2, 0, 0]
-    assert model.levels(torch.tensor([[500.0] * 3] * 3), 3, 3) == [1, 1, 1]
+    assert model.stages(t, 3, 3) == [2, 0, 0]
+    assert model.stages(torch.tensor([[500.0] * 3] * 3), 3, 3) == [1, 1, 1]
     with torch.no_grad():
         out = model(x, t, ctx)
         assert out.shape == x.shape and out.dtype == torch.float32
-        torch.testing.assert_close(out[:1], ppf(x[:1], t[:1], ctx[:1], level=2))
-        torch.testing.assert_close(out[1:], ppf(x[1:], t[1:], ctx[1:], level=0))
-        assert not torch.allclose(out[:1], ppf(x[:1], t[:1], ctx[:1], level=0))
+        torch.testing.assert_close(out[:1], ppf(x[:1], t[:1], ctx[:1], stage=2))
+        torch.testing.assert_close(out[1:], ppf(x[1:], t[1:], ctx[1:], stage=0))
+        assert not torch.allclose(out[:1], ppf(x[:1], t[:1], ctx[:1], stage=0))
     with pytest.raises(ValueError, match="equal over frames"):
         model(x[:2], torch.tensor([[100.0, 200.0, 300.0], [1.0, 1.0, 1.0]]), ctx[:2])
-    with pytest.raises(ValueError, match="2 windows for 3 PPF levels"):
+    with pytest.raises(ValueError, match="2 windows for 3 PPF stages"):
         PPFDenoiser(ppf, StageWindows((0.5,)))

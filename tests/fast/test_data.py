@@ -354,7 +354,7 @@ def test_pixel_pyramid_frames():
     assert [s[-3:] for s in pix.shapes((1, 3, 81, 448, 832))] == [(81, 448, 832), (41, 224, 416), (21, 112, 208)]
     assert [s[-3:] for s in WAN_PYRAMID.shapes((1, 16, 21, 56, 104))] == [(21, 56, 104), (11, 28, 52), (6, 14, 26)]
     assert [(f - 1) // 4 + 1 for f in (81, 41, 21)] == [21, 11, 6]
-    assert all(lvl.family == "avgpool" and lvl.first_frame for lvl in pix.levels)
+    assert all(tr.family == "avgpool" and tr.first_frame for tr in pix.transitions)
 
 
 def test_definitions_shapes_and_gains(comps):
@@ -364,17 +364,17 @@ def test_definitions_shapes_and_gains(comps):
     assert torch.equal(one[0], two[0]) and torch.equal(one[0], comps.encode_video(video))
     # Definition 1 from latents equals Definition 1 from the video
     assert all(torch.equal(a, b) for a, b in zip(one, clean_pyramid(one[0], 1, comps)))
-    # Definition 2 = gain x encode(pixel level): 17 -> 9 -> 5 pixel frames, 64 -> 32 -> 16 pixels
+    # Definition 2 = gain x encode(pixel stage): 17 -> 9 -> 5 pixel frames, 64 -> 32 -> 16 pixels
     pix = pixel_pyramid_for(WAN_PYRAMID)
-    level = video
+    stage_video = video
     for i in range(3):
         if i:
-            level = pix.levels[i - 1].down(level)
-        assert level.shape[2:] == ((17, 64, 64), (9, 32, 32), (5, 16, 16))[i]
+            stage_video = pix.transitions[i - 1].down(stage_video)
+        assert stage_video.shape[2:] == ((17, 64, 64), (9, 32, 32), (5, 16, 16))[i]
         g64 = WAN_PYRAMID.gain(i, LATENT[i][1])
         np.testing.assert_allclose(g64, [[1.0] * 5, [2.0] + [8**0.5] * 2, [4.0, 8.0]][i], rtol=1e-15)
         g = torch.tensor(g64, dtype=torch.float32)
-        torch.testing.assert_close(two[i], comps.encode_video(level) * g[:, None, None])
+        torch.testing.assert_close(two[i], comps.encode_video(stage_video) * g[:, None, None])
     # unbatched in, unbatched out
     assert [tuple(x.shape) for x in clean_pyramid(video[0], 2, comps)] == LATENT
 
@@ -382,7 +382,7 @@ def test_definitions_shapes_and_gains(comps):
 def test_definition2_equals_definition1_for_stand_in_vaes():
     """What was tested: with a linear mean-pool encoder, Definition 2 equals Definition 1 for any
     video; with a pointwise nonlinearity after it, for a constant video only (the nonlinearity is
-    then applied to the same constant at every level). The tiny random Wan VAE zero-pads at its
+    then applied to the same constant at every stage). The tiny random Wan VAE zero-pads at its
     borders, which at 8x8 latents reaches every position, so there only shapes and gains are
     checked (test_definitions_shapes_and_gains)."""
     gen = torch.Generator().manual_seed(1)
@@ -400,9 +400,9 @@ def test_definition2_equals_definition1_for_stand_in_vaes():
 def test_clean_pyramid_errors(comps):
     with pytest.raises(ValueError, match="definition must be 1"):
         clean_pyramid(torch.zeros(1, 3, 17, 64, 64), 3, comps)
-    with pytest.raises(ValueError, match="Definition 2 encodes every pixel level"):
+    with pytest.raises(ValueError, match="Definition 2 encodes every pixel stage"):
         clean_pyramid(torch.zeros(1, 16, 5, 8, 8), 2, comps)
-    with pytest.raises(ValueError, match="pixel pyramid level 2 .* VAE cannot encode"):
+    with pytest.raises(ValueError, match="pixel pyramid stage 2 .* VAE cannot encode"):
         clean_pyramid(torch.zeros(1, 3, 17, 48, 48), 2, comps)  # pixels 48 -> 24 -> 12, not a multiple of 8
     with pytest.raises(ValueError, match="does not fit 3 stages"):
         clean_pyramid(torch.zeros(1, 16, 4, 8, 8), 1, comps)

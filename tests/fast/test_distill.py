@@ -41,11 +41,11 @@ SHAPES = HAAR.shapes(FULL)  # stage shapes, finest first: F x H x W = 5x8x8, 3x4
 SHAPE = SHAPES[1]
 
 
-def dense_projection(level, shape):
-    """The matrix of P = L^T L of a level on one (F, H, W) channel."""
+def dense_projection(transition, shape):
+    """The matrix of P = L^T L of a transition on one (F, H, W) channel."""
     n = int(np.prod(shape))
     basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, *shape)
-    return level.project(basis).reshape(n, n).T
+    return transition.project(basis).reshape(n, n).T
 
 
 # ----------------------------------------------------------------------------- config and draws
@@ -170,7 +170,7 @@ def test_closed_form_eps_recovers_the_noise(stage):
 
 def test_pt_band_weights_equal_mtm_with_haar_p():
     proc = StageProcess.pyramidal(HAAR, WINDOWS, 1, SHAPE[2])
-    pmat = dense_projection(HAAR.levels[1], SHAPE[2:])
+    pmat = dense_projection(HAAR.transitions[1], SHAPE[2:])
     n = pmat.shape[0]
     torch.testing.assert_close(pmat @ pmat, pmat, rtol=0, atol=1e-13)  # P^2 = P
     sigma = 0.45
@@ -242,7 +242,7 @@ def test_teacher_cfg_and_x0_decoding():
         else:  # pyramidal decode: P d + (I - P) d / k
             d = x - sigma.reshape(-1, 1, 1, 1, 1) * v
             k = (1 - 0.3) * 0.7 / 0.4
-            pd = HAAR.levels[1].project(d)
+            pd = HAAR.transitions[1].project(d)
             torch.testing.assert_close(out.x0_fake, pd + (d - pd) / k)
             assert bool(((sigma >= 0.3) & (sigma <= 0.7)).all())
 

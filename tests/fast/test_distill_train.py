@@ -75,7 +75,7 @@ def test_rollout_stages_and_gradient():
 
 
 def test_ppf_rollout_to_the_last_step_is_sample_ppf(tiny_model):
-    from pyrflow_fast.ppf import PPFWan, ppf_levels, sample_ppf
+    from pyrflow_fast.ppf import PPFWan, ppf_stages, sample_ppf
 
     ppf = PPFWan(tiny_model)
     noise = torch.randn(2, 4, 2, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -84,8 +84,8 @@ def test_ppf_rollout_to_the_last_step_is_sample_ppf(tiny_model):
         ref = sample_ppf(
             ppf, noise, ctx, WINDOWS, "2-2-1", shift=5.0, few_step=True, rng=torch.Generator().manual_seed(1)
         )
-    x0, level, process = sample_few_step(
-        ppf_levels(ppf),
+    x0, stage, process = sample_few_step(
+        ppf_stages(ppf),
         noise,
         None,
         WINDOWS,
@@ -95,13 +95,13 @@ def test_ppf_rollout_to_the_last_step_is_sample_ppf(tiny_model):
         rng=torch.Generator().manual_seed(1),
         stop=4,
     )
-    assert level == 0 and process.sigma_c == 0.0 and process.sigma_n == 1.0 and x0.requires_grad
+    assert stage == 0 and process.sigma_c == 0.0 and process.sigma_n == 1.0 and x0.requires_grad
     torch.testing.assert_close(x0, ref)
     with torch.no_grad():
-        levels = [
-            sample_few_step(ppf_levels(ppf), noise, None, WINDOWS, "2-2-1", cond=ctx, stop=k)[1] for k in range(5)
+        stages = [
+            sample_few_step(ppf_stages(ppf), noise, None, WINDOWS, "2-2-1", cond=ctx, stop=k)[1] for k in range(5)
         ]
-    assert levels == [2, 2, 1, 1, 0]
+    assert stages == [2, 2, 1, 1, 0]
 
 
 def test_ppf_diffusion_finetune_lowers_the_per_level_loss():
@@ -110,10 +110,10 @@ def test_ppf_diffusion_finetune_lowers_the_per_level_loss():
     ppf = PPFWan(random_wan("tiny", seed=1, std=0.05))
     gen = torch.Generator().manual_seed(0)
     batch = ([torch.randn(2, 4, 2, 16, 16, generator=gen)], torch.randn(2, 3, 16, generator=gen))
-    emb = ppf.level_embedding.detach().clone()
+    emb = ppf.stage_embedding.detach().clone()
     losses = ppf_finetune(ppf, lambda n: batch, WINDOWS, 15, 3e-3)
     assert len(losses) == 15 and losses[-1] < losses[0]
-    assert not torch.equal(emb, ppf.level_embedding)
+    assert not torch.equal(emb, ppf.stage_embedding)
 
 
 def test_frozen_denoiser_returns_ordinary_tensors():
@@ -224,7 +224,7 @@ def test_every_variant_trains_the_student_only(tmp_path, model_path, variant):
         assert not any(p.requires_grad for p in d.original.parameters())
     if variant == "ppf":  # PPF diffusion finetune of the teacher, then DMD with PPF student / teacher / critic
         assert d.teacher_losses and d.ppf_student is not None
-        assert d.ppf_student.level_embedding.requires_grad and not d.ppf_teacher.level_embedding.requires_grad
+        assert d.ppf_student.stage_embedding.requires_grad and not d.ppf_teacher.stage_embedding.requires_grad
         assert "dmd" in history[0] and "regression" in history[0]
     elif variant.startswith("dmd"):
         assert "dmd" in history[0] and "regression" in history[0]

@@ -52,9 +52,9 @@ def test_use_triton(monkeypatch):
 @pytest.mark.parametrize(("factors", "first_frame", "frames"), CASES)
 def test_haar_down(factors, first_frame, frames, dtype):
     x = randn((2, 3, frames, *SHAPE_HW), 0, dtype)
-    level = rr.Resampler("haar", factors, first_frame)
-    coarse_frames = level.coarse_shape(x.shape)[-3]
-    gain = 1 / torch.from_numpy(level.gain(coarse_frames)).float()
+    transition = rr.Resampler("haar", factors, first_frame)
+    coarse_frames = transition.coarse_shape(x.shape)[-3]
+    gain = 1 / torch.from_numpy(transition.gain(coarse_frames)).float()
     for g in (None, gain):
         check(
             triton_ops.haar_down(x, factors, first_frame, g),
@@ -63,21 +63,21 @@ def test_haar_down(factors, first_frame, frames, dtype):
         )
     assert torch_ops.haar_down(x, factors, first_frame).dtype == dtype
     # the twin is the reference's orthonormal Haar, and the gain scales coarse frames
-    want = level.down(x.double().numpy()) * gain.double().numpy()[:, None, None]
+    want = transition.down(x.double().numpy()) * gain.double().numpy()[:, None, None]
     np.testing.assert_allclose(torch_ops.haar_down(x.double(), factors, first_frame, gain).numpy(), want, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("factors", "first_frame", "frames"), CASES)
 def test_haar_up_noisy_given_noise(factors, first_frame, frames, dtype):
-    level = rr.Resampler("haar", factors, first_frame)
+    transition = rr.Resampler("haar", factors, first_frame)
     fine = (2, 3, frames, *SHAPE_HW)
-    y, w = randn(level.coarse_shape(fine), 1, dtype), randn(fine, 2, dtype)
+    y, w = randn(transition.coarse_shape(fine), 1, dtype), randn(fine, 2, dtype)
     for s in (0.6, torch.tensor([0.2, 0.9])):
         want = torch_ops.haar_up_noisy(y.float(), s, w.float(), factors, first_frame)
         check(triton_ops.haar_up_noisy(y, s, w, factors, first_frame), want, dtype)
     assert torch_ops.haar_up_noisy(y, 0.6, w, factors, first_frame).dtype == dtype
-    want = level.up_noisy(y.double().numpy(), np.array([0.2, 0.9]), w.double().numpy())
+    want = transition.up_noisy(y.double().numpy(), np.array([0.2, 0.9]), w.double().numpy())
     got = torch_ops.haar_up_noisy(y.double(), np.array([0.2, 0.9]), w.double(), factors, first_frame)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
 
@@ -85,9 +85,9 @@ def test_haar_up_noisy_given_noise(factors, first_frame, frames, dtype):
 @pytest.mark.parametrize(("factors", "first_frame", "frames"), CASES[:3])
 def test_haar_up_noisy_philox_statistics(factors, first_frame, frames):
     """In-kernel noise: zero block mean exactly, and white before the projection (mean 0, variance 1)."""
-    level = rr.Resampler("haar", factors, first_frame)
+    transition = rr.Resampler("haar", factors, first_frame)
     fine = (2, 4, frames, 32, 32)
-    y = torch.zeros(level.coarse_shape(fine))
+    y = torch.zeros(transition.coarse_shape(fine))
     n = triton_ops.haar_up_noisy(y, 1.0, None, factors, first_frame, seed=123)
     assert n.shape == fine
     assert torch.equal(n, triton_ops.haar_up_noisy(y, 1.0, None, factors, first_frame, seed=123))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyrflow_fast.ppf import ppf_levels, sample_ppf
+from pyrflow_fast.ppf import ppf_stages, sample_ppf
 from pyrflow_fast.resample import Pyramid
 from pyrflow_fast.samplers import sample_few_step
 from pyrflow_ref.plan import Plan
@@ -58,10 +58,10 @@ def test_ppf_rollout(schedule, stop):
     noise, ctx = mk.ppf_inputs(mk.SCHEDULES.index(schedule))
     rng = torch.Generator().manual_seed(20 + mk.SCHEDULES.index(schedule))
     with torch.no_grad():
-        x0, level, process = sample_few_step(
-            ppf_levels(mk.LevelModel()), noise, None, WINDOWS, schedule, cond=ctx, shift=mk.SHIFT, rng=rng, stop=stop
+        x0, stage, process = sample_few_step(
+            ppf_stages(mk.LevelModel()), noise, None, WINDOWS, schedule, cond=ctx, shift=mk.SHIFT, rng=rng, stop=stop
         )
-    assert level == int(GOLDEN[f"ppf/{schedule}/{stop}/stage"])
+    assert stage == int(GOLDEN[f"ppf/{schedule}/{stop}/stage"])
     assert (process.sigma_c, process.sigma_n, process.project) == (0.0, 1.0, None)
     close_rel(x0, GOLDEN[f"ppf/{schedule}/{stop}/x0"])
 
@@ -98,6 +98,6 @@ def test_only_the_stopped_evaluation_carries_a_gradient(stop):
         model, noise, pyramid, WINDOWS, "2-2-1", rng=torch.Generator().manual_seed(1), stop=stop
     )
     (grad,) = torch.autograd.grad(x0.sum(), w)
-    levels = [float(s) for sp in Plan.build("2-2-1", pyramid, WINDOWS).stages for s in sp.grid[:-1]]
-    (want,) = torch.autograd.grad(process.denoise(model, states[stop], levels[stop]).sum(), w)
+    sigmas = [float(s) for sp in Plan.build("2-2-1", pyramid, WINDOWS).stages for s in sp.grid[:-1]]
+    (want,) = torch.autograd.grad(process.denoise(model, states[stop], sigmas[stop]).sum(), w)
     assert not states[stop].requires_grad and torch.equal(grad, want)

@@ -38,7 +38,7 @@ def close(fast, ref, dtype):
 
 
 def pair(family, factors, first_frame, frames, height=4, width=6, seed=0):
-    """The same level in both implementations (random orthogonal matrices for 'orthogonal')."""
+    """The same transition in both implementations (random orthogonal matrices for 'orthogonal')."""
     matrices = None
     if family == "orthogonal":
         rng = np.random.default_rng(seed)
@@ -133,12 +133,14 @@ def test_validation_errors_match_the_reference(call):
 def test_pyramid():
     for family, factors in (("haar", (2, 2, 2)), ("dct", (1, 2, 2))):
         ref, fast = rr.Pyramid.uniform(family, factors, 3), fr.Pyramid.uniform(family, factors, 3)
-        assert all(isinstance(level, fr.Resampler) for level in fast.levels) and fast.num_stages == 3
+        assert all(isinstance(transition, fr.Resampler) for transition in fast.transitions) and fast.num_stages == 3
         shape = (1, 16, 21, 56, 104) if factors[0] == 2 else (1, 16, 3, 56, 104)
         assert fast.shapes(shape) == ref.shapes(shape)
         for a, b in zip(fast.gains(shape), ref.gains(shape), strict=True):
             np.testing.assert_array_equal(a, b)
-    fields = [[(lv.family, lv.factors, lv.first_frame) for lv in p.levels] for p in (fr.WAN_PYRAMID, rr.WAN_PYRAMID)]
+    fields = [
+        [(tr.family, tr.factors, tr.first_frame) for tr in p.transitions] for p in (fr.WAN_PYRAMID, rr.WAN_PYRAMID)
+    ]
     assert fields[0] == fields[1]
 
 
@@ -182,7 +184,7 @@ def test_forward_process(family, dtype):
         if family == "avgpool":
             continue
         x, v = fp.forward_sample(f0s, eps, float(sigma[1]), stage, WINDOWS, fast)
-        project = fast.levels[stage].project if 0 < stage < 2 else None
+        project = fast.transitions[stage].project if 0 < stage < 2 else None
         close(fp.x0_from_velocity(x, v, float(sigma[1]), sc, sn, project), f0s[stage], dtype)
     with pytest.raises(ValueError, match="outside stage 1's window"):
         fp.forward_sample(f0s, eps, 0.1, 1, WINDOWS, fast)
@@ -244,13 +246,13 @@ def sampler_pair(family, factors, first_frame):
             fr.Pyramid.uniform(family, factors, 3, first_frame),
             f,
         )
-    shape, levels = (f, 8, 8), ([], [])
+    shape, transitions = (f, 8, 8), ([], [])
     for seed in range(2):
         r, q = pair(family, factors, first_frame, *shape, seed=seed)
-        levels[0].append(r)
-        levels[1].append(q)
+        transitions[0].append(r)
+        transitions[1].append(q)
         shape = r.coarse_shape(shape)
-    return rr.Pyramid(tuple(levels[0])), fr.Pyramid(tuple(levels[1])), f
+    return rr.Pyramid(tuple(transitions[0])), fr.Pyramid(tuple(transitions[1])), f
 
 
 def start_noise(ref_pyramid, f, schedule, dtype):

@@ -29,13 +29,13 @@ def model(x_nat, t, cond):
 
 
 class LevelModel:
-    """A stand-in :class:`~pyrflow_fast.ppf.PPFWan`: ``ppf(x, t, context, level)`` with a level-dependent map."""
+    """A stand-in :class:`~pyrflow_fast.ppf.PPFWan`: ``ppf(x, t, context, stage)`` with a stage-dependent map."""
 
-    num_levels = 3
+    num_stages = 3
 
-    def __call__(self, x, t, context, level=0):
+    def __call__(self, x, t, context, stage=0):
         t = t.reshape(t.shape[0], -1)[:, None, :, None, None]  # (B,) or per frame (B, F)
-        return (0.5 + 0.2 * level) * torch.tanh(x) - 0.1 * level * x + 1e-3 * t * context.mean()
+        return (0.5 + 0.2 * stage) * torch.tanh(x) - 0.1 * stage * x + 1e-3 * t * context.mean()
 
 
 def steps_of(schedule):
@@ -80,12 +80,12 @@ def compute() -> dict[str, np.ndarray]:
     for n, schedule in enumerate(SCHEDULES):
         noise, ctx = ppf_inputs(n)
         for stop in range(sum(steps_of(schedule))):
-            x0, level, _ = ppf_rollout(
+            x0, stage, _ = ppf_rollout(
                 ppf, noise, windows, schedule, stop, cond=ctx, shift=SHIFT,
                 generator=torch.Generator().manual_seed(20 + n), grad=False,
             )  # fmt: skip
             out[f"ppf/{schedule}/{stop}/x0"] = x0.numpy()
-            out[f"ppf/{schedule}/{stop}/stage"] = np.array(level)
+            out[f"ppf/{schedule}/{stop}/stage"] = np.array(stage)
         gen = torch.Generator().manual_seed(30 + n)
         out[f"sample_ppf/{schedule}/few_step"] = sample_ppf(
             ppf, noise, ctx, windows, schedule, shift=SHIFT, few_step=True, generator=gen

@@ -34,13 +34,13 @@ Every iteration updates the **critic** once on the detached :math:`\hat x_0`; ev
   teacher's multi-step sample as above).
 - ``ppf`` (:mod:`~pyrflow_fast.train.methods.ppf`): pyramidal patchification
   (:mod:`pyrflow_fast.ppf`). A :class:`~pyrflow_fast.ppf.PPFWan` built on the teacher is first
-  finetuned by flow matching with levels as stages
+  finetuned by flow matching with patch sizes as stages
   (:func:`~pyrflow_fast.train.methods.ppf.ppf_finetune`: the plain process on the
-  full-resolution latent, each level on its window); the student is a PPFWan starting from it,
-  rolled out with the same few-step sampler over its levels, and DMD runs with the plain process
+  full-resolution latent, each stage on its window); the student is a PPFWan starting from it,
+  rolled out with the same few-step sampler over its stages, and DMD runs with the plain process
   (no resampling), the finetuned PPF model as real score and a copy of it as critic
   (:class:`~pyrflow_fast.contract.PPFDenoiser` picks the level from the noise level). The export
-  adds the per-level layers (``ppf_levels.safetensors``) and ``ppf_patches`` to the card;
+  adds the per-stage layers (``ppf_stages.safetensors``) and ``ppf_patches`` to the card;
   :func:`pyrflow_fast.card.load_ppf` loads them.
 
 With ``distill.lora_rank > 0`` only LoRA adapters of the student are trained (and, when the
@@ -52,7 +52,7 @@ Checkpoints are the runner's; the export is a model directory with a
 with the few-step sampler.
 
 Two roles: ``"generator"`` (the student's trained parameters: LoRA adapters or the whole student,
-plus PPF's per-level layers) and ``"critic"`` (fake score or discriminator head). Neither runs under
+plus PPF's per-stage layers) and ``"critic"`` (fake score or discriminator head). Neither runs under
 a DDP wrapper: the runner averages their replicated gradients over the ranks before clipping. A
 method adds its critic (:meth:`FewStepDistillation.critic_loss`) and generator loss
 (:meth:`FewStepDistillation.generator_loss`).

@@ -1,11 +1,11 @@
 r"""Pyramidal patchification distillation: :class:`PPFDistillation` (finetune + DMD on the patch pyramid).
 
 A :class:`~pyrflow_fast.ppf.PPFWan` built on the teacher is first finetuned by flow matching with
-levels as stages (:func:`ppf_finetune`); the student is a PPFWan starting from it, rolled out with
-the few-step sampler over its levels (:meth:`PPFDistillation.rollout`), and DMD runs with the plain
+stages as stages (:func:`ppf_finetune`); the student is a PPFWan starting from it, rolled out with
+the few-step sampler over its stages (:meth:`PPFDistillation.rollout`), and DMD runs with the plain
 process (no resampling, DMD's OT form), the finetuned PPF model as real score and a copy of it as
-critic (:class:`~pyrflow_fast.contract.PPFDenoiser` picks the level from the noise level). The
-export adds the per-level layers (``ppf_levels.safetensors``) and ``ppf_patches`` to the card.
+critic (:class:`~pyrflow_fast.contract.PPFDenoiser` picks the stage from the noise level). The
+export adds the per-stage layers (``ppf_stages.safetensors``) and ``ppf_patches`` to the card.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pyrflow_ref.windows import StageWindows, parse_schedule
 from ...card import PPF_FILE
 from ...contract import FrozenDenoiser, PPFDenoiser, check_ppf_windows
 from ...distill.dmd import DMDVariant, critic_loss
-from ...ppf import PPFWan, ppf_levels, sample_ppf
+from ...ppf import PPFWan, ppf_stages, sample_ppf
 from ...samplers import Prediction
 from ..distributed import Distributed, full_tensor
 from .dmd import DMDDistillation, teacher_finetune
@@ -41,25 +41,25 @@ def ppf_finetune(
     seed: int = 0,
     grad_clip: float = 1.0,
 ) -> list[float]:
-    r"""Diffusion (flow-matching) finetune of a :class:`~pyrflow_fast.ppf.PPFWan`, in place: levels as stages.
+    r"""Diffusion (flow-matching) finetune of a :class:`~pyrflow_fast.ppf.PPFWan`, in place: stages as stages.
 
-    Step ``n`` takes ``batches(n) = (x0s, context)`` and trains every level ``l`` on the
+    Step ``n`` takes ``batches(n) = (x0s, context)`` and trains every stage ``l`` on the
     full-resolution ``x0s[0]`` with the plain process :math:`x = (1 - \sigma) x_0 + \sigma\epsilon`,
     :math:`\sigma \sim U(	ext{window } l)` of ``windows``, target :math:`\epsilon - x_0` (Wan's
     loss at gain 1). Returns the per-step losses.
     """
 
-    def level_losses(x0s: list[torch.Tensor], ctx: torch.Tensor, rng: torch.Generator):
+    def stage_losses(x0s: list[torch.Tensor], ctx: torch.Tensor, rng: torch.Generator):
         x0 = x0s[0]
-        for level in range(ppf.num_levels):
-            lo, hi = windows.sigma_c(level), windows.sigma_n(level)
+        for stage in range(ppf.num_stages):
+            lo, hi = windows.sigma_c(stage), windows.sigma_n(stage)
             sigma = (lo + (hi - lo) * torch.rand(x0.shape[0], generator=rng, dtype=torch.float64)).to(x0.device)
             eps = torch.randn(x0.shape, generator=rng).to(x0)
             s = sigma.to(x0.dtype).reshape(-1, 1, 1, 1, 1)
-            v = ppf((1 - s) * x0 + s * eps, 1000.0 * sigma.float(), ctx, level=level)
-            yield critic_loss(v, eps - x0) / ppf.num_levels
+            v = ppf((1 - s) * x0 + s * eps, 1000.0 * sigma.float(), ctx, stage=stage)
+            yield critic_loss(v, eps - x0) / ppf.num_stages
 
-    return teacher_finetune(ppf, batches, level_losses, steps, lr, seed=seed, salt=13, grad_clip=grad_clip)
+    return teacher_finetune(ppf, batches, stage_losses, steps, lr, seed=seed, salt=13, grad_clip=grad_clip)
 
 
 class PPFDistillation(DMDDistillation):
@@ -75,7 +75,7 @@ class PPFDistillation(DMDDistillation):
         base.set_gradient_checkpointing(config.train.gradient_checkpointing)
         self.ppf_teacher = PPFWan(base, patches).to(self.device)
         self._finetune_teacher(self.ppf_teacher, ppf_finetune, self.windows)
-        self.ppf_student = PPFWan(self.student, patches).to(self.device)  # per-level layers trainable (also with LoRA)
+        self.ppf_student = PPFWan(self.student, patches).to(self.device)  # per-stage layers trainable (also with LoRA)
         self.ppf_student.load_state_dict(self.ppf_teacher.state_dict())
         self.gen_module = self.ppf_student
         self.card_patches = self.ppf_student.patches
@@ -83,22 +83,22 @@ class PPFDistillation(DMDDistillation):
         return FrozenDenoiser(PPFDenoiser(self.ppf_teacher, self.windows)), critic, PPFDenoiser(critic, self.windows)
 
     def _shard(self) -> None:
-        """PPFWan runs the wrapped model's pieces and only the current level's layers: the transformer blocks
-        (used at every level, the bulk of the weights) are sharded; the rest stays replicated, averaged by hand."""
+        """PPFWan runs the wrapped model's pieces and only the current stage's layers: the transformer blocks
+        (used at every stage, the bulk of the weights) are sharded; the rest stays replicated, averaged by hand."""
         from torch.distributed.fsdp import fully_shard
 
         for block in list(self.student.blocks) + list(self.critic_model.model.blocks):
             fully_shard(block)
 
     def rollout(self, dr: dict[str, Any], grad: bool) -> Prediction:
-        """The PPF student's ``k``-th clean prediction at full resolution, its level and the plain process:
-        the few-step sampler over the student's levels (no pyramid) stopped at evaluation ``k``."""
+        """The PPF student's ``k``-th clean prediction at full resolution, its stage and the plain process:
+        the few-step sampler over the student's stages (no pyramid) stopped at evaluation ``k``."""
         check_ppf_windows(self.ppf_student, self.windows)
-        return self._few_step(ppf_levels(self.ppf_student), dr["eps0"], None, dr, grad)
+        return self._few_step(ppf_stages(self.ppf_student), dr["eps0"], None, dr, grad)
 
     @torch.no_grad()
     def teacher_target(self, dr: dict[str, Any], step: int, stage: int) -> torch.Tensor:
-        """The PPF teacher's multi-step sample: no resampling, the full-resolution sample at every level."""
+        """The PPF teacher's multi-step sample: no resampling, the full-resolution sample at every stage."""
         d = self.config.distill
         return sample_ppf(
             self.ppf_teacher,
@@ -113,12 +113,12 @@ class PPFDistillation(DMDDistillation):
         )
 
     def export(self, folder: Path, ema: dict[str, dict[str, torch.Tensor]]) -> None:
-        """The distilled export plus the per-level layers (``ppf_levels.safetensors``, read by
+        """The distilled export plus the per-stage layers (``ppf_stages.safetensors``, read by
         :func:`pyrflow_fast.card.load_ppf`)."""
         state = self.ppf_student.state_dict()
-        levels = {k: full_tensor(v).contiguous() for k, v in state.items() if not k.startswith("model.")}
+        stages = {k: full_tensor(v).contiguous() for k, v in state.items() if not k.startswith("model.")}
         super().export(folder, ema)
         if self.rank == 0:
             from safetensors.torch import save_file
 
-            save_file(levels, str(folder / PPF_FILE))
+            save_file(stages, str(folder / PPF_FILE))
