@@ -81,6 +81,7 @@ The critic is updated ``critic_ratio`` (5) times per generator update.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,7 +147,7 @@ class DMDConfig:
     :param variant: ``"ot"``, ``"pt"`` or ``"pt*"`` (default ``"pt*"``, the paper's final recipe).
     :param guidance: teacher CFG scale ``w`` in the standard form ``u + w (c - u)`` (4.5: CausVid's
         and FastVideo's value for Wan 1.3B written in this form; 1 disables guidance).
-    :param shift: shift ``k`` of the score levels (Wan's 5).
+    :param score_shift: shift ``k`` of the score levels (Wan's 5).
     :param sigma_min: lower clamp of the score levels.
     :param sigma_max: upper clamp of the score levels.
     :param critic_ratio: critic updates per generator update (5).
@@ -157,7 +158,7 @@ class DMDConfig:
 
     variant: DMDVariant | str = DMDVariant.PT_STAR
     guidance: float = 4.5
-    shift: float = 5.0
+    score_shift: float = 5.0
     sigma_min: float = 0.02
     sigma_max: float = 0.98
     critic_ratio: int = 5
@@ -168,14 +169,20 @@ class DMDConfig:
         object.__setattr__(self, "variant", DMDVariant.parse(self.variant))
         if not 0.0 <= self.sigma_min < self.sigma_max <= 1.0:
             raise ValueError(f"need 0 <= sigma_min < sigma_max <= 1, got {self.sigma_min}, {self.sigma_max}")
-        if self.shift <= 0:
-            raise ValueError(f"shift must be positive, got {self.shift}")
+        if self.score_shift <= 0:
+            raise ValueError(f"score_shift must be positive, got {self.score_shift}")
         if self.critic_ratio < 1:
             raise ValueError(f"critic_ratio must be >= 1, got {self.critic_ratio}")
         if self.regression_weight < 0:
             raise ValueError(f"regression_weight must be >= 0, got {self.regression_weight}")
         if self.band_norm not in ("low", "none"):
             raise ValueError(f"band_norm must be 'low' or 'none', got {self.band_norm!r}")
+
+    @classmethod
+    def from_section(cls, section: Any, variant: DMDVariant | str) -> DMDConfig:
+        """The DMD options of a distillation config's ``[distill]`` section (it uses the same field names)."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "variant"]
+        return cls(variant=variant, **{name: getattr(section, name) for name in names})
 
     def is_generator_step(self, step: int) -> bool:
         """Whether training step ``step`` (from 0) also updates the generator (every ``critic_ratio``-th).
@@ -315,7 +322,7 @@ class DMD:
         """Score levels ``(B,)`` for ``process`` (its window; shift and clamp from the config)."""
         c = self.config
         window, clamp = (process.sigma_c, process.sigma_n), (c.sigma_min, c.sigma_max)
-        return score_sigmas(batch, shift=c.shift, window=window, clamp=clamp, rng=rng, device=device)
+        return score_sigmas(batch, shift=c.score_shift, window=window, clamp=clamp, rng=rng, device=device)
 
     def _noisy(self, x_gen: torch.Tensor, process: StageProcess, rng: torch.Generator | None):
         """``(x0, sigma, eps, x)``: the detached sample, score levels, noise (drawn after sigma), noisy sample."""

@@ -19,7 +19,6 @@ r"""End-to-end CPU evidence that few-step distillation works: ``python -m pyrflo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 from ..contract import BackboneDenoiser, WanBackbone
 from ..resample import Pyramid
 from ..samplers import sample_euler, sample_few_step
-from ..train.evidence import _config, features, frechet_distance, parse_evidence_args, run_dir
+from ..train.evidence import _config, features, finish_evidence, frechet_distance, parse_evidence_args, run_dir
 from ..train.runner import Runner
 from ..train.synthetic import SyntheticPyramids
 from ..wan import WanDiT
@@ -177,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "fd_student_few_step_2-2-1",
     ):
         print(f"  {key[3:]:>24}: {res[key]:.4f}")
-    print(f"total {res['seconds']:.1f} s")
-    if args.json:
-        print(json.dumps(res, indent=2))
-    return 0
+    return finish_evidence(res, args)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,14 @@ def parse_evidence_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> 
     return args
 
 
+def finish_evidence(res: dict, args: argparse.Namespace) -> int:
+    """The end every evidence run prints: the total time and, with ``--json``, the numbers; exit code 0."""
+    print(f"total {res['seconds']:.1f} s")
+    if args.json:
+        print(json.dumps(res, indent=2))
+    return 0
+
+
 def _config(
     out: Path, name: str, *, stages: int, steps: int, lr: float, path: str = "", seed: int = 0, weighting: str = "sigma"
 ) -> TrainConfig:
@@ -281,10 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{tag:>17}: pyramidal val loss {v['total']:.4f} (stages 0/1/2: {stages})  "
             f"FD pyramidal 10-10-10 {res[f'{tag}_fd_pyramidal']:.4f}"
         )
-    print(f"total {res['seconds']:.1f} s")
-    if args.json:
-        print(json.dumps(res, indent=2))
-    return 0
+    return finish_evidence(res, args)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def test_variant_parsing_and_config_validation():
     assert (c.critic_ratio, c.regression_weight, c.sigma_min, c.sigma_max) == (5, 0.01, 0.02, 0.98)
     for bad in (
         {"sigma_min": 0.5, "sigma_max": 0.4},
-        {"shift": 0.0},
+        {"score_shift": 0.0},
         {"critic_ratio": 0},
         {"regression_weight": -1.0},
         {"band_norm": "high"},
@@ -70,6 +70,15 @@ def test_variant_parsing_and_config_validation():
         with pytest.raises(ValueError):
             DMDConfig(**bad)
     assert [s for s in range(12) if c.is_generator_step(s)] == [0, 5, 10]
+
+
+def test_dmd_config_from_the_distill_section():
+    from pyrflow_fast.distill.config import DistillConfig
+
+    section = DistillConfig.from_dict({"distill": {"score_shift": 3.0, "sigma_min": 0.1, "band_norm": "none"}}).distill
+    c = DMDConfig.from_section(section, "pt")
+    assert (c.variant, c.score_shift, c.sigma_min, c.band_norm) == (DMDVariant.PT, 3.0, 0.1, "none")
+    assert (c.guidance, c.critic_ratio, c.regression_weight) == (section.guidance, section.critic_ratio, 0.01)
 
 
 def test_score_sigmas_are_shifted_uniform_and_clamped():
@@ -131,7 +140,7 @@ def constant_model(value):
 def test_critic_flow_matching_loss_plain_hand_computed():
     x0 = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64).reshape(1, 1, 1, 2, 2)
     gen = torch.Generator().manual_seed(7)
-    dmd = DMD(constant_model(0.25), constant_model(0.25), DMDConfig(variant="ot", shift=1.0))
+    dmd = DMD(constant_model(0.25), constant_model(0.25), DMDConfig(variant="ot", score_shift=1.0))
     loss = dmd.critic_loss(x0, StageProcess.plain(), rng=gen)
     gen = torch.Generator().manual_seed(7)  # same draws: sigma first, then eps
     score_sigmas(1, shift=1.0, rng=gen)
@@ -328,7 +337,7 @@ def test_dmd_moves_a_gaussian_generator_to_the_teacher(variant):
     opt = torch.optim.Adam([a, b], lr=0.02)
     gen = torch.Generator().manual_seed(1)
     real = GaussianScore(mu, sigma_data, proc, pmat)
-    config = DMDConfig(variant=variant, guidance=1.0, shift=1.0)
+    config = DMDConfig(variant=variant, guidance=1.0, score_shift=1.0)
 
     def distance():
         return w2_squared(b.detach().numpy(), (a @ a.T).detach().numpy(), mu.numpy(), sigma_data.numpy())
@@ -439,7 +448,7 @@ def test_student_lora_and_the_adapter_free_teacher():
     with torch.no_grad():
         assert torch.equal(student(x, t, ctx), base)  # B = 0: the student starts at the teacher
         for layer in lora.layers:
-            layer.b.normal_(std=0.1)
+            layer.lora_B["default"].weight.normal_(std=0.1)
         assert not torch.allclose(student(x, t, ctx), base)
         assert torch.equal(teacher(x, t, ctx), base)
     assert lora.enabled

@@ -112,18 +112,7 @@ class DMDDistillation(FewStepDistillation):
         super().__init__(config, dist, dataset)
         self.variant = DMDVariant.parse(variant)
         self.real_fn, self.critic_model, self.critic_fn = self._scores()
-        d = config.distill
-        dmd_config = DMDConfig(
-            variant=self.variant,
-            guidance=d.guidance,
-            shift=d.score_shift,
-            sigma_min=d.sigma_min,
-            sigma_max=d.sigma_max,
-            critic_ratio=d.critic_ratio,
-            regression_weight=d.regression_weight,
-            band_norm=d.band_norm,
-        )
-        self.dmd = DMD(self.real_fn, self.critic_fn, dmd_config, uncond=None)
+        self.dmd = DMD(self.real_fn, self.critic_fn, DMDConfig.from_section(config.distill, self.variant), uncond=None)
         self._finish(self.critic_model)
 
     def _scores(self):
