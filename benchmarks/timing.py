@@ -79,7 +79,7 @@ class Bench:
 
     def schedule_tflops(self, schedule: str, guidance: float | None) -> float:
         per_forward = [forward_flops(self.config, s[1:]).total / 1e12 for s in self.shapes]
-        return schedule_flops(schedule, per_forward, cfg=1 if guidance is None else 2)
+        return schedule_flops(schedule, per_forward, forwards_per_step=1 if guidance is None else 2)
 
 
 def median_seconds(fn: Callable[[], object], sync: Callable[[], None], repeats: int, warmup: bool = True) -> float:
@@ -102,7 +102,7 @@ def compare(
     """For each (pyramidal, plain, guidance) pair: both times and FLOPs, measured in this run."""
     rows = []
     for pyramidal, plain, guidance in pairs:
-        row = {"pyramidal": pyramidal, "plain": plain, "cfg": guidance}
+        row = {"pyramidal": pyramidal, "plain": plain, "guidance": guidance}
         for key, schedule in (("pyramidal", pyramidal), ("plain", plain)):
             row[f"{key}_s"] = bench.schedule_seconds(schedule, guidance, repeats, warmup)
             row[f"{key}_tflops"] = bench.schedule_tflops(schedule, guidance)
@@ -120,7 +120,7 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['pyramidal']} | {r['plain']} | {r['cfg'] or 'none'} | {r['pyramidal_s']:.3f} | {r['plain_s']:.3f} | "
+            f"| {r['pyramidal']} | {r['plain']} | {r['guidance'] or 'none'} | {r['pyramidal_s']:.3f} | {r['plain_s']:.3f} | "
             f"{r['wall_ratio']:.3f} | {r['pyramidal_tflops']:.4g} | {r['plain_tflops']:.4g} | {r['flops_ratio']:.3f} |"
         )
     return "\n".join(lines)

@@ -139,13 +139,13 @@ def forward_flops(
     return FlopsBreakdown(items=items, elementwise=elementwise, tokens=n)
 
 
-def schedule_flops(schedule: str | Sequence[int], per_forward: Sequence[float], cfg: int = 1) -> float:
-    """Cost of a schedule: ``cfg * sum_i n_i * per_forward_i``.
+def schedule_flops(schedule: str | Sequence[int], per_forward: Sequence[float], forwards_per_step: int = 1) -> float:
+    """Cost of a schedule: ``forwards_per_step * sum_i n_i * per_forward_i``.
 
     :param schedule: steps per stage, coarsest first: a string ``"20-20-10"`` (parsed by
         :func:`pyrflow_ref.windows.parse_schedule`) or a sequence of ints.
     :param per_forward: cost of one forward per stage, **finest (stage 0) first**.
-    :param cfg: forwards per step (2 with classifier-free guidance).
+    :param forwards_per_step: forwards per step (2 with classifier-free guidance).
 
     >>> schedule_flops("2-2-1", [100.0, 10.0, 1.0])
     122.0
@@ -158,7 +158,7 @@ def schedule_flops(schedule: str | Sequence[int], per_forward: Sequence[float], 
         steps = tuple(int(n) for n in schedule)
         if len(steps) != len(per_forward) or any(n < 0 for n in steps):
             raise ValueError(f"schedule {schedule!r} must be {len(per_forward)} non-negative step counts")
-    return cfg * sum(n * c for n, c in zip(reversed(steps), per_forward, strict=True))
+    return forwards_per_step * sum(n * c for n, c in zip(reversed(steps), per_forward, strict=True))
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -185,7 +185,11 @@ def _report(config: str, stages: Sequence[Sequence[int]], schedules: Sequence[tu
     costs = [s["tflops"] for s in per_stage]
     rows = []
     for sched, mult in schedules:
-        row = {"schedule": sched, "cfg": mult, "tflops": schedule_flops(sched, costs, cfg=mult)}
+        row = {
+            "schedule": sched,
+            "forwards_per_step": mult,
+            "tflops": schedule_flops(sched, costs, forwards_per_step=mult),
+        }
         paper = PAPER_TABLE1.get(sched)
         if paper is not None and paper[0] == mult and list(map(tuple, stages)) == list(PAPER_STAGES):
             row["paper_tflops"] = paper[0] * paper[1]
@@ -220,7 +224,7 @@ def _print(rep: dict) -> None:
         print(f"{key:<22}{vals}")
     print()
     print("schedule cost, TFLOPs per video (steps per stage coarsest first; CFG doubles the forwards)")
-    print(f"{'schedule':>10}  {'cfg':>3}  {'TFLOPs':>10}  {'paper':>14}  {'rel.err':>8}")
+    print(f"{'schedule':>10}  {'fwd/step':>8}  {'TFLOPs':>10}  {'paper':>14}  {'rel.err':>8}")
     for r in rep["schedules"]:
         if "paper_tflops" in r:
             p = PAPER_TABLE1[r["schedule"]]
@@ -228,7 +232,7 @@ def _print(rep: dict) -> None:
             err = f"{100 * r['rel_err']:+.3f}%"
         else:
             paper, err = "-", "-"
-        print(f"{r['schedule']:>10}  {r['cfg']:>3}  {r['tflops']:>10.1f}  {paper:>14}  {err:>8}")
+        print(f"{r['schedule']:>10}  {r['forwards_per_step']:>8}  {r['tflops']:>10.1f}  {paper:>14}  {err:>8}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--schedule", action="append", default=None, help="schedule to price, e.g. 20-20-10 (repeatable)"
     )
     parser.add_argument(
-        "--cfg", action="store_true", help="with --schedule: classifier-free guidance (2 forwards/step)"
+        "--guidance", action="store_true", help="with --schedule: classifier-free guidance (2 forwards/step)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
@@ -254,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.stages:
             stages = tuple(tuple(int(v) for v in s.split("x")) for s in args.stages.split(","))
         if args.schedule:
-            schedules = [(s, 2 if args.cfg else 1) for s in args.schedule]
+            schedules = [(s, 2 if args.guidance else 1) for s in args.schedule]
         else:
             schedules = [(s, m) for s, (m, _) in PAPER_TABLE1.items()]
         rep = _report(args.config, stages, schedules)

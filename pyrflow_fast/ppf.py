@@ -303,7 +303,7 @@ def ppf_schedule_flops(
     config: WanConfig | str,
     size: Sequence[int],
     patches: Sequence[Sequence[int]] = DEFAULT_PATCHES,
-    cfg: int = 1,
+    forwards_per_step: int = 1,
 ) -> float:
     """FLOPs of a PPF schedule (steps per stage, coarsest first, e.g. ``"2-2-1"``) on a latent ``(F, H, W)``.
 
@@ -312,7 +312,7 @@ def ppf_schedule_flops(
     True
     """
     per_stage = [ppf_forward_flops(config, size, i, patches).total for i in range(len(patches))]
-    return schedule_flops(schedule, per_stage, cfg=cfg)
+    return schedule_flops(schedule, per_stage, forwards_per_step=forwards_per_step)
 
 
 def _comparison(config: str = "wan2.1-t2v-1.3b") -> dict:

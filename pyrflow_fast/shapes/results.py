@@ -87,7 +87,7 @@ def _summary(videos: torch.Tensor, prompts: list[tuple[str, str, str]], ref_feat
 def _cost(card: ModelCard, config, schedule: str, guided: bool) -> float:
     sizes = card.pyramid().shapes((1, config.in_dim, FRAMES, SIZE, SIZE))
     per_forward = [forward_flops(config, s[2:]).total for s in sizes]
-    return schedule_flops(schedule, per_forward, cfg=2 if guided else 1)
+    return schedule_flops(schedule, per_forward, forwards_per_step=2 if guided else 1)
 
 
 def run(

@@ -56,10 +56,10 @@ def test_per_forward_matches_paper():
 def test_table1_all_rows_within_half_percent():
     costs = [forward_flops("wan2.1-t2v-1.3b", latent_size(p)).total / 1e12 for p in PAPER_STAGES]
     assert len(PAPER_TABLE1) == 7
-    for schedule, (cfg, paper) in PAPER_TABLE1.items():
-        ours = schedule_flops(schedule, costs, cfg=cfg)
-        assert abs(ours / (cfg * paper) - 1) < 0.005, (schedule, ours, cfg * paper)
-        assert abs(ours / cfg - paper) < 1.0  # and to 1 TFLOP, as theory §6 states
+    for schedule, (forwards, paper) in PAPER_TABLE1.items():
+        ours = schedule_flops(schedule, costs, forwards_per_step=forwards)
+        assert abs(ours / (forwards * paper) - 1) < 0.005, (schedule, ours, forwards * paper)
+        assert abs(ours / forwards - paper) < 1.0  # and to 1 TFLOP, as theory §6 states
 
 
 def test_itemisation_covers_the_model():
@@ -90,7 +90,7 @@ def test_itemisation_covers_the_model():
 
 def test_schedule_flops():
     assert schedule_flops("2-2-1", [100.0, 10.0, 1.0]) == 122.0
-    assert schedule_flops((0, 0, 3), [100.0, 10.0, 1.0], cfg=2) == 600.0
+    assert schedule_flops((0, 0, 3), [100.0, 10.0, 1.0], forwards_per_step=2) == 600.0
     with pytest.raises(ValueError):
         schedule_flops("2-2", [100.0, 10.0, 1.0])
     with pytest.raises(ValueError):
@@ -112,9 +112,9 @@ def test_cli_json_and_custom_schedule(capsys):
     rep = json.loads(capsys.readouterr().out)
     assert [s["tokens"] for s in rep["stages"]] == [30576, 4004, 546]
     assert len(rep["schedules"]) == 7 and all(abs(r["rel_err"]) < 0.005 for r in rep["schedules"])
-    assert main(["--json", "--schedule", "4-4-2", "--cfg"]) == 0
+    assert main(["--json", "--schedule", "4-4-2", "--guidance"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["schedules"]
-    assert row["cfg"] == 2 and "paper_tflops" not in row
+    assert row["forwards_per_step"] == 2 and "paper_tflops" not in row
     assert main(["--schedule", "1-1", "--json"]) == 2
     assert "error" in capsys.readouterr().err
     assert main(["--stages", "81x448x832,41x224x416", "--schedule", "1-1"]) == 0
