@@ -127,7 +127,7 @@ def sample_euler(
     noise: torch.Tensor,
     pyramid: Pyramid | None,
     windows: StageWindows,
-    steps: str | Sequence[int] | Plan,
+    schedule: str | Sequence[int] | Plan,
     *,
     cond: Any = None,
     shift: float = 1.0,
@@ -140,7 +140,7 @@ def sample_euler(
         noise`` (to feed identical noise to two implementations), for the high-band noise of each
         transition.
     """
-    plan = Plan.build(steps, pyramid, windows, shift)
+    plan = Plan.build(schedule, pyramid, windows, shift)
     x = torch.as_tensor(noise)
     for sp in plan.stages:
         i, grid = sp.stage, sp.grid
@@ -185,7 +185,7 @@ def sample_few_step(
     noise: torch.Tensor,
     pyramid: Pyramid | None,
     windows: StageWindows,
-    steps: str | Sequence[int] | Plan,
+    schedule: str | Sequence[int] | Plan,
     *,
     cond: Any = None,
     shift: float = 1.0,
@@ -201,7 +201,7 @@ def sample_few_step(
     and evaluation ``stop`` in the caller's grad mode, so only it carries a gradient; its ``x0``
     is in the velocity's dtype (at least float32).
     """
-    plan = Plan.build(steps, pyramid, windows, shift)
+    plan = Plan.build(schedule, pyramid, windows, shift)
     if stop is not None:
         plan.locate(stop)  # validates the index before any evaluation
     x = torch.as_tensor(noise)

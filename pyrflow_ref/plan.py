@@ -82,20 +82,22 @@ class Plan:
         object.__setattr__(self, "stages", stages)
 
     @classmethod
-    def build(cls, steps: str | Sequence[int] | Plan, pyramid: Any, windows: StageWindows, shift: float = 1.0) -> Plan:
-        """The plan of ``steps`` on ``pyramid`` (``None``: no resampling, e.g. PPF stages) and ``windows``.
+    def build(
+        cls, schedule: str | Sequence[int] | Plan, pyramid: Any, windows: StageWindows, shift: float = 1.0
+    ) -> Plan:
+        """The plan of ``schedule`` on ``pyramid`` (``None``: no resampling, e.g. PPF stages) and ``windows``.
 
         A :class:`Plan` passes through after checking it was made for ``windows`` and ``shift``.
         """
         if pyramid is not None and pyramid.num_stages != windows.num_stages:
             raise ValueError(f"pyramid has {pyramid.num_stages} stages but the windows have {windows.num_stages}")
-        if isinstance(steps, Plan):
-            if steps.windows != windows or steps.shift != float(shift):
+        if isinstance(schedule, Plan):
+            if schedule.windows != windows or schedule.shift != float(shift):
                 raise ValueError(
-                    f"plan for {steps.windows} at shift {steps.shift} used with {windows} at shift {float(shift)}"
+                    f"plan for {schedule.windows} at shift {schedule.shift} used with {windows} at shift {float(shift)}"
                 )
-            return steps
-        return cls(steps, windows, shift)
+            return schedule
+        return cls(schedule, windows, shift)
 
     @property
     def num_stages(self) -> int:

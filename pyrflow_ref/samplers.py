@@ -100,7 +100,7 @@ def sample_euler(
     noise: np.ndarray,
     pyramid: Pyramid | None,
     windows: StageWindows,
-    steps: str | Sequence[int] | Plan,
+    schedule: str | Sequence[int] | Plan,
     *,
     cond: Any = None,
     shift: float = 1.0,
@@ -112,13 +112,13 @@ def sample_euler(
     :param model: the model, or one per stage (finest first).
     :param noise: white noise at the shape of the coarsest stage that takes steps.
     :param pyramid: the resolution pyramid; ``None``: no resampling (PPF, see the module docstring).
-    :param steps: steps per stage, coarsest first, e.g. ``"20-20-10"``, or a :class:`Plan`.
+    :param schedule: steps per stage, coarsest first, e.g. ``"20-20-10"``, or a :class:`Plan`.
     :param shift: timestep shift of every stage grid (:func:`pyrflow_ref.windows.step_grid`).
     :param rng: a Generator, or a callable ``shape -> white noise`` (to feed identical noise to
         two implementations), for the high-band noise of each transition.
     :param callback: called as ``callback(stage, step, sigma, x)`` after every step.
     """
-    plan = Plan.build(steps, pyramid, windows, shift)
+    plan = Plan.build(schedule, pyramid, windows, shift)
     draw = _noise_fn(rng)
     x = np.asarray(noise, dtype=np.float64)
     for sp in plan.stages:
@@ -169,7 +169,7 @@ def sample_few_step(
     noise: np.ndarray,
     pyramid: Pyramid | None,
     windows: StageWindows,
-    steps: str | Sequence[int] | Plan,
+    schedule: str | Sequence[int] | Plan,
     *,
     cond: Any = None,
     shift: float = 1.0,
@@ -191,7 +191,7 @@ def sample_few_step(
         its :class:`Prediction` ``(x0, stage, process)`` instead; with the last index ``x0`` is
         the sampler's output. Other arguments as in :func:`sample_euler`.
     """
-    plan = Plan.build(steps, pyramid, windows, shift)
+    plan = Plan.build(schedule, pyramid, windows, shift)
     if stop is not None:
         plan.locate(stop)  # validates the index before any evaluation
     draw = _noise_fn(rng)

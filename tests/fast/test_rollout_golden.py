@@ -59,7 +59,7 @@ def test_ppf_rollout(schedule, stop):
     rng = torch.Generator().manual_seed(20 + mk.SCHEDULES.index(schedule))
     with torch.no_grad():
         x0, stage, process = sample_few_step(
-            ppf_stages(mk.LevelModel()), noise, None, WINDOWS, schedule, cond=ctx, shift=mk.SHIFT, rng=rng, stop=stop
+            ppf_stages(mk.StageModel()), noise, None, WINDOWS, schedule, cond=ctx, shift=mk.SHIFT, rng=rng, stop=stop
         )
     assert stage == int(GOLDEN[f"ppf/{schedule}/{stop}/stage"])
     assert (process.sigma_c, process.sigma_n, process.project) == (0.0, 1.0, None)
@@ -70,10 +70,10 @@ def test_ppf_rollout(schedule, stop):
 def test_sample_ppf(schedule):
     noise, ctx = mk.ppf_inputs(mk.SCHEDULES.index(schedule))
     rng = torch.Generator().manual_seed(30 + mk.SCHEDULES.index(schedule))
-    few = sample_ppf(mk.LevelModel(), noise, ctx, WINDOWS, schedule, shift=mk.SHIFT, few_step=True, rng=rng)
+    few = sample_ppf(mk.StageModel(), noise, ctx, WINDOWS, schedule, shift=mk.SHIFT, few_step=True, rng=rng)
     close_rel(few, GOLDEN[f"sample_ppf/{schedule}/few_step"])
     euler = sample_ppf(
-        mk.LevelModel(), noise, ctx, WINDOWS, schedule, shift=mk.SHIFT, guidance=3.0, uncond=torch.zeros_like(ctx)
+        mk.StageModel(), noise, ctx, WINDOWS, schedule, shift=mk.SHIFT, guidance=3.0, uncond=torch.zeros_like(ctx)
     )
     close_rel(euler, GOLDEN[f"sample_ppf/{schedule}/euler"])
 

@@ -28,14 +28,16 @@ def model(x_nat, t, cond):
     return 0.8 * torch.tanh(x_nat) - 0.3 * x_nat + 1e-3 * float(cond) * t[:, None, :, None, None]
 
 
-class LevelModel:
+class StageModel:
     """A stand-in :class:`~pyrflow_fast.ppf.PPFWan`: ``ppf(x, t, context, stage)`` with a stage-dependent map."""
 
     num_stages = 3
 
     def __call__(self, x, t, context, stage=0):
         t = t.reshape(t.shape[0], -1)[:, None, :, None, None]  # (B,) or per frame (B, F)
-        return (0.5 + 0.2 * stage) * torch.tanh(x) - 0.1 * stage * x + 1e-3 * t * context.mean()
+        # per-sample context mean: batch entries stay independent (guided CFG runs both branches as one batch)
+        c = context.reshape(context.shape[0], -1).mean(1)[:, None, None, None, None]
+        return (0.5 + 0.2 * stage) * torch.tanh(x) - 0.1 * stage * x + 1e-3 * t * c
 
 
 def steps_of(schedule):
@@ -76,7 +78,7 @@ def compute() -> dict[str, np.ndarray]:
                 out[f"{key}/x0"] = x0.numpy()
                 out[f"{key}/stage"] = np.array(stage)
                 out[f"{key}/window"] = np.array([process.sigma_c, process.sigma_n])
-    ppf = LevelModel()
+    ppf = StageModel()
     for n, schedule in enumerate(SCHEDULES):
         noise, ctx = ppf_inputs(n)
         for stop in range(sum(steps_of(schedule))):
