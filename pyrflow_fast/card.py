@@ -98,6 +98,12 @@ class ModelCard:
     :param uncond: unconditional branch of CFG: ``prompt`` (the negative prompt's embedding, as
         Wan) or ``zeros`` (the all-zero context, for models trained with ``data.text_dropout``).
     :param guidance: default CFG scale (``base`` and ``pyramidal`` checkpoints).
+    :param size: default video size ``(frames, height, width)`` in pixels, the size the model was trained
+        at; ``None``: Wan's 81x480x832.
+    :param lora_files: LoRA files (diffusers format, relative to the model directory) that sampling applies
+        on top of the directory's transformer: one per stage for per-stage LoRA (file ``i`` at stage ``i``,
+        switched at every stage transition), one for a shared LoRA
+        (:func:`pyrflow_fast.train.lora.load_card_lora`); empty: none.
     """
 
     kind: str = "base"
@@ -110,6 +116,8 @@ class ModelCard:
     ppf_patches: tuple[tuple[int, int, int], ...] = ()
     uncond: str = "prompt"
     guidance: float = 5.0
+    size: tuple[int, int, int] | None = None
+    lora_files: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -137,6 +145,16 @@ class ModelCard:
         object.__setattr__(self, "ppf_patches", tuple(tuple(int(v) for v in p) for p in self.ppf_patches))
         if self.uncond not in UNCONDS:
             raise ValueError(f"unknown uncond {self.uncond!r}; expected one of {UNCONDS}")
+        if self.size is not None:
+            if len(self.size) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.size):
+                raise ValueError(f"size must be three positive integers [frames, height, width], got {self.size}")
+            object.__setattr__(self, "size", tuple(self.size))
+        object.__setattr__(self, "lora_files", tuple(str(f) for f in self.lora_files))
+        if len(self.lora_files) not in (0, 1, self.num_stages):
+            raise ValueError(
+                f"lora_files must list one LoRA file (shared) or {self.num_stages} (one per stage), "
+                f"got {len(self.lora_files)}: {list(self.lora_files)}"
+            )
         if self.ppf_patches and len(self.ppf_patches) != self.num_stages:
             raise ValueError(
                 f"{self.num_stages} stages need {self.num_stages} PPF patches, got {list(self.ppf_patches)}"
@@ -181,12 +199,18 @@ def write_model_dir(
     source_path: str = "",
     layout: str = "original",
     link_components: bool = True,
+    max_shard_size: int | str | None = None,
 ) -> None:
-    """Write a WanDiT state dict ``sd`` of architecture ``model_cfg`` and its ModelCard ``card`` to ``folder``.
+    """Write a WanDiT state dict ``sd`` of architecture ``model_cfg`` and its ModelCard ``card`` to ``folder``
+    (safetensors shards plus an index when the weights exceed ``max_shard_size``, e.g. ``"5GB"``).
 
     When ``source_path`` is a full Wan2.1 directory and ``link_components`` is set, its layout is
-    used and its VAE, text encoder and tokenizer are symlinked, so ``folder`` is a complete model
-    directory for :mod:`pyrflow_fast.sample`.
+    used and its VAE, text encoder, tokenizer (and scheduler) are symlinked, so ``folder`` is a complete
+    model directory for :mod:`pyrflow_fast.sample`. A diffusers-layout folder also gets a ``scheduler/``
+    (Wan's default, :func:`pyrflow_fast.scheduler.write_scheduler`, when the source has none) and a
+    ``model_index.json`` listing exactly the components it holds (absent ones ``[null, null]``), so
+    ``diffusers.WanPipeline.from_pretrained(folder)`` loads it; ``pyrflow.json`` is an extra file diffusers
+    ignores.
     """
     with torch.device("meta"):
         model = WanDiT(model_cfg)
@@ -203,7 +227,7 @@ def write_model_dir(
     if src_layout is not None:
         layout = src_layout
     folder.mkdir(parents=True, exist_ok=True)
-    save_wan(model, folder, layout=layout)
+    save_wan(model, folder, layout=layout, max_shard_size=max_shard_size)
     card.save(folder)
     if src_layout is not None:
         from .pipeline.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG
@@ -216,6 +240,49 @@ def write_model_dir(
         for n in names:
             if (source / n).exists() and not (folder / n).exists():
                 os.symlink((source / n).resolve(), folder / n)
+    if layout == "diffusers":
+        _write_diffusers_index(folder, source if src_layout == "diffusers" else None)
+
+
+_PIPELINE_COMPONENTS = {
+    "tokenizer": ["transformers", "T5TokenizerFast"],
+    "text_encoder": ["transformers", "UMT5EncoderModel"],
+    "vae": ["diffusers", "AutoencoderKLWan"],
+    "transformer": ["diffusers", "WanTransformer3DModel"],
+}
+"""``WanPipeline``'s components and their classes, as ``Wan-AI/Wan2.1-T2V-*-Diffusers`` lists them."""
+
+
+def _write_diffusers_index(folder: Path, source: Path | None) -> None:
+    """``scheduler/`` (the source's, linked, else Wan's default) and a ``model_index.json`` of ``folder``'s
+    components (the source's classes where it names them; missing and pixel-space components ``[null, null]``)."""
+    import diffusers
+
+    from .pipeline.pixel import is_pixel_space
+    from .scheduler import SCHEDULER_DIR, write_scheduler
+
+    sched = folder / SCHEDULER_DIR
+    if not sched.exists():
+        if source is not None and (source / SCHEDULER_DIR / "scheduler_config.json").is_file():
+            os.symlink((source / SCHEDULER_DIR).resolve(), sched)
+        else:
+            write_scheduler(folder)
+    listed = {}
+    index_path = folder / "model_index.json"
+    if index_path.exists():  # the source's, linked: replaced by this folder's own
+        listed = json.loads(index_path.read_text())
+        index_path.unlink()
+    config = json.loads((sched / "scheduler_config.json").read_text())
+    index = {"_class_name": "WanPipeline", "_diffusers_version": diffusers.__version__}
+    for name, default in _PIPELINE_COMPONENTS.items():
+        present = (folder / name).is_dir() and (name == "tokenizer" or (folder / name / "config.json").is_file())
+        if name == "vae" and present and is_pixel_space(folder / name):
+            present = False  # pyrflow's pixel space is no diffusers model
+        source_entry = listed.get(name)
+        entry = source_entry if isinstance(source_entry, list) and source_entry[0] else default
+        index[name] = entry if present else [None, None]
+    index["scheduler"] = ["diffusers", config["_class_name"]]
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
 
 
 def load_ppf(model_dir: str | Path, transformer: torch.nn.Module, card: ModelCard):
@@ -225,15 +292,14 @@ def load_ppf(model_dir: str | Path, transformer: torch.nn.Module, card: ModelCar
     per-stage layers of ``ppf_stages.safetensors``, read onto the transformer's device; FileNotFoundError
     without that file, ValueError when its keys do not fit the patches.
     """
-    from safetensors.torch import load_file
-
     from .ppf import PPFWan
+    from .wan.checkpoint import read_safetensors
 
     path = Path(model_dir) / PPF_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{model_dir} is a PPF checkpoint ({CARD_FILE}) but has no {PPF_FILE}")
     ppf = PPFWan(transformer, card.ppf_patches)
-    state = load_file(str(path), device=str(next(transformer.parameters()).device))
+    state = read_safetensors(path, device=next(transformer.parameters()).device)
     missing = ppf.load_state_dict(state, strict=False)
     extra = [k for k in missing.missing_keys if not k.startswith("model.")]
     if extra or missing.unexpected_keys:

@@ -199,6 +199,24 @@ class DiffusersWanBackbone(Backbone):
 
 
 # ------------------------------------------------------------------------------- denoisers
+def backbone_for(transformer: nn.Module, rope: str = "integer", text_len: int | None = 512) -> Backbone:
+    """The :class:`Backbone` over a transformer object: :class:`DiffusersWanBackbone` for a diffusers
+    ``WanTransformer3DModel``, :class:`WanBackbone` for pyrflow's :class:`~pyrflow_fast.wan.WanDiT` (or a
+    module with its call, e.g. :class:`~pyrflow_fast.parallel.ContextParallelWan`).
+
+    :param rope: RoPE positions at coarse stages; diffusers' model has only Wan's ``integer`` ones.
+    :param text_len: contexts are padded to this many tokens for the diffusers model.
+    """
+    if type(transformer).__name__ == "WanTransformer3DModel":
+        if rope != "integer":
+            raise ValueError(
+                f"diffusers' WanTransformer3DModel has only Wan's integer RoPE positions, this checkpoint uses "
+                f"{rope!r}: load it as pyrflow's WanDiT (pyrflow_fast.wan.checkpoint.load_wan)"
+            )
+        return DiffusersWanBackbone(transformer, text_len=text_len)
+    return WanBackbone(transformer, rope=rope)
+
+
 class Denoiser(Protocol):
     """Interface of the samplers' model: ``model(x_nat, t, cond) -> v_hat``.
 

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .cli_help import DefaultsFormatter
 from .wan.config import WanConfig, get_config
 
 __all__ = [
@@ -237,15 +238,22 @@ def _print(rep: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m pyrflow_fast.flops``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m pyrflow_fast.flops", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="wan2.1-t2v-1.3b", help="named Wan config (default wan2.1-t2v-1.3b)")
+    parser = argparse.ArgumentParser(
+        prog="pyrflow-flops",
+        description=__doc__.split("\n")[0],
+        formatter_class=DefaultsFormatter,
+    )
+    parser.add_argument("--config", default="wan2.1-t2v-1.3b", help="named Wan config")
     parser.add_argument(
         "--stages",
         default=None,
         help="pixel sizes per stage, finest first, e.g. 81x448x832,41x224x416,21x112x208 (default: the paper's)",
     )
     parser.add_argument(
-        "--schedule", action="append", default=None, help="schedule to price, e.g. 20-20-10 (repeatable)"
+        "--schedule",
+        action="append",
+        default=None,
+        help="schedule to price, e.g. 20-20-10 (repeatable; default: the paper's table)",
     )
     parser.add_argument(
         "--guidance", action="store_true", help="with --schedule: classifier-free guidance (2 forwards/step)"

@@ -65,7 +65,7 @@ from .flops import PAPER_STAGES, FlopsBreakdown, forward_flops, latent_size, sch
 from .samplers import guided, sample_euler, sample_few_step
 from .wan.config import WanConfig, get_config
 from .wan.model import _linear32, sinusoidal_embedding
-from .wan.rope import grid_positions, rope_cos_sin
+from .wan.rope import rope_tables
 
 __all__ = [
     "DEFAULT_PATCHES",
@@ -188,9 +188,7 @@ class PPFWan(nn.Module):
         grid = self.grid(size, stage)
         fine = None if stage == 0 else self.grid(size, 0)
         cfg = self.config
-        return rope_cos_sin(
-            grid_positions(grid, fine, device=device), cfg.head_dim, cfg.rope_theta, cfg.rope_max_positions
-        )
+        return rope_tables(grid, cfg.head_dim, cfg.rope_theta, fine, cfg.rope_max_positions, device=device)
 
     def embed_time(self, t: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``WanDiT.embed_time`` with the stage embedding added to ``e`` before the projection to ``e0``."""

@@ -2,25 +2,40 @@
 
 The model directory is a Wan2.1 download in the diffusers or the original layout
 (:mod:`pyrflow_fast.pipeline.layout`), optionally with a ``pyrflow.json``
-:class:`~pyrflow_fast.card.ModelCard` that says what kind of checkpoint it is and which pyramid it
-was trained for (:mod:`pyrflow_fast.card`). A directory without one is a plain Wan checkpoint
-(``kind = "base"``, default schedule ``0-0-50``).
+:class:`~pyrflow_fast.card.ModelCard` that says what kind of checkpoint it is, which pyramid it
+was trained for and at what size (:mod:`pyrflow_fast.card`). A directory without one is a plain
+Wan checkpoint (``kind = "base"``, default schedule ``0-0-50``, size 81x480x832).
 
-- ``base`` and ``pyramidal`` checkpoints sample with the pyramidal Euler sampler and CFG;
+- a plain schedule (``0-0-N``: every step at the finest stage) of a ``base`` or ``pyramidal``
+  checkpoint samples as Wan does, with diffusers' UniPC (or flow-matching Euler) scheduler on its
+  sigma grid (:mod:`pyrflow_fast.solvers`; ``solver="pyramid"`` keeps pyrflow's Euler instead);
+- other schedules sample with the pyramidal Euler sampler and CFG;
 - ``distilled`` checkpoints sample with the few-step x0-prediction sampler, without CFG.
 
-Each stage has a fixed latent shape, so ``compile=True`` wraps the backbone in ``torch.compile``
-(one static graph per stage; ``mode="reduce-overhead"`` adds CUDA graphs on a GPU).
+Sizes: Wan accepts ``frames = 4k + 1`` and heights and widths divisible by 16 (VAE stride times
+patch); a plain schedule runs at exactly that size. A pyramid halves the latent per stage, so a
+size the coarsest stage does not fit (480 pixels: a 60-row latent) is sampled on the stage-0 grid
+padded up to the pyramid's multiple and cropped back at the end (theory §3.3, "Sizes the pyramid
+does not divide"); a size that fits runs unpadded, exactly as before.
+
+:func:`~pyrflow_fast.request.prepare` checks every choice against the card and the model's geometry, which
+:func:`~pyrflow_fast.pipeline.geometry.read_geometry` reads from the configuration files, so the
+CLI rejects a bad size, schedule, solver, guidance, attention backend or output path before any
+weights load. Each stage has a fixed latent shape, so ``compile=True`` wraps the backbone in
+``torch.compile`` (one static graph per stage; ``mode="reduce-overhead"`` adds CUDA graphs on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,16 +45,32 @@ from pyrflow_ref.resample import TRANSITION_FAMILIES
 from pyrflow_ref.windows import format_schedule
 
 from .card import CARD_FILE, ModelCard, load_ppf
-from .contract import BackboneDenoiser, WanBackbone
+from .cli_help import DefaultsFormatter
+from .contract import BackboneDenoiser, backbone_for
 from .pipeline import WanComponents, check_device, load_components
+from .pipeline.geometry import Geometry, read_geometry, read_scheduler_config
+from .request import (
+    CONTEXT_PARALLEL,
+    DTYPES,
+    PYRAMID_SHIFT,
+    SAMPLERS,
+    SOLVERS,
+    WAN_SIZE,
+    check_output,
+    check_prompts,
+    prepare,
+)
 from .samplers import guided, sample_euler, sample_few_step
-
-SAMPLERS = ("auto", "euler", "few-step")
+from .solvers import make_scheduler, sample_scheduler
+from .train.lora import load_card_lora, stage_models
+from .wan.attention import BACKENDS
+from .wan.attention import use as use_attention
 
 
 @dataclass
 class Generation:
-    """A generated batch: ``video`` ``(B, 3, F, H, W)`` in ``[-1, 1]`` and the final normalised ``latents``."""
+    """A generated batch: ``video`` ``(B, 3, F, H, W)`` in ``[-1, 1]`` and the final normalised ``latents``
+    ``(B, C, F', H', W')``, both at exactly the requested size."""
 
     video: torch.Tensor
     latents: torch.Tensor
@@ -47,45 +78,8 @@ class Generation:
     sampler: str
     seconds: float
     info: dict = field(default_factory=dict)
-
-
-def latent_shape(components: WanComponents, card: ModelCard, frames: int, height: int, width: int) -> tuple[int, ...]:
-    """Stage-0 latent shape ``(C, F, H, W)``; ValueError in pixel terms when the pyramid does not fit."""
-    st, sh, sw = components.stride
-    ft, fh, fw = (f ** (card.num_stages - 1) for f in card.factors)
-    patch = components.transformer.config.patch_size if components.transformer is not None else (1, 1, 1)
-    need_f, need_h, need_w = st * ft, sh * fh * patch[1], sw * fw * patch[2]
-    problems = []
-    if frames < 1 or (frames - 1) % need_f:
-        problems.append(
-            f"frames must be {need_f}k+1 (the VAE's {st}x temporal stride and the first-frame rule), got {frames}"
-        )
-    if height % need_h:
-        problems.append(f"height must be divisible by {need_h} pixels, got {height}")
-    if width % need_w:
-        problems.append(f"width must be divisible by {need_w} pixels, got {width}")
-    if problems:
-        raise ValueError(
-            f"size {frames}x{height}x{width} does not fit a {card.num_stages}-stage pyramid: " + "; ".join(problems)
-        )
-    return (components.z_dim, *components.latent_size(frames, height, width))
-
-
-def resolve_sampler(card: ModelCard, sampler: str, cfg_scale: float | None) -> tuple[str, float]:
-    """(sampler, cfg scale) for a card; clear errors for a checkpoint of the wrong kind."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-    if sampler == "auto":
-        sampler = "few-step" if card.kind == "distilled" else "euler"
-    if sampler == "few-step" and card.kind != "distilled":
-        raise ValueError(f"the few-step sampler needs a distilled checkpoint; this one is {card.kind!r} ({CARD_FILE})")
-    if sampler == "euler" and card.kind == "distilled":
-        raise ValueError(f"this checkpoint is distilled: sample it with the few-step sampler, not Euler ({CARD_FILE})")
-    if sampler == "few-step":
-        if cfg_scale not in (None, 1.0):
-            raise ValueError(f"distilled checkpoints run without CFG; got cfg scale {cfg_scale}")
-        return sampler, 1.0
-    return sampler, card.guidance if cfg_scale is None else float(cfg_scale)
+    seed: int = 0
+    solver: str = "pyramid"
 
 
 class _Progress:
@@ -110,105 +104,191 @@ class _Progress:
             self.bar.close()
 
 
+def _embeds(given: torch.Tensor | None, encode: Callable[[], torch.Tensor], batch: int, what: str, device) -> Any:
+    """``given`` (checked to hold ``batch`` rows) or ``encode()``, on ``device`` in float32."""
+    if given is None:
+        return encode().to(device)
+    if given.ndim != 3 or given.shape[0] != batch:
+        raise ValueError(f"{what} must be ({batch}, L, text_dim), got {tuple(given.shape)}")
+    return given.to(device=device, dtype=torch.float32)
+
+
 @torch.no_grad()
 def generate(
     components: WanComponents,
-    prompts: list[str] | str,
+    prompts: list[str] | str | None = None,
     *,
     card: ModelCard | None = None,
-    negative_prompt: str = "",
+    negative_prompt: str | None = None,
     schedule: str | Plan | None = None,
     sampler: str = "auto",
-    cfg_scale: float | None = None,
-    shift: float = 5.0,
-    seed: int = 0,
-    frames: int = 81,
-    height: int = 448,
-    width: int = 832,
+    solver: str = "auto",
+    guidance_scale: float | None = None,
+    shift: float | None = None,
+    seed: int | None = None,
+    frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
     resampler: str | None = None,
     compile: bool = False,
     progress: bool = True,
     ppf=None,
+    latents: torch.Tensor | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    negative_prompt_embeds: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    attention: str = "auto",
+    lora: torch.nn.Module | None = None,
+    context_parallel: str | None = None,
+    cfg_parallel: bool = False,
 ) -> Generation:
     """Generate videos for ``prompts`` with the components' transformer.
 
-    :param card: the checkpoint's :class:`~pyrflow_fast.card.ModelCard` (``ModelCard()``: a plain Wan checkpoint).
+    :param card: the checkpoint's :class:`~pyrflow_fast.card.ModelCard` (``None``: a plain Wan checkpoint).
+    :param negative_prompt: the unconditional branch of CFG (default: Wan's built-in negative prompt,
+        :data:`~pyrflow_fast.request.WAN_NEGATIVE_PROMPT`; ``""`` as diffusers' default); unused when the card's
+        ``uncond`` is ``zeros``.
     :param schedule: steps per stage, coarsest first (default: the card's), or its
-        :meth:`~pyrflow_fast.card.ModelCard.plan` at ``shift``.
+        :meth:`~pyrflow_fast.card.ModelCard.plan`.
     :param sampler: ``auto`` (by checkpoint kind), ``euler`` or ``few-step``.
-    :param cfg_scale: guidance scale (default: the card's, 5.0 unless it says otherwise; distilled
+    :param solver: ``auto``, ``pyramid``, ``unipc`` or ``euler`` (:data:`~pyrflow_fast.request.SOLVERS`).
+    :param guidance_scale: guidance scale (default: the card's, 5.0 unless it says otherwise; distilled
         checkpoints: none).
+    :param shift: timestep shift (default: 5.0 on pyrflow's grids, the scheduler config's for
+        ``unipc``/``euler``: the components' ``scheduler_config`` or Wan's, 3.0).
+    :param seed: seeds the starting noise and the transitions' noise (default: a random seed, in
+        :attr:`Generation.seed`). ``unipc``/``euler`` draw the starting noise as diffusers does,
+        from a CPU generator.
+    :param frames: pixel frames (default: the card's ``size``, else 81); ``height``, ``width`` likewise
+        (480, 832).
     :param resampler: override the card's resampler family.
     :param compile: wrap the backbone in ``torch.compile`` (one static graph per stage).
     :param ppf: for a PPF checkpoint (``card.ppf_patches``), its model (:func:`~pyrflow_fast.card.load_ppf`); it is
         sampled on the full-resolution latent with :func:`pyrflow_fast.ppf.sample_ppf`.
+    :param latents: the starting noise ``(B, C, F, H, W)`` instead of drawing it: the requested latent size
+        for a plain schedule, the coarsest stage's shape on the padded grid for a pyramidal one.
+    :param prompt_embeds: ``(B, L, text_dim)`` text embeddings instead of encoding ``prompts``;
+        ``negative_prompt_embeds`` likewise for the unconditional branch.
+    :param dtype: computation dtype of the transformer: ``torch.bfloat16`` runs it under
+        ``torch.autocast`` (default: the dtype of its weights).
+    :param attention: attention backend (:data:`pyrflow_fast.wan.attention.BACKENDS`).
+    :param lora: adapters on the transformer (:func:`pyrflow_fast.train.lora.load_card_lora`); a per-stage
+        LoRA switches its adapter at every stage transition.
+    :param context_parallel: ``"ulysses"`` or ``"ring"``: split the large stages' tokens over the ranks of
+        the process group torchrun started (:mod:`pyrflow_fast.parallel`); every rank returns the same result.
+    :param cfg_parallel: with ``context_parallel``, the two CFG branches run on the two halves of the ranks.
     """
     if components.transformer is None:
         raise ValueError("the components were loaded without a transformer (load_components(..., transformer=True))")
-    card = card or ModelCard()
-    if resampler is not None:
-        card = ModelCard(**{**asdict(card), "resampler": resampler})
-    sampler, scale = resolve_sampler(card, sampler, cfg_scale)
-    plan = card.plan(schedule, shift)
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    shape = latent_shape(components, card, frames, height, width)
-    pyramid = card.pyramid()
-    device = next(components.transformer.parameters()).device
+    prompts = check_prompts(prompts, prompt_embeds)
+    arguments = locals()  # the request's options under their own names, as the CLI passes them
+    options = {name: arguments[name] for name in _GENERATE_ARGS}
+    request = prepare(card, Geometry.of(components), scheduler_config=components.scheduler_config, **options)
+    card, plan = request.card, request.plan
+    batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+    weights = next(components.transformer.parameters())
+    device, dtype = weights.device, dtype or weights.dtype
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
+    start = (batch, components.z_dim, *request.start)
+    if latents is not None and tuple(latents.shape) != start:
+        raise ValueError(f"latents must be the starting noise {start} for schedule {format_schedule(plan.steps)}")
 
-    backbone = WanBackbone(components.transformer, rope=card.rope)
+    transformer, seed = components.transformer, request.seed
+    if context_parallel is not None:
+        from .parallel import ContextParallelWan, setup, shared_seed
+
+        if context_parallel not in CONTEXT_PARALLEL:
+            raise ValueError(f"context_parallel must be one of {CONTEXT_PARALLEL}, got {context_parallel!r}")
+        if compile or card.ppf_patches or lora is not None:
+            raise ValueError("context_parallel runs neither with compile=True, LoRA files nor PPF checkpoints")
+        cp_plan, groups = setup(context_parallel, cfg_parallel)
+        transformer = ContextParallelWan(transformer, cp_plan, groups)
+        seed = shared_seed(request.seed, device)  # every rank draws the same noise
+    if lora is not None and card.ppf_patches:
+        raise ValueError("LoRA files are not supported with PPF checkpoints")
+    backbone = backbone_for(transformer, card.rope, components.text_len)
     net = (
         torch.compile(backbone, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
         if compile
         else backbone
     )
-    model = BackboneDenoiser(net, full_size=shape[1:])
-    cond = components.encode_prompt(prompts).to(device)
+    model = stage_models(BackboneDenoiser(net, full_size=request.padded, lora=lora), card.num_stages)
+    cond = _embeds(prompt_embeds, lambda: components.encode_prompt(prompts), batch, "prompt_embeds", device)
     uncond = None  # without CFG the unconditional branch is never encoded
-    if scale != 1.0:
-        uncond = (
-            torch.zeros_like(cond)
-            if card.uncond == "zeros"
-            else components.encode_prompt([negative_prompt] * len(prompts)).to(device)
-        )
-    denoiser = model if uncond is None else guided(model, scale, uncond=uncond)
-
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    if card.ppf_patches:
-        from .ppf import sample_ppf
-
-        if ppf is None:
-            raise ValueError(
-                f"a PPF checkpoint ({CARD_FILE} has ppf_patches) needs ppf=load_ppf(model_dir, transformer, card)"
-            )
-        noise = torch.randn((len(prompts), *shape), generator=gen, device=device, dtype=torch.float32)
-        start = time.perf_counter()
-        latents = sample_ppf(
-            ppf,
-            noise,
-            cond,
-            plan.windows,
-            plan,
-            shift=shift,
-            few_step=sampler == "few-step",
-            guidance=scale,
-            uncond=uncond,
-            rng=gen,
-        )
+    if request.guidance_scale != 1.0:
+        if card.uncond == "zeros":
+            uncond = torch.zeros_like(cond)
+        else:
+            negative = [request.negative_prompt] * batch
+            uncond = _embeds(
+                negative_prompt_embeds, lambda: components.encode_prompt(negative), batch, "negative_prompt_embeds",
+                device,
+            )  # fmt: skip
+    if uncond is None:
+        denoiser = model
+    elif isinstance(model, list):  # per-stage LoRA: one denoiser per stage
+        denoiser = [guided(m, request.guidance_scale, uncond=uncond) for m in model]
     else:
-        coarse = pyramid.shapes((len(prompts), *shape))[plan.top]
-        noise = torch.randn(coarse, generator=gen, device=device, dtype=torch.float32)
-        bar = _Progress(plan, progress)
-        run = sample_few_step if sampler == "few-step" else sample_euler
-        start = time.perf_counter()
-        try:
-            latents = run(denoiser, noise, pyramid, plan.windows, plan, cond=cond, shift=shift, rng=gen, callback=bar)
-        finally:
-            bar.close()
-    seconds = time.perf_counter() - start
-    video = components.decode_latents(latents)
-    return Generation(
-        video, latents, format_schedule(plan.steps), sampler, seconds, {"cfg_scale": scale, "card": asdict(card)}
-    )
+        denoiser = guided(model, request.guidance_scale, uncond=uncond)
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    bar = _Progress(plan, progress and not card.ppf_patches)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    start_time = time.perf_counter()
+    try:
+        # the text keys and values once per generation (not with FSDP-sharded blocks: see pyrflow_fast.parallel)
+        cache = getattr(components.transformer, "text_cache", None) if context_parallel is None else None
+        text_cache = cache() if cache is not None else contextlib.nullcontext()
+        with use_attention(request.attention), autocast, text_cache:
+            if request.solver != "pyramid":
+                if latents is None:  # as diffusers' randn_tensor with a CPU generator
+                    cpu = torch.Generator().manual_seed(seed)
+                    latents = torch.randn(start, generator=cpu, dtype=torch.float32)
+                scheduler = make_scheduler(request.solver, components.scheduler_config, request.shift)
+                used_shift = scheduler.config.get("flow_shift", scheduler.config.get("shift"))
+                x = latents.to(device=device, dtype=torch.float32)
+                finest = denoiser[0] if isinstance(denoiser, list) else denoiser
+                out = sample_scheduler(finest, x, scheduler, plan.steps_of(0), cond=cond, callback=bar)
+            elif card.ppf_patches:
+                used_shift = plan.shift
+                from .ppf import sample_ppf
+
+                if ppf is None:
+                    raise ValueError(
+                        f"a PPF checkpoint ({CARD_FILE} has ppf_patches) needs ppf=load_ppf(model_dir, transformer, "
+                        "card)"
+                    )
+                if latents is None:
+                    latents = torch.randn(start, generator=gen, device=device, dtype=torch.float32)
+                few = request.sampler == "few-step"
+                out = sample_ppf(
+                    ppf, latents.to(device), cond, plan.windows, plan, shift=plan.shift, few_step=few,
+                    guidance=request.guidance_scale, uncond=uncond, rng=gen,
+                )  # fmt: skip
+            else:
+                used_shift = plan.shift
+                if latents is None:
+                    latents = torch.randn(start, generator=gen, device=device, dtype=torch.float32)
+                run = sample_few_step if request.sampler == "few-step" else sample_euler
+                out = run(
+                    denoiser, latents.to(device), card.pyramid(), plan.windows, plan, cond=cond, shift=plan.shift,
+                    rng=gen, callback=bar,
+                )  # fmt: skip
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start_time
+    f, h, w = request.latent
+    out = out[:, :, :f, :h, :w].float()  # the padded rows, columns and frames are dropped once, here
+    video = components.decode_latents(out)
+    info = {
+        "guidance_scale": request.guidance_scale,
+        "shift": used_shift,
+        "size": request.size,
+        "padded_latent": request.padded,
+        "card": asdict(card),
+    }
+    return Generation(video, out, format_schedule(plan.steps), request.sampler, seconds, info, seed, request.solver)
 
 
 def save(result: Generation, out: str | Path, *, fps: int = 16, latents: str | Path | None = None) -> list[Path]:
@@ -223,24 +303,38 @@ def save(result: Generation, out: str | Path, *, fps: int = 16, latents: str | P
         from safetensors.torch import save_file
 
         latents = Path(latents)
+        latents.parent.mkdir(parents=True, exist_ok=True)
         save_file(
             {"latents": result.latents.float().cpu().contiguous()},
             str(latents),
-            metadata={"schedule": result.schedule, "sampler": result.sampler},
-        )
+            metadata={"schedule": result.schedule, "sampler": result.sampler, "solver": result.solver,
+                      "seed": str(result.seed)},
+        )  # fmt: skip
         written.append(latents)
     return written
 
 
+_DTYPE_CHOICES = ("auto", *DTYPES)
+_GENERATE_ARGS = (
+    "negative_prompt", "schedule", "sampler", "solver", "guidance_scale", "shift", "seed", "frames", "height", "width",
+    "resampler", "attention",
+)  # fmt: skip
+"""The CLI options passed to :func:`~pyrflow_fast.request.prepare` and :func:`generate` under their own names."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="pyrflow-sample", description="Generate a video with a (pyramidal) Wan2.1 checkpoint."
+        prog="pyrflow-sample",
+        description="Generate a video with a (pyramidal) Wan2.1 checkpoint.",
+        formatter_class=DefaultsFormatter,
     )
     ap.add_argument(
         "--model-dir", required=True, type=Path, help="local Wan2.1 directory (diffusers or original layout)"
     )
-    ap.add_argument("--prompt", action="append", required=True, help="text prompt (repeat for a batch)")
-    ap.add_argument("--negative-prompt", default="", help="negative prompt for CFG")
+    ap.add_argument("--prompt", dest="prompts", action="append", required=True, help="text prompt (repeat for a batch)")
+    ap.add_argument(
+        "--negative-prompt", default=None, help="negative prompt for CFG (default: Wan's built-in negative prompt)"
+    )
     ap.add_argument(
         "--schedule",
         default=None,
@@ -248,26 +342,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--sampler", default="auto", choices=SAMPLERS, help="auto picks few-step for distilled checkpoints")
     ap.add_argument(
-        "--cfg",
+        "--solver",
+        default="auto",
+        choices=SOLVERS,
+        help="unipc/euler: diffusers' UniPC/flow-match Euler scheduler (plain schedules 0-0-N); pyramid: pyrflow's "
+        "samplers; auto: the model folder's scheduler (Wan's UniPC) for plain schedules, else pyramid",
+    )
+    ap.add_argument(
+        "--guidance-scale",
+        dest="guidance_scale",
         type=float,
         default=None,
         help="CFG scale (default: the checkpoint card's, 5.0 for Wan; none for distilled checkpoints)",
     )
-    ap.add_argument("--shift", type=float, default=5.0, help="timestep shift of the stage grids")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--frames", type=int, default=81, help="pixel frames, 16k+1 for 3 stages")
-    ap.add_argument("--height", type=int, default=448, help="pixels, divisible by 64 for 3 stages")
-    ap.add_argument("--width", type=int, default=832, help="pixels, divisible by 64 for 3 stages")
+    ap.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        help=f"timestep shift (default: the scheduler config's for unipc/euler, {PYRAMID_SHIFT} for pyramid)",
+    )
+    ap.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
+    ap.add_argument("--frames", type=int, default=None, help=f"pixel frames, 4k+1 (default: the card's, {WAN_SIZE[0]})")
+    ap.add_argument("--height", type=int, default=None, help=f"pixels, a multiple of 16 (default: card, {WAN_SIZE[1]})")
+    ap.add_argument("--width", type=int, default=None, help=f"pixels, a multiple of 16 (default: card, {WAN_SIZE[2]})")
     ap.add_argument(
         "--resampler", default=None, choices=TRANSITION_FAMILIES, help="override the checkpoint's resampler family"
     )
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights dtype")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the models run")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=_DTYPE_CHOICES,
+        help="transformer weights and autocast dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+    )
+    ap.add_argument("--text-encoder-dtype", default="auto", choices=_DTYPE_CHOICES, help="auto: as --dtype")
+    ap.add_argument("--vae-dtype", default="float32", choices=tuple(DTYPES), help="VAE weights dtype")
+    ap.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend")
     ap.add_argument("--compile", action="store_true", help="torch.compile each stage (CUDA graphs on a GPU)")
+    ap.add_argument(
+        "--context-parallel",
+        choices=CONTEXT_PARALLEL,
+        default=None,
+        help="split the large stages' tokens over the ranks of torchrun --nproc-per-node N -m pyrflow_fast.sample",
+    )
+    ap.add_argument(
+        "--cfg-parallel",
+        action="store_true",
+        help="with --context-parallel: the CFG branches on two halves of the ranks",
+    )
     ap.add_argument("--out", type=Path, default=Path("outputs/sample.mp4"), help=".mp4 or .gif")
     ap.add_argument("--save-latents", type=Path, default=None, help="also write the final latents (.safetensors)")
-    ap.add_argument("--fps", type=int, default=16)
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--fps", type=int, default=16, help="frame rate of the written video")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
 
@@ -285,34 +411,39 @@ def run_cli(ap: argparse.ArgumentParser, argv: list[str] | None, work: Callable[
 
 def _sample(args: argparse.Namespace) -> str:
     device = check_device(args.device)
-    if args.out.suffix.lower() not in (".mp4", ".gif"):
-        raise ValueError(f"--out must end in .mp4 or .gif, got {args.out}")
+    if args.context_parallel is not None and device.type == "cuda":  # one GPU per torchrun rank
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    auto = "bfloat16" if device.type == "cuda" else "float32"
+    dtype = DTYPES[auto if args.dtype == "auto" else args.dtype]
+    text_dtype = dtype if args.text_encoder_dtype == "auto" else DTYPES[args.text_encoder_dtype]
+    check_output(args.out, (".mp4", ".gif"), "--out")
+    if args.save_latents is not None:
+        check_output(args.save_latents, (".safetensors",), "--save-latents")
+    if args.fps < 1:
+        raise ValueError(f"--fps must be positive, got {args.fps}")
+    options = {name: getattr(args, name) for name in _GENERATE_ARGS}
+    prompts = check_prompts(args.prompts, None)
     card = ModelCard.load(args.model_dir)
-    plan = card.plan(args.schedule, args.shift)  # parsed once, checked against the card before loading
-    resolve_sampler(card, args.sampler, args.cfg)
-    components = load_components(args.model_dir, device=device, dtype=getattr(torch, args.dtype))
-    ppf = load_ppf(args.model_dir, components.transformer, card) if card.ppf_patches else None
-    result = generate(
-        components,
-        args.prompt,
-        card=card,
-        negative_prompt=args.negative_prompt,
-        schedule=plan,
-        sampler=args.sampler,
-        cfg_scale=args.cfg,
-        shift=args.shift,
-        seed=args.seed,
-        frames=args.frames,
-        height=args.height,
-        width=args.width,
-        resampler=args.resampler,
-        compile=args.compile,
-        progress=not args.no_progress,
-        ppf=ppf,
+    scheduler_config = read_scheduler_config(args.model_dir)
+    # every choice is checked against the card and the configuration files before anything loads
+    request = prepare(card, read_geometry(args.model_dir), scheduler_config=scheduler_config, **options)
+    options.update(seed=request.seed, schedule=request.plan)
+    components = load_components(
+        args.model_dir, device=device, dtype=dtype, text_encoder_dtype=text_dtype, vae_dtype=DTYPES[args.vae_dtype]
     )
-    written = save(result, args.out, fps=args.fps, latents=args.save_latents)
+    ppf = load_ppf(args.model_dir, components.transformer, card) if card.ppf_patches else None
+    lora = load_card_lora(args.model_dir, components.transformer, card)
+    result = generate(
+        components, prompts, card=card, compile=args.compile, progress=not args.no_progress, ppf=ppf, lora=lora,
+        context_parallel=args.context_parallel, cfg_parallel=args.cfg_parallel, **options,
+    )  # fmt: skip
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    written = save(result, args.out, fps=args.fps, latents=args.save_latents) if rank0 else []
+    frames, height, width = result.info["size"]
+    method = result.sampler if result.solver == "pyramid" else result.solver
     return (
-        f"{result.sampler} {result.schedule} ({args.frames}x{args.height}x{args.width}, seed {args.seed}): "
+        f"{method} {result.schedule} ({frames}x{height}x{width}, seed {result.seed}, {dtype}): "
         f"{result.seconds:.2f} s sampling; wrote {', '.join(map(str, written))}"
     )
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -66,9 +66,29 @@ class Guided:
     model: Denoiser
     scale: float
     uncond: Any = None
+    # the last (cond, torch.cat([cond, uncond])): one batched condition tensor per cond, so a
+    # model's text cache (WanDiT.text_cache) sees the same tensor at every step
+    _pair: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def branches(self, x_nat: torch.Tensor, t: torch.Tensor, cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v_cond, v_uncond)``, ``(B, C, F, H, W)`` each, from one forward of batch ``2B`` when
+        ``cond`` and ``uncond`` are batched tensors of one shape, dtype and device (else two forwards)."""
+        u = self.uncond
+        if not (
+            isinstance(cond, torch.Tensor)
+            and isinstance(u, torch.Tensor)
+            and cond.ndim > 0
+            and (cond.shape, cond.dtype, cond.device) == (u.shape, u.dtype, u.device)
+        ):
+            return self.model(x_nat, t, cond), self.model(x_nat, t, u)
+        if not self._pair or self._pair[0] is not cond:
+            self._pair[:] = [cond, torch.cat([cond, u])]
+        v = self.model(torch.cat([x_nat, x_nat]), torch.cat([t, t]), self._pair[1])
+        return v[: x_nat.shape[0]], v[x_nat.shape[0] :]
 
     def __call__(self, x_nat: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        return guidance_combine(self.model(x_nat, t, self.uncond), self.model(x_nat, t, cond), self.scale)
+        v_c, v_u = self.branches(x_nat, t, cond)
+        return guidance_combine(v_u, v_c, self.scale)
 
 
 # twin: pyrflow_ref.samplers.guided
@@ -76,7 +96,9 @@ def guided(model: Denoiser, scale: float, uncond: Any = None) -> Guided:
     r"""Classifier-free guidance :math:`\hat v_u + w(\hat v_c - \hat v_u)` on the natural velocity.
 
     The bridge is affine in :math:`\hat v` with a condition-free offset, so guiding :math:`\hat v`
-    guides :math:`dx/d\sigma` identically; the samplers fuse the combine into the Euler update.
+    guides :math:`dx/d\sigma` identically; the samplers fuse the combine into the Euler update. The
+    two branches run as one forward of twice the batch when ``cond`` and ``uncond`` are tensors of
+    one shape (:meth:`Guided.branches`); the model must treat batch entries independently.
     """
     return Guided(model, scale, uncond)
 
@@ -101,8 +123,8 @@ def _euler_step(
     """``x + dsigma * dx/dsigma`` through the fused guidance + Euler op."""
     x_nat, t = natural_input(x, sigma, g)
     if isinstance(model, Guided):
-        v_u = model.model(x_nat, t, model.uncond)
-        return kernels.guided_euler(x, model.model(x_nat, t, cond), v_u, sigma, dsigma, g, model.scale)
+        v_c, v_u = model.branches(x_nat, t, cond)
+        return kernels.guided_euler(x, v_c, v_u, sigma, dsigma, g, model.scale)
     return kernels.guided_euler(x, model(x_nat, t, cond), None, sigma, dsigma, g)
 
 

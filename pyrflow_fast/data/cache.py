@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 from pyrflow_ref.resample import TRANSITION_FAMILIES
 
 from ..card import latent_pyramid
+from ..cli_help import DefaultsFormatter
 from ..process import clean_pyramid_latent
 from ..resample import WAN_PYRAMID, Pyramid
 from .pyramid import DEFINITIONS, clean_pyramid
@@ -414,8 +415,9 @@ class LatentCache(Dataset):
 # ------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pyrflow_fast.data.cache",
+        prog="pyrflow-cache",
         description="Encode a folder of captioned videos into a latent cache for pyramidal training.",
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--data", required=True, help="folder of videos")
     p.add_argument(
@@ -424,30 +426,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="Wan2.1 model directory (diffusers or original layout)")
     p.add_argument("--out", required=True, help="cache folder to write")
     p.add_argument("--frames", type=int, default=81, help="frames per clip (4k + 1)")
-    p.add_argument("--height", type=int, default=448)
-    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--height", type=int, default=448, help="pixels")
+    p.add_argument("--width", type=int, default=832, help="pixels")
     p.add_argument("--fps", type=float, default=16.0, help="frame rate the clips are sampled at")
     p.add_argument("--seed", type=int, default=None, help="random clip starts with this seed (default: start at 0)")
-    p.add_argument("--definition", type=int, choices=DEFINITIONS, default=1)
-    p.add_argument("--num-stages", type=int, default=3)
-    p.add_argument("--resampler", choices=TRANSITION_FAMILIES, default="haar")
-    p.add_argument("--factors", type=int, nargs=3, default=(2, 2, 2), metavar=("T", "H", "W"))
-    p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--definition", type=int, choices=DEFINITIONS, default=1, help="forward-process definition")
+    p.add_argument("--num-stages", type=int, default=3, help="pyramid stages cached per clip")
+    p.add_argument("--resampler", choices=TRANSITION_FAMILIES, default="haar", help="resampler family")
+    p.add_argument(
+        "--factors", type=int, nargs=3, default=(2, 2, 2), metavar=("T", "H", "W"), help="per-transition factors"
+    )
+    p.add_argument("--shard-size", type=int, default=64, help="clips per shard file")
+    p.add_argument("--batch-size", type=int, default=1, help="clips encoded together")
     p.add_argument("--num-workers", type=int, default=0, help="video-decoding worker processes")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the text encoder and VAE run")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="text encoder dtype")
-    p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--text-len", type=int, default=512, help="prompt length in tokens")
     p.add_argument("--allow-outside-root", action="store_true", help="accept caption paths that lead outside --data")
     p.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
-        help=f"skip videos whose frames have more pixels (width * height) than this as too_large "
-        f"(default {DEFAULT_MAX_PIXELS} = 4096x2160; 0: no limit)",
+        help="skip videos whose frames have more pixels (width * height) than this as too_large "
+        "(4096x2160; 0: no limit)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 

@@ -23,16 +23,7 @@ from pathlib import Path
 
 from pyrflow_ref.windows import parse_schedule
 
-from ..train.config import (
-    CheckpointConfig,
-    DataConfig,
-    OptimConfig,
-    PyramidConfig,
-    TrainConfig,
-    _f,
-    load_config,
-    raise_first,
-)
+from ..train.config import RunConfig, _collective_timeout_field, _f, load_config, raise_first
 
 __all__ = [
     "VARIANTS",
@@ -101,6 +92,7 @@ class DistillSection:
     score_shift: float = _f(5.0, "Shift k of the DMD score levels (uniform in the unshifted variable, then shifted).")
     sigma_min: float = _f(0.02, "Lower clamp of the DMD score levels.")
     sigma_max: float = _f(0.98, "Upper clamp of the DMD score levels.")
+    band_norm: str = _f("low", "dmd-pt: `low` (band weights divided by (1 - sigma)^2) or `none` (raw M^T M).")
     critic_ratio: int = _f(5, "Critic updates (DMD fake score, or discriminator head) per generator update.")
     regression_weight: float = _f(
         0.01,
@@ -113,7 +105,6 @@ class DistillSection:
         "with CFG for the pyramidal teacher; dmd-ot's teacher runs plain Euler at stage-0 resolution with the sum "
         "of the steps.",
     )
-    band_norm: str = _f("low", "dmd-pt: `low` (band weights divided by (1 - sigma)^2) or `none` (raw M^T M).")
     lora_rank: int = _f(
         16,
         "Rank of the LoRA adapters on the student (the paper's recipe for PT and PT*); 0: full finetune of the "
@@ -129,14 +120,14 @@ class DistillSection:
         "The critic, and for ppf the student, start from the finetuned teacher; 0: skip.",
     )
     teacher_finetune_lr: float = _f(1e-5, "dmd-ot and ppf: learning rate of the teacher finetune (AdamW, no warm-up).")
-    feature_blocks: list = _f(
+    feature_blocks: list[int] = _f(
         [],
         "adv-*: indices of the frozen backbone's blocks whose features the discriminator head reads; []: the block "
         "in the middle and the last block.",
     )
     disc_hidden: int = _f(128, "adv-*: hidden channels of each spatial / temporal branch of the discriminator head.")
     adv_weight: float = _f(1.0, "adv-*: weight of the adversarial (hinge) term of the generator loss.")
-    ppf_patches: list = _f(
+    ppf_patches: list[list[int]] = _f(
         [[1, 2, 2], [1, 4, 4], [1, 8, 8]],
         "ppf: patch (T, H, W) per stage on the full-resolution latent, finest first (one per pyramid stage; stage "
         "0 is the pretrained patch); the pyramid's boundaries are the stage windows.",
@@ -170,6 +161,11 @@ class DistillRunConfig:
         "backward pass.",
     )
     device: str = _f("auto", "`auto` (cuda:LOCAL_RANK when CUDA is available, else cpu), `cpu` or `cuda`.")
+    precision: str = _f(
+        "auto",
+        "`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16` (autocast of the roll-outs, scores and "
+        "losses; weights, optimizer states and gradients stay fp32 master copies).",
+    )
     parallel: str = _f(
         "none",
         "`none`, `ddp` or `fsdp`: data parallel over processes launched with torchrun (gloo on CPU, nccl on CUDA) "
@@ -179,26 +175,21 @@ class DistillRunConfig:
         "the critic are averaged over the ranks before clipping. `fsdp`: FSDP2 fully_shard of the student, the "
         "critic or discriminator head (PPF: their transformer blocks); frozen teachers stay replicated, LoRA "
         "adapters are replicated and averaged. A finetuned teacher (dmd-ot, ppf) is broadcast from rank 0; "
-        "checkpoints and the export are gathered to rank 0, which writes them and the metrics.",
+        "checkpoints are sharded (DCP: every rank writes its shards; they resume at any world size), the export "
+        "is gathered to rank 0, which writes it and the metrics.",
     )
+    collective_timeout: float = _collective_timeout_field()
     log_every: int = _f(1, "Append a metrics line to metrics.jsonl every this many iterations.")
     progress: bool = _f(True, "Show a tqdm progress bar.")
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(RunConfig):
     """The whole configuration of ``python -m pyrflow_fast.distill`` (pyrflow-distill)."""
 
     model: DistillModelConfig = field(default_factory=DistillModelConfig)
-    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     distill: DistillSection = field(default_factory=DistillSection)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: DistillRunConfig = field(default_factory=DistillRunConfig)
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     @property
     def method(self) -> str:
@@ -220,47 +211,35 @@ class DistillConfig:
                 "invalid config: distill.schedule / distill.regression_schedule do not fit the model's "
                 f"{self.pyramid.num_stages} pyramid stages: {err}"
             ) from None
-        checks = [
-            (sum(steps) >= 1, "distill.schedule must take at least one step"),
-            (
-                d.sigma_min >= 0 and d.sigma_min < d.sigma_max <= 1,
-                "need 0 <= distill.sigma_min < distill.sigma_max <= 1",
-            ),
-            (d.score_shift > 0 and d.sample_shift > 0, "distill.score_shift and distill.sample_shift must be > 0"),
-            (d.critic_ratio >= 1, "distill.critic_ratio must be >= 1"),
-            (d.regression_weight >= 0, "distill.regression_weight must be >= 0"),
-            (d.band_norm in ("low", "none"), "distill.band_norm must be 'low' or 'none'"),
-            (d.lora_rank >= 0, "distill.lora_rank must be >= 0"),
-            (
-                d.critic_lr >= 0 and d.teacher_finetune_lr > 0,
-                "distill.critic_lr must be >= 0 and distill.teacher_finetune_lr > 0",
-            ),
-            (d.teacher_finetune_steps >= 0, "distill.teacher_finetune_steps must be >= 0"),
-            (d.disc_hidden >= 1, "distill.disc_hidden must be >= 1"),
-            (d.adv_weight >= 0 and d.rec_weight >= 0, "distill.adv_weight and distill.rec_weight must be >= 0"),
-            (
-                d.variant != "ppf" or len(d.ppf_patches) == self.pyramid.num_stages,
-                f"distill.ppf_patches must have one patch per pyramid stage ({self.pyramid.num_stages}), got "
-                f"{list(d.ppf_patches)}",
-            ),
-            (self.model.rope in ("integer", "scaled"), "model.rope must be 'integer' or 'scaled'"),
-            (self.train.steps >= 1, "train.steps must be >= 1"),
-            (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
-            (self.train.device in ("auto", "cpu", "cuda"), "train.device must be 'auto', 'cpu' or 'cuda'"),
-            (
-                self.train.parallel in ("none", "ddp", "fsdp"),
-                f"train.parallel must be 'none', 'ddp' or 'fsdp', got {self.train.parallel!r}",
-            ),
-            (self.train.log_every >= 1, "train.log_every must be >= 1"),
-        ]
-        raise_first(checks)
-        # the shared sections are checked by the trainer's own validation
-        TrainConfig(pyramid=self.pyramid, data=self.data, optim=self.optim, checkpoint=self.checkpoint)
-
-    from_dict = classmethod(TrainConfig.from_dict.__func__)
-    to_dict = TrainConfig.to_dict
-    to_json = TrainConfig.to_json
-    to_toml = TrainConfig.to_toml
+        raise_first(
+            [
+                (sum(steps) >= 1, "distill.schedule must take at least one step"),
+                (
+                    d.sigma_min >= 0 and d.sigma_min < d.sigma_max <= 1,
+                    "need 0 <= distill.sigma_min < distill.sigma_max <= 1",
+                ),
+                (d.score_shift > 0 and d.sample_shift > 0, "distill.score_shift and distill.sample_shift must be > 0"),
+                (d.critic_ratio >= 1, "distill.critic_ratio must be >= 1"),
+                (d.regression_weight >= 0, "distill.regression_weight must be >= 0"),
+                (d.band_norm in ("low", "none"), "distill.band_norm must be 'low' or 'none'"),
+                (d.lora_rank >= 0, "distill.lora_rank must be >= 0"),
+                (
+                    d.critic_lr >= 0 and d.teacher_finetune_lr > 0,
+                    "distill.critic_lr must be >= 0 and distill.teacher_finetune_lr > 0",
+                ),
+                (d.teacher_finetune_steps >= 0, "distill.teacher_finetune_steps must be >= 0"),
+                (d.disc_hidden >= 1, "distill.disc_hidden must be >= 1"),
+                (d.adv_weight >= 0 and d.rec_weight >= 0, "distill.adv_weight and distill.rec_weight must be >= 0"),
+                (
+                    d.variant != "ppf" or len(d.ppf_patches) == self.pyramid.num_stages,
+                    f"distill.ppf_patches must have one patch per pyramid stage ({self.pyramid.num_stages}), got "
+                    f"{list(d.ppf_patches)}",
+                ),
+                (self.model.rope in ("integer", "scaled"), "model.rope must be 'integer' or 'scaled'"),
+                (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
+            ]
+        )
+        super().validate()
 
 
 def load_distill_config(path: str | Path) -> DistillConfig:

@@ -31,7 +31,15 @@ from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 from ..contract import BackboneDenoiser, WanBackbone
 from ..resample import Pyramid
 from ..samplers import sample_euler, sample_few_step
-from ..train.evidence import _config, features, finish_evidence, frechet_distance, parse_evidence_args, run_dir
+from ..train.evidence import (
+    _config,
+    features,
+    finish_evidence,
+    frechet_distance,
+    parse_evidence_args,
+    run_dir,
+    run_options,
+)
 from ..train.runner import Runner
 from ..train.synthetic import SyntheticPyramids
 from ..wan import WanDiT
@@ -159,15 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora-rank", type=int, default=0)
     ap.add_argument("--num", type=int, default=64, help="samples per Fréchet distance")
     args = parse_evidence_args(ap, argv)
-    res = run(
-        args.teacher_steps,
-        args.distill_steps,
-        variant=args.variant,
-        distill_lr=args.distill_lr,
-        lora_rank=args.lora_rank,
-        num=args.num,
-        out_dir=args.out_dir,
-    )
+    res = run(**run_options(args))
     print(f"Fréchet feature distance to the teacher's 10-10-10 samples ({res['num']} samples each; lower is better):")
     for key in (
         "fd_floor_teacher_10-10-10",

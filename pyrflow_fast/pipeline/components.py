@@ -34,6 +34,7 @@ import torch
 
 from ..wan import WanDiT
 from ..wan.checkpoint import CheckpointError, assign_state_dict, check_state_dict, load_wan, read_state_dict
+from .geometry import read_scheduler_config
 from .layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG, find_layout
 from .pixel import PixelSpace, is_pixel_space
 from .t5_keys import TIED_EMBEDDING, infer_umt5_config, to_hf_t5_state_dict, to_wan_t5_state_dict
@@ -267,6 +268,8 @@ class WanComponents:
     :param transformer: a :class:`pyrflow_fast.wan.WanDiT`, or ``None`` when not loaded.
     :param layout: ``"diffusers"`` or ``"original"``: the layout it was loaded from.
     :param text_len: prompt embeddings are padded (and prompts truncated) to this many tokens.
+    :param scheduler_config: the folder's diffusers scheduler config (``scheduler/scheduler_config.json``),
+        or ``None`` (:mod:`pyrflow_fast.solvers` then uses Wan's).
     """
 
     tokenizer: Any
@@ -275,6 +278,7 @@ class WanComponents:
     transformer: WanDiT | None
     layout: str
     text_len: int = 512
+    scheduler_config: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -429,4 +433,4 @@ def load_components(
         if problems:
             raise ValueError(f"{root}: components do not fit together: " + "; ".join(problems))
         text_len = min(text_len, dit.config.text_len)  # the transformer zero-pads to its own length
-    return WanComponents(tokenizer, text_encoder, vae, dit, layout, text_len)
+    return WanComponents(tokenizer, text_encoder, vae, dit, layout, text_len, read_scheduler_config(root))

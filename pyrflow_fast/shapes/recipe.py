@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, parse_schedule
@@ -187,7 +187,7 @@ def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
             or parse_schedule(exported.schedule)[-1] != parse_schedule(cards[name].schedule)[-1]
         ):
             raise RuntimeError(f"{export}: unexpected card {exported}")
-        cards[name].save(target)
+        replace(cards[name], size=(FRAMES, SIZE, SIZE)).save(target)  # the size it was trained at
     (out / "recipe.json").write_text(json.dumps(info, indent=2) + "\n")
 
 

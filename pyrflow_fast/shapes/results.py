@@ -129,9 +129,9 @@ def run(
             result = sample(components, card, texts[k : k + batch], schedule, seed + k)
             videos.append(result.video)
         row = _summary(torch.cat(videos), asked, ref_features, seed)
-        guided = result.info["cfg_scale"] != 1.0
+        guided = result.info["guidance_scale"] != 1.0
         row["gflops"] = _cost(card, components.transformer.config, schedule, guided) / 1e9
-        row["cfg"] = result.info["cfg_scale"]
+        row["guidance"] = result.info["guidance_scale"]
         # the first run warms up
         times = [
             sample(components, card, texts[r % len(texts)], schedule, seed + r).seconds for r in range(timing_runs + 1)

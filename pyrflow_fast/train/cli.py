@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 import sys
 from collections.abc import Callable
 
@@ -92,7 +94,9 @@ def fit_command(
 ) -> int:
     """What a command over the Runner does with its parsed ``args``: print ``cls``'s defaults, or fit a
     Runner on ``resolve(args)`` (``--config`` required unless ``overridden``) and print ``done: <summary>``
-    on rank 0. A user-facing error while building or fitting prints ``<prog>: error: ...`` and returns 2."""
+    on rank 0. A user-facing error while building or fitting prints ``<prog>: error: ...`` and returns 2; a
+    collective that timed out (``train.collective_timeout``: a stalled or dead rank) prints the message naming
+    the field and ends the process with status 2 (the process group cannot be freed while a peer is stuck)."""
     if args.print_default_config:
         config = cls()
         sys.stdout.write(config.to_toml() if args.format == "toml" else config.to_json())
@@ -103,20 +107,33 @@ def fit_command(
         config = resolve(args)
     except (ValueError, FileNotFoundError) as err:
         ap.error(str(err))
+    from .distributed import collective_timeout_message
     from .runner import Runner
+
+    def stop_after_timeout(err: BaseException) -> None:
+        # a collective timed out: the peer is stuck, and freeing the process group would wait for it
+        # (gloo joins its pending work), so this process ends here, with the reason
+        message = collective_timeout_message(err, config.train.collective_timeout)
+        if message is not None:
+            print(f"{ap.prog}: error: {message}", file=sys.stderr, flush=True)
+            os._exit(2)
 
     try:
         runner = Runner(config)
     except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
+        stop_after_timeout(err)
         print(f"{ap.prog}: error: {err}", file=sys.stderr)
         return 2
     try:
         history = runner.fit(resume=args.resume)
-    except (ValueError, FileNotFoundError) as err:
+    except BaseException as err:
+        stop_after_timeout(err)
+        runner.dist.abort()  # no last barrier: the other ranks may have stopped on the same error, or be gone
+        if not isinstance(err, (ValueError, FileNotFoundError, pickle.UnpicklingError)):
+            raise
         print(f"{ap.prog}: error: {err}", file=sys.stderr)
         return 2
-    finally:
-        runner.close()
+    runner.close()
     if runner.rank == 0:
         last = history[-1] if history else {"step": runner.step}
         print(f"done: {summary(config, last)}; run directory {runner.out}", file=sys.stderr)

@@ -12,16 +12,23 @@ fields are an error.
 ... except ValueError as err:
 ...     print(str(err).split(";")[0])
 unknown field 'train.stepz'
+>>> try:
+...     TrainConfig.from_dict({"optim": {"lr": "abc"}})
+... except ValueError as err:
+...     print(err)
+optim.lr: expected a float, got 'abc' (str)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pyrflow_ref.resample import TRANSITION_FAMILIES
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES
@@ -35,10 +42,12 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "PyramidConfig",
+    "RunConfig",
     "TrainConfig",
     "TrainSection",
     "load_config",
     "raise_first",
+    "synthetic_run",
 ]
 
 
@@ -47,6 +56,15 @@ def _f(default: Any, doc: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc}, **kw)
     return field(default=default, metadata={"doc": doc}, **kw)
+
+
+def _collective_timeout_field() -> Any:
+    """``train.collective_timeout``, the same field in every ``[train]`` section."""
+    return _f(
+        600.0,
+        "ddp/fsdp: seconds a collective (gradient all-reduce, barrier, broadcast) may wait for the other ranks; a "
+        "stalled or dead rank then ends the run with an error naming this field instead of hanging it.",
+    )
 
 
 @dataclass
@@ -80,13 +98,15 @@ class PyramidConfig:
     """``[pyramid]``: the pyramid the model is finetuned for (written to ``pyrflow.json``; distillation shares it)."""
 
     num_stages: int = _f(3, "Number of stages S (1 = plain flow matching, Wan's loss).")
-    boundaries: list = _f(
+    boundaries: list[float] = _f(
         list(WAN_DEFAULT_BOUNDARIES),
         "The S - 1 inner stage boundaries in global sigma, finest first (default: Wan's 50-step shift-5 grid at "
         "steps 40 and 20: 5/9, 15/17).",
     )
     resampler: str = _f("haar", "Resampler family of the latent pyramid: `haar` or `dct`.")
-    factors: list = _f([2, 2, 2], "Per-transition factors (T, H, W) on the latent (the first-frame rule applies on T).")
+    factors: list[int] = _f(
+        [2, 2, 2], "Per-transition factors (T, H, W) on the latent (the first-frame rule applies on T)."
+    )
 
     def build(self):
         """The :class:`~pyrflow_fast.resample.Pyramid` and :class:`~pyrflow_ref.windows.StageWindows` of this
@@ -109,14 +129,16 @@ class DataConfig:
         "pyrflow_fast.train.synthetic (tests, evidence).",
     )
     path: str = _f("", "Cache directory (kind = cache).")
-    latent_size: list = _f(
+    latent_size: list[int] = _f(
         [21, 56, 104],
         "Expected stage-0 latent size (F, H, W) of the cache (default: 81x448x832 pixels, the paper's training "
         "resolution); a cache of another size is an error; [] accepts any size (kind = cache).",
     )
     synthetic_samples: int = _f(256, "Number of synthetic videos (kind = synthetic).")
     synthetic_classes: int = _f(4, "Number of synthetic text classes (kind = synthetic).")
-    synthetic_size: list = _f([5, 16, 16], "Stage-0 latent size (F, H, W) of the synthetic videos (kind = synthetic).")
+    synthetic_size: list[int] = _f(
+        [5, 16, 16], "Stage-0 latent size (F, H, W) of the synthetic videos (kind = synthetic)."
+    )
     synthetic_seed: int = _f(0, "Seed of the synthetic dataset (kind = synthetic).")
     text_dropout: float = _f(
         0.0,
@@ -148,7 +170,7 @@ class OptimConfig:
     """``[optim]``: AdamW, learning-rate schedule, clipping."""
 
     lr: float = _f(1e-5, "Peak learning rate (full finetune; use about 1e-4 for LoRA).")
-    betas: list = _f([0.9, 0.95], "AdamW betas (Pyramid Flow's training script).")
+    betas: list[float] = _f([0.9, 0.95], "AdamW betas (Pyramid Flow's training script).")
     weight_decay: float = _f(1e-4, "AdamW weight decay (Pyramid Flow's training script).")
     eps: float = _f(1e-8, "AdamW epsilon.")
     warmup_steps: int = _f(500, "Linear warm-up steps from 0 to `lr`.")
@@ -187,12 +209,23 @@ class CheckpointConfig:
     """``[checkpoint]``: resumable training state and the exported model."""
 
     every: int = _f(500, "Write a training checkpoint every this many optimizer steps (and at the end).")
+    async_save: bool = _f(
+        False,
+        "Write the checkpoint shards in a background thread (torch.distributed.checkpoint.async_save): training "
+        "continues after the state is staged in host memory; the checkpoint counts once the next save or the end "
+        "of the run finalises it (costs one more host copy of the training state).",
+    )
     keep_last: int = _f(2, "Keep this many most recent training checkpoints.")
     export: bool = _f(True, "At the end, export the model (WanDiT checkpoint + pyrflow.json) to `<output_dir>/export`.")
     export_layout: str = _f(
         "original",
         "Layout of the exported transformer: `original` (config.json + diffusion_pytorch_model.safetensors) or "
         "`diffusers` (transformer/ folder).",
+    )
+    export_max_shard_size: str = _f(
+        "5GB",
+        "Split the exported transformer into safetensors shards of at most this size plus an index file (the "
+        "layout of the Wan2.1-14B release; diffusers and pyrflow load both); empty: one file.",
     )
     link_components: bool = _f(
         True,
@@ -227,84 +260,88 @@ class TrainSection:
     parallel: str = _f(
         "none",
         "`none`, `ddp` (DistributedDataParallel) or `fsdp` (FSDP2 fully_shard per transformer block and at the "
-        "root; with LoRA at the root only; bf16 precision shards bf16 parameters with float32 gradient reduction); "
-        "launch with torchrun for ddp/fsdp.",
+        "root, the LoRA adapters in the root group; the backbone and a teacher from a file are built on the meta "
+        "device and read shard by shard; bf16 precision all-gathers bf16 parameters with float32 gradient "
+        "reduction); launch with torchrun for ddp/fsdp. Checkpoints are sharded (DCP) and resume at any world size.",
     )
     device: str = _f("auto", "`auto` (cuda:LOCAL_RANK when CUDA is available, else cpu), `cpu` or `cuda`.")
+    collective_timeout: float = _collective_timeout_field()
     log_every: int = _f(1, "Append a metrics line to metrics.jsonl every this many steps.")
     progress: bool = _f(True, "Show a tqdm progress bar (rank 0).")
 
 
 @dataclass
-class TrainConfig:
-    """The whole configuration of ``python -m pyrflow_fast.train``."""
+class RunConfig:
+    """What every configuration of a command over the Runner is: the sections it shares with the others
+    (``[pyramid]``, ``[data]``, ``[optim]``, ``[checkpoint]``) plus its own, read from nested dicts,
+    type-checked, validated and written back as TOML, JSON or a Markdown reference.
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    A subclass is a dataclass that declares its own sections, among them ``train`` (with the run fields
+    ``steps``, ``device``, ``precision``, ``parallel``, ``collective_timeout``, ``log_every`` that
+    :meth:`validate` checks), names its :attr:`method` and extends :meth:`validate`. Every field is
+    checked against its annotation when the config is built (an int is fine for a float field and is
+    stored as a float; a bool is not an int), before any value is used.
+    """
+
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    ema: EMAConfig = field(default_factory=EMAConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    train: TrainSection = field(default_factory=TrainSection)
 
     def __post_init__(self) -> None:
+        for section in dataclasses.fields(self):
+            _check_section(section.name, getattr(self, section.name), section.default_factory)
         self.validate()
-
-    @property
-    def method(self) -> str:
-        """The training method's name in :data:`pyrflow_fast.train.methods.METHODS`."""
-        return "finetune"
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ValueError on inconsistent values (names the field)."""
-        checks = [
-            (self.model.rope in ("integer", "scaled"), "model.rope must be 'integer' or 'scaled'"),
-            (self.pyramid.num_stages >= 1, "pyramid.num_stages must be >= 1"),
-            (
-                len(self.pyramid.boundaries) == self.pyramid.num_stages - 1,
-                f"pyramid.boundaries must have num_stages - 1 = {self.pyramid.num_stages - 1} values, got "
-                f"{list(self.pyramid.boundaries)}",
-            ),
-            (
-                self.pyramid.resampler in TRANSITION_FAMILIES,
-                f"pyramid.resampler must be one of {TRANSITION_FAMILIES}, got {self.pyramid.resampler!r}",
-            ),
-            (len(self.pyramid.factors) == 3, "pyramid.factors must be three ints (T, H, W)"),
-            (
-                self.data.kind in ("cache", "synthetic"),
-                f"data.kind must be 'cache' or 'synthetic', got {self.data.kind!r}",
-            ),
-            (0.0 <= self.data.text_dropout < 1.0, "data.text_dropout must be in [0, 1)"),
-            (len(self.data.latent_size) in (0, 3), "data.latent_size must be [F, H, W] or []"),
-            (self.loss.weighting in ("sigma", "natural"), "loss.weighting must be 'sigma' or 'natural'"),
-            (self.loss.distill_weight >= 0, "loss.distill_weight must be >= 0"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
-            (self.optim.schedule in ("constant", "cosine"), "optim.schedule must be 'constant' or 'cosine'"),
-            (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
-            (self.lora.rank >= 0, "lora.rank must be >= 0"),
-            (0.0 <= self.ema.decay < 1.0, "ema.decay must be in [0, 1)"),
-            (self.checkpoint.every >= 1, "checkpoint.every must be >= 1"),
-            (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
-            (
-                self.checkpoint.export_layout in ("original", "diffusers"),
-                "checkpoint.export_layout must be 'original' or 'diffusers'",
-            ),
-            (self.train.steps >= 1, "train.steps must be >= 1"),
-            (self.train.samples_per_stage >= 1, "train.samples_per_stage must be >= 1"),
-            (self.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
-            (self.train.precision in ("auto", "fp32", "bf16"), "train.precision must be 'auto', 'fp32' or 'bf16'"),
-            (self.train.parallel in ("none", "ddp", "fsdp"), "train.parallel must be 'none', 'ddp' or 'fsdp'"),
-            (self.train.device in ("auto", "cpu", "cuda"), "train.device must be 'auto', 'cpu' or 'cuda'"),
-            (self.train.log_every >= 1, "train.log_every must be >= 1"),
-        ]
-        raise_first(checks)
+        """Raise ValueError on inconsistent values of the shared sections and the run fields (names the field)."""
+        p, t = self.pyramid, self.train
+        raise_first(
+            [
+                (p.num_stages >= 1, "pyramid.num_stages must be >= 1"),
+                (
+                    len(p.boundaries) == p.num_stages - 1,
+                    f"pyramid.boundaries must have num_stages - 1 = {p.num_stages - 1} values, got {p.boundaries}",
+                ),
+                (
+                    p.resampler in TRANSITION_FAMILIES,
+                    f"pyramid.resampler must be one of {TRANSITION_FAMILIES}, got {p.resampler!r}",
+                ),
+                (len(p.factors) == 3, "pyramid.factors must be three ints (T, H, W)"),
+                (
+                    self.data.kind in ("cache", "synthetic"),
+                    f"data.kind must be 'cache' or 'synthetic', got {self.data.kind!r}",
+                ),
+                (0.0 <= self.data.text_dropout < 1.0, "data.text_dropout must be in [0, 1)"),
+                (len(self.data.latent_size) in (0, 3), "data.latent_size must be [F, H, W] or []"),
+                (self.optim.lr > 0, "optim.lr must be > 0"),
+                (self.optim.schedule in ("constant", "cosine"), "optim.schedule must be 'constant' or 'cosine'"),
+                (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+                (self.checkpoint.every >= 1, "checkpoint.every must be >= 1"),
+                (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
+                (
+                    self.checkpoint.export_layout in ("original", "diffusers"),
+                    "checkpoint.export_layout must be 'original' or 'diffusers'",
+                ),
+                (t.steps >= 1, "train.steps must be >= 1"),
+                (t.device in ("auto", "cpu", "cuda"), "train.device must be 'auto', 'cpu' or 'cuda'"),
+                (t.precision in ("auto", "fp32", "bf16"), "train.precision must be 'auto', 'fp32' or 'bf16'"),
+                (
+                    t.parallel in ("none", "ddp", "fsdp"),
+                    f"train.parallel must be 'none', 'ddp' or 'fsdp', got {t.parallel!r}",
+                ),
+                (
+                    math.isfinite(t.collective_timeout) and t.collective_timeout > 0,
+                    f"train.collective_timeout must be a positive number of seconds, got {t.collective_timeout}",
+                ),
+                (t.log_every >= 1, "train.log_every must be >= 1"),
+            ]
+        )
 
     # --------------------------------------------------------------------- (de)serialise
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         """Build from nested dicts; every section and field is optional, unknown ones are errors."""
         sections = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
@@ -340,16 +377,87 @@ class TrainConfig:
             lines.append("")
         return "\n".join(lines)
 
-    @staticmethod
-    def reference_markdown() -> str:
+    @classmethod
+    def reference_markdown(cls) -> str:
         """A Markdown table of every field (section, name, default, meaning) for the docs."""
         rows = ["| field | default | meaning |", "|---|---|---|"]
-        for section in dataclasses.fields(TrainConfig):
+        for section in dataclasses.fields(cls):
             obj = section.default_factory()
             for f in dataclasses.fields(obj):
                 value = _toml_value(getattr(obj, f.name)).replace("|", "\\|")
                 rows.append(f"| `{section.name}.{f.name}` | `{value}` | {f.metadata['doc']} |")
         return "\n".join(rows) + "\n"
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """The whole configuration of ``python -m pyrflow_fast.train``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    @property
+    def method(self) -> str:
+        """The training method's name in :data:`pyrflow_fast.train.methods.METHODS`."""
+        return "finetune"
+
+    def validate(self) -> None:
+        """Raise ValueError on inconsistent values (names the field)."""
+        super().validate()
+        raise_first(
+            [
+                (self.model.rope in ("integer", "scaled"), "model.rope must be 'integer' or 'scaled'"),
+                (self.loss.weighting in ("sigma", "natural"), "loss.weighting must be 'sigma' or 'natural'"),
+                (self.loss.distill_weight >= 0, "loss.distill_weight must be >= 0"),
+                (self.lora.rank >= 0, "lora.rank must be >= 0"),
+                (0.0 <= self.ema.decay < 1.0, "ema.decay must be in [0, 1)"),
+                (self.train.samples_per_stage >= 1, "train.samples_per_stage must be >= 1"),
+                (self.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
+            ]
+        )
+
+
+_TYPE_NAMES = {
+    bool: ("a bool", "bools"),
+    int: ("an int", "ints"),
+    float: ("a float", "floats"),
+    str: ("a string", "strings"),
+}
+
+
+def _type_name(hint: Any, plural: bool = False) -> str:
+    """``list[int]`` -> ``"a list of ints"`` (``plural``: ``"lists of ints"``)."""
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return ("lists" if plural else "a list") + " of " + _type_name(item, plural=True)
+    return _TYPE_NAMES[hint][plural]
+
+
+def _typed(where: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the annotation ``hint`` (``bool``, ``int``, ``float``, ``str`` or ``list[...]``
+    of them): an int for a float becomes a float, a tuple for a list a list; ValueError naming ``where`` and the
+    expected type otherwise (a bool is not an int)."""
+    if typing.get_origin(hint) is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(hint)
+            return [_typed(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{where}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_section(name: str, section: Any, cls: type) -> None:
+    """Check (and normalise in place, see :func:`_typed`) every field of the config section ``name``."""
+    if not isinstance(section, cls):
+        raise ValueError(f"config section {name!r} must be a {cls.__name__}, got {type(section).__name__}")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(section):
+        setattr(section, f.name, _typed(f"{name}.{f.name}", getattr(section, f.name), hints[f.name]))
 
 
 def raise_first(checks: list[tuple[bool, str]]) -> None:
@@ -384,3 +492,28 @@ def load_config(path: str | Path, cls: type = TrainConfig) -> Any:
     else:
         raise ValueError(f"config file {path} must end in .json or .toml")
     return cls.from_dict(data)
+
+
+def synthetic_run(output_dir: str | Path, **sections: dict[str, Any]) -> TrainConfig:
+    """A small CPU run of the ``tiny`` model on synthetic data (tests, benchmarks, the CPU evidence).
+
+    Defaults: no progress bar, no gradient checkpointing, float32 on the CPU. ``sections`` update
+    them section by section, e.g. ``synthetic_run(out, train={"steps": 4}, ema={"decay": 0.9})``.
+
+    >>> synthetic_run("/tmp/run", train={"steps": 3}).train.steps
+    3
+    """
+    data: dict[str, dict[str, Any]] = {
+        "model": {"config": "tiny"},
+        "data": {"kind": "synthetic"},
+        "train": {
+            "output_dir": str(output_dir),
+            "progress": False,
+            "gradient_checkpointing": False,
+            "device": "cpu",
+            "precision": "fp32",
+        },
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return TrainConfig.from_dict(data)

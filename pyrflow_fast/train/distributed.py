@@ -4,18 +4,23 @@
 picks the device and offers the few collectives the methods need: barriers, broadcasting a
 module from rank 0, averaging gradients of replicated parameters by hand, and the global
 gradient norm of parameters that may mix FSDP2 shards (DTensors) with replicated tensors.
+
+Every collective waits at most ``train.collective_timeout`` seconds (the process group's timeout):
+on gloo the waiting rank then raises, and :func:`collective_timeout_message` turns that error into
+one that names the field, so a stalled or dead peer ends the run instead of hanging it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Distributed", "clip_grad_norm", "full_tensor", "sync_gradients"]
+__all__ = ["Distributed", "clip_grad_norm", "collective_timeout_message", "full_tensor", "sync_gradients"]
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -30,10 +35,12 @@ class Distributed:
 
     :param parallel: ``"none"``, ``"ddp"`` or ``"fsdp"``.
     :param device: ``"auto"`` (``cuda:LOCAL_RANK`` when CUDA is available, else CPU), ``"cpu"`` or ``"cuda"``.
+    :param timeout: seconds any collective may wait for the other ranks (``train.collective_timeout``).
     """
 
-    def __init__(self, parallel: str, device: str) -> None:
+    def __init__(self, parallel: str, device: str, timeout: float = 600.0) -> None:
         self.parallel = parallel
+        self.timeout = timeout
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if parallel == "none":
             if world > 1:
@@ -43,7 +50,10 @@ class Distributed:
             self.rank, self.world, self.local_rank = 0, 1, 0
         else:
             if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+                dist.init_process_group(
+                    backend="nccl" if torch.cuda.is_available() and device != "cpu" else "gloo",
+                    timeout=datetime.timedelta(seconds=timeout),
+                )
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
             self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
@@ -92,6 +102,25 @@ class Distributed:
         if self.parallel != "none" and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+    def abort(self) -> None:
+        """Tear down the process group without the last barrier: after an error the other ranks may be gone or
+        stuck, and waiting for them would only hang (or time out) once more."""
+        if self.parallel != "none" and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def collective_timeout_message(err: BaseException, timeout: float) -> str | None:
+    """The message for ``err`` when it is a timed-out collective (gloo: ``Timed out waiting ...ms``; NCCL's
+    watchdog: ``... timeout``) under ``train.collective_timeout = timeout``, else ``None``."""
+    if not isinstance(err, RuntimeError) or "timed out" not in str(err).lower() and "timeout" not in str(err).lower():
+        return None
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    return (
+        f"rank {rank}: a collective did not complete within train.collective_timeout = {timeout:g} s: another rank "
+        f"stalled or died (see its log), or one step takes longer than that (raise train.collective_timeout). "
+        f"Backend error: {str(err).strip().splitlines()[0]}"
+    )
 
 
 def sync_gradients(wrapped: nn.Module, parallel: str, sync: bool):

@@ -45,7 +45,7 @@ from ..resample import Pyramid
 from ..samplers import sample_euler
 from ..wan import WanDiT
 from ..wan.checkpoint import load_wan
-from .config import TrainConfig
+from .config import TrainConfig, synthetic_run
 from .loss import PyramidalLoss, draw
 from .runner import Runner
 from .synthetic import SyntheticPyramids
@@ -135,12 +135,19 @@ def run_dir(out_dir: str | Path | None) -> Iterator[Path]:
 
 
 def parse_evidence_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Add the flags every evidence run has (``--out-dir``, ``--json``), parse ``argv`` and seed torch."""
+    """Add the flags every evidence run has (``--out-dir``, ``--json``), parse ``argv`` and seed torch.
+
+    Every other flag's ``dest`` is a keyword of the evidence ``run`` (:func:`run_options`)."""
     ap.add_argument("--out-dir", default=None, help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--json", action="store_true", help="also print the numbers as JSON")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     return args
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The parsed flags as the evidence ``run``'s keywords (all but ``--json``)."""
+    return {k: v for k, v in vars(args).items() if k != "json"}
 
 
 def finish_evidence(res: dict, args: argparse.Namespace) -> int:
@@ -154,25 +161,14 @@ def finish_evidence(res: dict, args: argparse.Namespace) -> int:
 def _config(
     out: Path, name: str, *, stages: int, steps: int, lr: float, path: str = "", seed: int = 0, weighting: str = "sigma"
 ) -> TrainConfig:
-    return TrainConfig.from_dict(
-        {
-            "model": {"config": "tiny", "path": path},
-            "pyramid": {"num_stages": stages, "boundaries": list(WAN_DEFAULT_BOUNDARIES)[: stages - 1]},
-            "data": {"kind": "synthetic"},
-            "loss": {"weighting": weighting},
-            "optim": {"lr": lr, "warmup_steps": min(50, steps // 5), "weight_decay": 0.0},
-            "train": {
-                "output_dir": str(out / name),
-                "steps": steps,
-                "samples_per_stage": 6 // stages,
-                "seed": seed,
-                "gradient_checkpointing": False,
-                "progress": False,
-                "device": "cpu",
-                "precision": "fp32",
-            },
-            "checkpoint": {"every": steps, "keep_last": 1},
-        }
+    return synthetic_run(
+        out / name,
+        model={"path": path},
+        pyramid={"num_stages": stages, "boundaries": list(WAN_DEFAULT_BOUNDARIES)[: stages - 1]},
+        loss={"weighting": weighting},
+        optim={"lr": lr, "warmup_steps": min(50, steps // 5), "weight_decay": 0.0},
+        train={"steps": steps, "samples_per_stage": 6 // stages, "seed": seed},
+        checkpoint={"every": steps, "keep_last": 1},
     )
 
 
@@ -266,20 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-generated", type=int, default=64)
     ap.add_argument(
         "--weighting",
+        dest="weightings",
         choices=("sigma", "natural"),
         action="append",
         help="loss.weighting of a pyramidal finetune (repeatable; default: both)",
     )
     args = parse_evidence_args(ap, argv)
-    res = run(
-        args.pretrain_steps,
-        args.finetune_steps,
-        lr=args.lr,
-        finetune_lr=args.finetune_lr,
-        num_generated=args.num_generated,
-        weightings=tuple(args.weighting or ("sigma", "natural")),
-        out_dir=args.out_dir,
-    )
+    res = run(**{**run_options(args), "weightings": tuple(args.weightings or ("sigma", "natural"))})
     print(f"data floor FD (held-out vs held-out): {res['fd_data_floor']:.4f}")
     print(f"base (plain FM, {res['pretrain_steps']} steps): FD plain 0-0-30 {res['base_fd_plain']:.4f}")
     for tag in ["base", *(f"pyramidal_{w}" for w in res["weightings"]), "control"]:

@@ -8,17 +8,27 @@ are read.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 
 from ..resample import Pyramid
 from ..wan import WanDiT, get_config
 from .checkpoint import ConfigMismatchError
 
-__all__ = ["build_dataset", "check_dataset", "check_item", "load_backbone", "resolve_model_config"]
+__all__ = [
+    "build_dataset",
+    "check_dataset",
+    "check_item",
+    "load_backbone",
+    "load_sharded_weights",
+    "meta_backbone",
+    "resolve_model_config",
+]
 
 
 def _config_diff(a, b) -> list[str]:
@@ -56,6 +66,80 @@ def load_backbone(arch: str, path: str) -> WanDiT:
     from ..wan.checkpoint import load_wan
 
     return load_wan(Path(path), config=config)
+
+
+def meta_backbone(arch: str, path: str) -> WanDiT:
+    """The WanDiT of ``model.config`` / ``model.path`` (checked like :func:`load_backbone`) on the meta device:
+    shapes only, no memory, to be sharded and then materialised (``to_empty``) and loaded shard by shard."""
+    config = resolve_model_config(arch, path)
+    with torch.device("meta"):
+        return WanDiT(config)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files of the checkpoint at ``path`` (a folder in either layout, a file or an index)."""
+    from ..wan.checkpoint import INDEX_NAME, WEIGHTS_NAME
+
+    if path.is_dir():
+        folder = path
+        if not (folder / INDEX_NAME).is_file() and not (folder / WEIGHTS_NAME).is_file():
+            folder = path / "transformer"
+        path = folder / INDEX_NAME if (folder / INDEX_NAME).is_file() else folder / WEIGHTS_NAME
+    if path.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        return [path.parent / shard for shard in shards]
+    if path.name.endswith(".safetensors") and path.is_file():
+        return [path]
+    raise FileNotFoundError(
+        f"{path}: sharded loading reads safetensors files (a Wan2.1 folder, a .safetensors file or its index); "
+        "convert other weight files with pyrflow_fast.wan.checkpoint.save_wan"
+    )
+
+
+@torch.no_grad()
+def load_sharded_weights(module: torch.nn.Module, path: str | Path, prefix: str = "") -> None:
+    """Fill the (materialised, possibly FSDP2-sharded) WanDiT ``module`` from the checkpoint at ``path``,
+    reading from each safetensors file only the rows of this rank's shard of every tensor.
+
+    Peak host memory is this rank's shard plus one tensor slice, not the model: a DTensor parameter
+    ``(n, ...)`` sharded on dim 0 reads rows ``[offset, offset + local rows)``, a replicated one all of
+    it. Values are cast to the parameter's dtype (bit-exact when the dtypes match). Raises
+    :class:`ConfigMismatchError` naming the file on missing or unexpected keys, wrong shapes or
+    non-finite values. ``prefix``: the WanDiT's name inside ``module`` (e.g. ``"backbone.model."``).
+    """
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor, Shard
+
+    from ..wan.keys import is_diffusers_layout, to_original_key
+
+    files = _weight_files(Path(path))
+    handles = [safe_open(str(f), framework="pt") for f in files]
+    stored = {k: (f, h, k) for f, h in zip(files, handles) for k in h.keys()}
+    if is_diffusers_layout(stored):
+        stored = {to_original_key(k): v for k, v in stored.items()}
+    targets = {n[len(prefix) :]: t for n, t in module.state_dict(keep_vars=True).items() if n.startswith(prefix)}
+    missing, unexpected = sorted(set(targets) - set(stored)), sorted(set(stored) - set(targets))
+    if missing or unexpected:
+        raise ConfigMismatchError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    for key, target in targets.items():
+        file, handle, name = stored[key]
+        view = handle.get_slice(name)
+        shape = tuple(view.get_shape())
+        if shape != tuple(target.shape):
+            raise ConfigMismatchError(f"{file}: {name} has shape {shape}, the model expects {tuple(target.shape)}")
+        if isinstance(target, DTensor):
+            if target.device_mesh.ndim != 1 or target.placements != (Shard(0),):
+                raise NotImplementedError(f"{key}: sharded loading reads FSDP2's dim-0 shards, not {target.placements}")
+            local = target.to_local()
+            start = target.device_mesh.get_coordinate()[0] * -(-shape[0] // target.device_mesh.size())  # torch.chunk
+            part = view[start : start + local.shape[0]] if local.numel() else None
+        else:
+            local, part = target, view[:]
+        if part is None:
+            continue
+        if part.is_floating_point() and not torch.isfinite(part).all():
+            raise ConfigMismatchError(f"{file}: {name} holds NaN or Inf values")
+        local.copy_(part.reshape(local.shape))
 
 
 def build_dataset(data, pyramid: Pyramid, in_dim: int, text_dim: int) -> Dataset:

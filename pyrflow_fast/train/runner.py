@@ -44,7 +44,6 @@ from torch.utils.data import Dataset
 
 from .checkpoint import (
     CheckpointManager,
-    ConfigMismatchError,
     latest_checkpoint,
     load_model_state,
     load_optimizer_state,
@@ -82,7 +81,7 @@ class Runner:
 
     def __init__(self, config: Any, dataset: Dataset | None = None, backbone=None) -> None:
         self.config = config
-        self.dist = Distributed(config.train.parallel, config.train.device)
+        self.dist = Distributed(config.train.parallel, config.train.device, config.train.collective_timeout)
         torch.manual_seed(config.train.seed)
         self.method = build_method(config, self.dist, dataset=dataset, backbone=backbone)
         o = config.optim
@@ -99,7 +98,8 @@ class Runner:
         }
         self.step = 0
         self.out = Path(config.train.output_dir)
-        self.checkpoints = CheckpointManager(self.out / "checkpoints", self.dist, config.checkpoint.keep_last)
+        ck = config.checkpoint
+        self.checkpoints = CheckpointManager(self.out / "checkpoints", self.dist, ck.keep_last, ck.async_save)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
@@ -169,6 +169,7 @@ class Runner:
                     bar.update()
                 if self.step % self.config.checkpoint.every == 0 or self.step == train.steps:
                     self.save_checkpoint()
+            self.checkpoints.finish()
         finally:
             if bar is not None:
                 bar.close()
@@ -177,47 +178,35 @@ class Runner:
         return history
 
     # ----------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step_<7-digit step>`` (see :mod:`pyrflow_fast.train.checkpoint`)."""
+    def _training_state(self) -> dict[str, Any]:
+        """Everything a resume restores besides the RNG, as this rank holds it (FSDP2: DTensor shards):
+        the structure :meth:`save_checkpoint` writes and :meth:`load_checkpoint` reads into."""
         roles = self.method.roles
-        state = {
-            "step": self.step,
-            "world_size": self.dist.world,
-            "config": self.config.to_json(),
+        return {
             "models": {name: model_state(role.module) for name, role in roles.items()},
             "optimizers": {name: optimizer_state(role.module, role.optimizer) for name, role in roles.items()},
             "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
-            "ema": self._full_ema(),
+            "ema": {name: dict(zip(roles[name].names, shadow)) for name, shadow in self.ema.items()},
             "method": self.method.state_dict(),
         }
-        return self.checkpoints.save(self.step, state)
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_<7-digit step>`` (sharded; see :mod:`pyrflow_fast.train.checkpoint`)."""
+        meta = {"step": self.step, "world_size": self.dist.world, "config": self.config.to_dict()}
+        return self.checkpoints.save(self.step, meta, self._training_state())
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a checkpoint of :meth:`save_checkpoint` (the same world size for bit-exact RNG)."""
-        state = self.checkpoints.load(path, self.config, self.method.resume_keys)
+        """Restore a checkpoint of :meth:`save_checkpoint`, written at any world size (the RNG files of
+        ranks this run has; the draws of every method depend on the seed, step and sample slot only)."""
+        state = self._training_state()
+        meta = self.checkpoints.load(path, state, self.config, self.method.resume_keys)
         for name, role in self.method.roles.items():
-            try:
-                load_model_state(role.module, state["models"][name])
-            except RuntimeError as err:  # missing or unexpected keys
-                raise ConfigMismatchError(
-                    f"checkpoint {path}: the trained {name} does not match this run: {err}"
-                ) from err
+            load_model_state(role.module, state["models"][name])
             load_optimizer_state(role.module, role.optimizer, state["optimizers"][name])
             self.schedulers[name].load_state_dict(state["schedulers"][name])
-        for name, shadow in self.ema.items():
-            if name not in state["ema"]:
-                raise ConfigMismatchError(f"checkpoint {path} has no EMA of {name}, but ema.decay > 0")
-            with torch.no_grad():
-                role = self.method.roles[name]
-                for n, e, p in zip(role.names, shadow, role.params):
-                    full = state["ema"][name][n].to(self.dist.device)
-                    if hasattr(p, "device_mesh"):
-                        from torch.distributed.tensor import distribute_tensor
-
-                        full = distribute_tensor(full, p.device_mesh, p.placements)
-                    e.copy_(full)
+        # the EMA shadows are loaded in place (DCP writes into the tensors of the state)
         self.method.load_state_dict(state["method"])
-        self.step = int(state["step"])
+        self.step = int(meta["step"])
         self.dist.barrier()
 
     def _full_ema(self) -> dict[str, dict[str, torch.Tensor]]:

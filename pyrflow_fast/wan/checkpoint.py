@@ -12,6 +12,11 @@ Layouts understood by :func:`load_wan` (``path`` may be any of these):
 - a single weight file: ``*.safetensors``, a ``*.safetensors.index.json``, or a ``*.pth`` / ``*.pt``
   (read with ``torch.load(weights_only=True)``; never unpickled freely).
 
+Every weight file pyrflow reads goes through :func:`read_safetensors` or :func:`load_torch_file`: a
+truncated or corrupt safetensors file, and a ``.pt``/``.pth`` holding pickled objects other than
+tensors and plain containers (code that would run on load), are refused with a
+:class:`CheckpointError` that names the file.
+
 Key names (original or diffusers) are detected from the keys themselves, so any file layout may
 carry either key style. Loading is strict: missing keys, unexpected keys and shape mismatches are
 collected and raised together as one :class:`CheckpointError`; NaN/Inf values are reported (raised
@@ -22,6 +27,7 @@ loaded weights are bit-identical to the file.
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +44,10 @@ __all__ = [
     "NonFiniteWeightsWarning",
     "WEIGHTS_NAME",
     "INDEX_NAME",
+    "load_torch_file",
+    "read_json_object",
+    "read_safetensors",
+    "safetensors_metadata",
     "read_state_dict",
     "read_config",
     "check_state_dict",
@@ -61,10 +71,79 @@ class NonFiniteWeightsWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------------- reading
+def _not_safetensors(path: str | Path, err: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: not a valid safetensors file ({err}); re-download or re-convert it")
+
+
+def read_safetensors(path: str | Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file ``path``, on ``device``: the one safetensors reader of pyrflow.
+
+    :raises CheckpointError: naming the file when it is truncated or its header is not valid safetensors.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as err:
+        raise _not_safetensors(path, err) from None
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` strings of the safetensors file ``path`` (``{}`` when it has none).
+
+    :raises CheckpointError: as :func:`read_safetensors`.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as err:
+        raise _not_safetensors(path, err) from None
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: tensors, numbers, strings and plain
+    containers only; nothing pickled is executed.
+
+    :raises CheckpointError: naming the file when it holds other pickled objects (a payload that would run
+        code on load is refused, not run) or is not a readable torch file (truncated, another format).
+    """
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message is mostly advice to pass weights_only=False; keep only the line naming the global
+        lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(err).splitlines()]
+        named = [line for line in lines if "GLOBAL" in line]
+        reason = named[0].split(". ")[0] if named else lines[0]
+        raise CheckpointError(
+            f"{path}: refused: Weights only load failed ({reason}). pyrflow loads only tensors and plain "
+            "containers from .pt/.pth files and never runs pickled code; re-download the file, or convert it to "
+            "safetensors with a tool you trust"
+        ) from None
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(
+            f"{path}: not a readable torch file ({str(err).splitlines()[0]}); re-download it"
+        ) from None
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a config or an index); a CheckpointError naming the file and ``what`` it
+    should be when it is not valid JSON or not an object."""
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not a valid {what} ({err}); re-download or re-convert it") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a valid {what} (expected a JSON object, got {type(obj).__name__})")
+    return obj
+
+
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
     name = path.name
     if name.endswith(".safetensors.index.json") or name.endswith(".index.json"):
-        index = json.loads(path.read_text())
+        index = read_json_object(path, "index file")
         if "weight_map" not in index:
             raise CheckpointError(f"{path}: index file has no 'weight_map'")
         out: dict[str, torch.Tensor] = {}
@@ -80,11 +159,9 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: {len(absent)} indexed keys are absent from their shards: {absent[:_SHOW]}")
         return out
     if name.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return read_safetensors(path)
     if name.endswith((".pth", ".pt", ".bin")):
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = load_torch_file(path)
         if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -123,10 +200,13 @@ def read_config(path: str | Path, text_len: int = 512) -> WanConfig | None:
     config = _resolve(path)[1]
     if config is None:
         return None
-    d = json.loads(config.read_text())
-    if d.get("_class_name") == "WanTransformer3DModel" or "num_attention_heads" in d:
-        return WanConfig.from_diffusers_dict(d, text_len=text_len)
-    return WanConfig.from_original_dict(d)
+    d = read_json_object(config, "Wan transformer config")
+    try:
+        if d.get("_class_name") == "WanTransformer3DModel" or "num_attention_heads" in d:
+            return WanConfig.from_diffusers_dict(d, text_len=text_len)
+        return WanConfig.from_original_dict(d)
+    except ValueError as err:
+        raise CheckpointError(f"{config}: not a valid Wan transformer config ({err})") from None
 
 
 # ------------------------------------------------------------------------------- checking

@@ -9,10 +9,23 @@ one frozen :class:`WanConfig`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["WanConfig", "CONFIGS", "get_config"]
+
+# Bounds far above every Wan2.1 model (14B: 40 layers, width 5120, FFN 13824, 512 tokens) that stop a
+# mistyped config before it allocates anything (num_layers = 20000 would take minutes and many GB).
+_MAX_LAYERS = 1000
+_MAX_WIDTH = 1 << 16
+_MAX_FFN = 1 << 18
+_MAX_TEXT_LEN = 1 << 16
+
+
+def _is_int(value: Any) -> bool:
+    """An int that is not a bool (``True`` is not a layer count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -51,15 +64,40 @@ class WanConfig:
     rope_max_positions: int = 1024
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
-        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
-            raise ValueError(f"patch_size must be three positive ints, got {self.patch_size}")
+        """Reject impossible or absurd sizes (ValueError naming the field) before anything is built."""
+        patch = self.patch_size
+        if not isinstance(patch, (tuple, list)) or len(patch) != 3 or not all(_is_int(p) and p >= 1 for p in patch):
+            raise ValueError(f"WanConfig.patch_size must be three positive ints (pt, ph, pw), got {patch!r}")
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in patch))
+        bounds = {
+            "dim": _MAX_WIDTH,
+            "ffn_dim": _MAX_FFN,
+            "freq_dim": _MAX_WIDTH,
+            "num_heads": _MAX_WIDTH,
+            "num_layers": _MAX_LAYERS,
+            "in_dim": _MAX_WIDTH,
+            "out_dim": _MAX_WIDTH,
+            "text_dim": _MAX_WIDTH,
+            "text_len": _MAX_TEXT_LEN,
+            "rope_max_positions": _MAX_TEXT_LEN,
+        }
+        for name, most in bounds.items():
+            value = getattr(self, name)
+            if not _is_int(value) or not 1 <= value <= most:
+                raise ValueError(f"WanConfig.{name} must be an int in [1, {most}], got {value!r}")
+        for name in ("eps", "rope_theta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ValueError(f"WanConfig.{name} must be a positive finite number, got {value!r}")
         if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(f"WanConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 2 or self.head_dim < 6:
-            raise ValueError(f"head dim {self.head_dim} must be even and at least 6 (RoPE split)")
+            raise ValueError(
+                f"WanConfig: head dim {self.head_dim} (dim {self.dim} / num_heads {self.num_heads}) must be even and "
+                "at least 6 (RoPE splits it over 3 axes)"
+            )
         if self.freq_dim % 2:
-            raise ValueError(f"freq_dim must be even, got {self.freq_dim}")
+            raise ValueError(f"WanConfig.freq_dim must be even (sin and cos halves), got {self.freq_dim}")
 
     @property
     def head_dim(self) -> int:

@@ -15,6 +15,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..cli_help import DefaultsFormatter
+
 __all__ = ["main"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -22,11 +24,15 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m pyrflow_fast.wan.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="pyrflow-wan-convert",
+        description=__doc__.split("\n")[0],
+        formatter_class=DefaultsFormatter,
+    )
     parser.add_argument("src", help="checkpoint folder or weight file in either layout")
     parser.add_argument("dst", help="output folder")
     parser.add_argument("--to", choices=("original", "diffusers"), required=True, help="layout to write")
-    parser.add_argument("--config", default=None, help="named config when SRC has no config.json")
+    parser.add_argument("--config", default=None, help="named config when SRC has no config.json (default: read SRC's)")
     parser.add_argument("--max-shard-size", default=None, help="shard above this size, e.g. 5GB (default: one file)")
     parser.add_argument("--dtype", choices=_DTYPES, default=None, help="cast floating weights (default: keep)")
     parser.add_argument("--allow-nonfinite", action="store_true", help="warn instead of failing on NaN/Inf weights")

@@ -19,7 +19,10 @@ integer ones.
 
 Because scaled positions are fractional, angles are computed as ``position * frequency`` in float64
 (for integer positions this equals Wan's float64 table entry exactly), then cos and sin are rounded
-to float32 and the rotation runs in float32, as in diffusers.
+to float32 and the rotation runs in float32, as in diffusers (float64 for a float64 model).
+
+:func:`rope_tables` is what the model calls: its range check uses the grid sizes only, so the
+forward has no data-dependent branch (no host sync, no graph break under ``torch.compile``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["axis_dims", "rope_frequencies", "grid_positions", "rope_cos_sin", "apply_rope"]
+__all__ = ["axis_dims", "rope_frequencies", "grid_positions", "rope_cos_sin", "rope_tables", "apply_rope"]
 
 
 def axis_dims(head_dim: int) -> tuple[int, int, int]:
@@ -93,7 +96,8 @@ def rope_cos_sin(
     :param head_dim: per-head width.
     :param theta: RoPE base.
     :param max_positions: Wan's table length; a position ``>= max_positions`` raises ValueError
-        (``None`` disables the check).
+        (``None`` disables the check). The check reads the positions (a host sync, and a graph break
+        under ``torch.compile``); :func:`rope_tables` checks a grid from its sizes instead.
     """
     if positions.ndim != 2 or positions.shape[-1] != 3:
         raise ValueError(f"positions must have shape (L, 3), got {tuple(positions.shape)}")
@@ -105,12 +109,43 @@ def rope_cos_sin(
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of ``x`` (``(B, L, heads, head_dim)``) in float32.
+def rope_tables(
+    grid: Sequence[int],
+    head_dim: int,
+    theta: float = 10000.0,
+    full_grid: Sequence[int] | None = None,
+    max_positions: int | None = 1024,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin ``(F*H*W, head_dim // 2)`` in ``dtype`` for a patch grid, range-checked from the sizes alone.
 
-    ``cos`` and ``sin`` are ``(L, head_dim // 2)``. Returns float32.
+    Positions of an axis of ``n`` tokens (``n_full`` on the full grid) lie in ``[0, n)`` (integer) or
+    ``[0, n_full)`` (scaled), so ``max(full_grid or grid) <= max_positions`` is the whole check.
+
+    :param grid: the stage's patch grid ``(F, H, W)``.
+    :param full_grid: the full-resolution patch grid for scaled positions (``None``: integer positions).
+    :param max_positions: Wan's table length (``None`` disables the check).
+    :raises ValueError: when a position would reach ``max_positions``.
     """
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    extent = tuple(int(n) for n in (grid if full_grid is None else full_grid))
+    if max_positions is not None and max(extent) > max_positions:
+        raise ValueError(
+            f"RoPE positions must lie in [0, {max_positions}): the patch grid {extent} reaches {max(extent) - 1}; "
+            "use a smaller latent or a config with a larger rope_max_positions"
+        )
+    pos = grid_positions(grid, full_grid, device=device)
+    freqs = rope_frequencies(head_dim, theta, device=pos.device)
+    angles = torch.cat([pos[:, i : i + 1] * freqs[i] for i in range(3)], dim=-1)
+    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of ``x`` (``(B, L, heads, head_dim)``) in ``cos``'s dtype.
+
+    ``cos`` and ``sin`` are ``(L, head_dim // 2)``. Returns ``cos``'s dtype (float32 from :func:`rope_cos_sin`).
+    """
+    x1, x2 = x.to(cos.dtype).unflatten(-1, (-1, 2)).unbind(-1)
     c = cos[:, None, :]
     s = sin[:, None, :]
     return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)

@@ -122,7 +122,7 @@ def write_tiny_wan_dir(path: str | Path, layout: str = "diffusers", seed: int = 
         index = {
             "_class_name": "WanPipeline",
             "_diffusers_version": diffusers.__version__,
-            "tokenizer": ["transformers", "T5TokenizerFast"],
+            "tokenizer": ["transformers", "PreTrainedTokenizerFast"],  # the word-level tokenizer, no T5 one
             "text_encoder": ["transformers", "UMT5EncoderModel"],
             "vae": ["diffusers", "AutoencoderKLWan"],
             "transformer": ["diffusers", "WanTransformer3DModel"],

@@ -8,11 +8,11 @@ import torch
 from launch_fixtures import sample_args, torchrun
 from wan_fixtures import random_wan
 
+from pyrflow_fast.card import ModelCard
 from pyrflow_fast.contract import FrozenDenoiser
 from pyrflow_fast.distill.cli import main as distill_main
 from pyrflow_fast.distill.config import VARIANTS, DistillConfig
 from pyrflow_fast.resample import Pyramid
-from pyrflow_fast.sample import ModelCard
 from pyrflow_fast.samplers import sample_few_step
 from pyrflow_fast.train.methods.ppf import ppf_finetune
 from pyrflow_fast.train.runner import Runner
@@ -307,6 +307,9 @@ def test_distilled_export_samples_through_pyrflow_sample(tmp_path, variant, caps
     export = out / "export"
     card = ModelCard.load(export)
     assert card.kind == "distilled" and card.schedule == "2-2-1"
+    import diffusers  # diffusers' own loader reads the export (a diffusers-layout source)
+
+    assert isinstance(diffusers.WanPipeline.from_pretrained(export).transformer, diffusers.WanTransformer3DModel)
     components = load_components(export)
     ppf = None
     if variant == "ppf":
@@ -315,7 +318,7 @@ def test_distilled_export_samples_through_pyrflow_sample(tmp_path, variant, caps
             generate(components, "a red car", card=card, frames=17, height=64, width=64, progress=False)
         ppf = load_ppf(export, components.transformer, card)
     res = generate(components, "a red car", card=card, frames=17, height=64, width=64, progress=False, ppf=ppf)
-    assert res.sampler == "few-step" and res.schedule == "2-2-1" and res.info["cfg_scale"] == 1.0
+    assert res.sampler == "few-step" and res.schedule == "2-2-1" and res.info["guidance_scale"] == 1.0
     assert torch.isfinite(res.video).all()
     capsys.readouterr()
     assert sample_main(sample_args(export, "a dog", tmp_path / "v.gif")) == 0

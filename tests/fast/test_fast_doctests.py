@@ -42,6 +42,9 @@ MODULES = [
     "pyrflow_fast.shapes.data",
     "pyrflow_fast.shapes.analyze",
     "pyrflow_fast.shapes.components",
+    "pyrflow_fast.shapes.__main__",
+    "pyrflow_fast.solvers",
+    "pyrflow_fast.cli_help",
 ]
 
 

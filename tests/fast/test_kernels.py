@@ -1,4 +1,4 @@
-"""The Triton kernels (run by the interpreter on CPU, TRITON_INTERPRET=1) against their torch twins.
+"""The Triton kernels against their torch twins: compiled on a CUDA device, else run by Triton's interpreter on CPU.
 
 Sizes are odd and span several programs with a partial last one, so the masks are exercised.
 Kernels compute in float32: float32 agrees with the twin to 1e-6 relative; bfloat16 in and out
@@ -16,10 +16,12 @@ from pyrflow_fast.kernels import torch_ops, triton_ops
 
 CASES = [((2, 2, 2), True, 7), ((2, 2, 2), False, 6), ((1, 2, 2), True, 3), ((1, 2, 2), False, 3)]
 SHAPE_HW = (18, 30)  # coarse 9 x 15: several HAAR_BLOCK programs, the last one partial
+# tests/conftest.py sets TRITON_INTERPRET=1 only without CUDA; with CUDA the kernels compile and need GPU tensors
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def randn(shape, seed, dtype=torch.float32):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
 
 
 def check(got, want, dtype):
@@ -54,7 +56,7 @@ def test_haar_down(factors, first_frame, frames, dtype):
     x = randn((2, 3, frames, *SHAPE_HW), 0, dtype)
     transition = rr.Resampler("haar", factors, first_frame)
     coarse_frames = transition.coarse_shape(x.shape)[-3]
-    gain = 1 / torch.from_numpy(transition.gain(coarse_frames)).float()
+    gain = 1 / torch.from_numpy(transition.gain(coarse_frames)).float().to(DEVICE)
     for g in (None, gain):
         check(
             triton_ops.haar_down(x, factors, first_frame, g),
@@ -63,8 +65,9 @@ def test_haar_down(factors, first_frame, frames, dtype):
         )
     assert torch_ops.haar_down(x, factors, first_frame).dtype == dtype
     # the twin is the reference's orthonormal Haar, and the gain scales coarse frames
-    want = transition.down(x.double().numpy()) * gain.double().numpy()[:, None, None]
-    np.testing.assert_allclose(torch_ops.haar_down(x.double(), factors, first_frame, gain).numpy(), want, atol=1e-12)
+    want = transition.down(x.double().cpu().numpy()) * gain.double().cpu().numpy()[:, None, None]
+    got = torch_ops.haar_down(x.double(), factors, first_frame, gain).cpu().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -73,13 +76,13 @@ def test_haar_up_noisy_given_noise(factors, first_frame, frames, dtype):
     transition = rr.Resampler("haar", factors, first_frame)
     fine = (2, 3, frames, *SHAPE_HW)
     y, w = randn(transition.coarse_shape(fine), 1, dtype), randn(fine, 2, dtype)
-    for s in (0.6, torch.tensor([0.2, 0.9])):
+    for s in (0.6, torch.tensor([0.2, 0.9], device=DEVICE)):
         want = torch_ops.haar_up_noisy(y.float(), s, w.float(), factors, first_frame)
         check(triton_ops.haar_up_noisy(y, s, w, factors, first_frame), want, dtype)
     assert torch_ops.haar_up_noisy(y, 0.6, w, factors, first_frame).dtype == dtype
-    want = transition.up_noisy(y.double().numpy(), np.array([0.2, 0.9]), w.double().numpy())
+    want = transition.up_noisy(y.double().cpu().numpy(), np.array([0.2, 0.9]), w.double().cpu().numpy())
     got = torch_ops.haar_up_noisy(y.double(), np.array([0.2, 0.9]), w.double(), factors, first_frame)
-    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+    np.testing.assert_allclose(got.cpu().numpy(), want, atol=1e-12)
 
 
 @pytest.mark.parametrize(("factors", "first_frame", "frames"), CASES[:3])
@@ -87,7 +90,7 @@ def test_haar_up_noisy_philox_statistics(factors, first_frame, frames):
     """In-kernel noise: zero block mean exactly, and white before the projection (mean 0, variance 1)."""
     transition = rr.Resampler("haar", factors, first_frame)
     fine = (2, 4, frames, 32, 32)
-    y = torch.zeros(transition.coarse_shape(fine))
+    y = torch.zeros(transition.coarse_shape(fine), device=DEVICE)
     n = triton_ops.haar_up_noisy(y, 1.0, None, factors, first_frame, seed=123)
     assert n.shape == fine
     assert torch.equal(n, triton_ops.haar_up_noisy(y, 1.0, None, factors, first_frame, seed=123))
@@ -95,7 +98,7 @@ def test_haar_up_noisy_philox_statistics(factors, first_frame, frames):
     blocks = torch_ops.haar_down(n, factors, first_frame)  # block sums / sqrt(r)
     assert blocks.abs().max().item() < 1e-5
     # the high band of white noise has variance (r - 1) / r per element; rescaled, the raw stream's 1
-    r = torch.full((fine[2],), float(np.prod(factors)))
+    r = torch.full((fine[2],), float(np.prod(factors)), device=DEVICE)
     if first_frame:
         r[0] = 4.0
     white = n * torch.sqrt(r / (r - 1))[:, None, None]
@@ -110,7 +113,7 @@ def test_haar_up_noisy_philox_statistics(factors, first_frame, frames):
 def test_guided_euler(dtype):
     shape = (2, 3, 5, 7, 31)  # 6510 elements: a partial last EULER_BLOCK
     x, vc, vu = randn(shape, 3, dtype), randn(shape, 4), randn(shape, 5)
-    g = torch.tensor([2.0, 2.8, 2.8, 2.8, 2.8])
+    g = torch.tensor([2.0, 2.8, 2.8, 2.8, 2.8], device=DEVICE)
     for v_u, scale in ((vu, 5.0), (None, 1.0)):
         want = torch_ops.guided_euler(x.float(), vc, v_u, 0.7, -0.05, g, scale)
         check(triton_ops.guided_euler(x, vc, v_u, 0.7, -0.05, g, scale), want, dtype)

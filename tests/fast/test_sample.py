@@ -8,9 +8,11 @@ from safetensors.torch import load_file
 
 from pyrflow_fast.card import ModelCard
 from pyrflow_fast.pipeline import load_components
-from pyrflow_fast.sample import generate, latent_shape, main, resolve_sampler
+from pyrflow_fast.pipeline.geometry import Geometry
+from pyrflow_fast.request import fit_size, resolve_sampler
+from pyrflow_fast.sample import generate, main
 
-SIZE = ["--frames", "17", "--height", "64", "--width", "64", "--no-progress"]
+SIZE = ["--frames", "17", "--height", "64", "--width", "64", "--no-progress", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +88,17 @@ def test_plain_schedule_and_batch(components):
     "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
 )  # Inductor's CPU codegen
 def test_compiled_stages_match_eager(components):
-    kw = dict(schedule="1-1-1", frames=17, height=64, width=64, progress=False, seed=1)
+    kw = dict(schedule="1-1-1", frames=17, height=64, width=64, progress=False, seed=1, negative_prompt="")
     eager = generate(components, "a bird", **kw)
     compiled = generate(components, "a bird", compile=True, **kw)
-    torch.testing.assert_close(compiled.latents, eager.latents, rtol=1e-4, atol=1e-5)
+    # inductor fuses differently from eager: float32 rounding, amplified by CFG 5 over 3 steps (measured <= 2.2e-5)
+    torch.testing.assert_close(compiled.latents, eager.latents, rtol=1e-4, atol=5e-5)
 
 
 def test_distilled_checkpoint_uses_few_step_without_cfg(model_dirs, tmp_path, components):
     card = ModelCard(kind="distilled")
     out = generate(components, "a dog", card=card, frames=17, height=64, width=64, progress=False)
-    assert out.sampler == "few-step" and out.schedule == "2-2-1" and out.info["cfg_scale"] == 1.0
+    assert out.sampler == "few-step" and out.schedule == "2-2-1" and out.info["guidance_scale"] == 1.0
     with pytest.raises(ValueError, match="distilled checkpoints run without CFG"):
         resolve_sampler(card, "auto", 5.0)
     with pytest.raises(ValueError, match="sample it with the few-step sampler"):
@@ -119,12 +122,12 @@ def test_distilled_checkpoint_uses_few_step_without_cfg(model_dirs, tmp_path, co
         (["--schedule", "2-2"], "schedule '2-2' has 2 stages, expected 3"),
         (["--schedule", "5-0-5"], "skips a stage below one with steps"),
         (["--resampler", "wavelet"], "invalid choice: 'wavelet'"),
-        (["--height", "96"], "height must be divisible by 64 pixels, got 96"),
-        (["--frames", "21"], "frames must be 16k+1"),
+        (["--height", "72"], "height must be a positive multiple of 16 pixels (VAE stride 8 x patch 2), e.g. 64 or 80"),
+        (["--frames", "20"], "frames must be 4k+1"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cdua"], "device"),
         (["--out", "video.avi"], "--out must end in .mp4 or .gif"),
         (["--sampler", "few-step"], "few-step sampler needs a distilled checkpoint"),
-        (["--cfg", "3", "--sampler", "bogus"], "invalid choice: 'bogus'"),
+        (["--guidance-scale", "3", "--sampler", "bogus"], "invalid choice: 'bogus'"),
     ],
 )
 def test_bad_input_is_a_clear_cli_error(model_dirs, tmp_path, capsys, args, message):
@@ -160,7 +163,12 @@ def test_card_validation(tmp_path):
     assert ModelCard.load(tmp_path) == card and card.schedule == "20-20-10"
 
 
-def test_latent_shape_in_pixel_terms(components):
-    assert latent_shape(components, ModelCard(), 81, 448, 832) == (16, 21, 56, 104)
-    with pytest.raises(ValueError, match="frames must be 16k\\+1 .* got 80"):
-        latent_shape(components, ModelCard(), 80, 448, 832)
+def test_fit_size_in_pixel_terms():
+    wan, card = Geometry((4, 8, 8), (1, 2, 2)), ModelCard()
+    pyramidal, plain = card.plan("20-20-10"), card.plan("0-0-50")
+    assert fit_size(wan, card, pyramidal, 81, 448, 832) == ((21, 56, 104), (21, 56, 104))
+    assert fit_size(wan, card, pyramidal, 81, 480, 832) == ((21, 60, 104), (21, 64, 104))
+    assert fit_size(wan, card, plain, 81, 480, 832) == ((21, 60, 104), (21, 60, 104))
+    assert fit_size(wan, card, pyramidal, 33, 720, 1280)[1] == (9, 96, 160)
+    with pytest.raises(ValueError, match="frames must be 4k\\+1 .* e.g. 77 or 81; got 80"):
+        fit_size(wan, card, pyramidal, 80, 448, 832)

@@ -206,7 +206,7 @@ def test_results_table_on_quick_models(quick_models):
     res = run_results(1, batch=48, timing_runs=1, rows=rows, models=models, num_reference=64, log=lambda m: None)
     data = res["rows"]["held-out data"]
     assert data["all_ok"] == (1.0, 0.0) and data["n"] == 48
-    assert res["rows"]["conv"]["cfg"] == QUICK.guidance and res["rows"]["dmd"]["cfg"] == 1.0
+    assert res["rows"]["conv"]["guidance"] == QUICK.guidance and res["rows"]["dmd"]["guidance"] == 1.0
     assert res["rows"]["conv"]["flops_ratio"] == 1.0
     # 2-2-1 with CFG costs less than 0-0-3 with CFG; 1-1-1 without CFG less still
     assert res["rows"]["dmd"]["gflops"] < res["rows"]["pyr"]["gflops"] < res["rows"]["conv"]["gflops"]

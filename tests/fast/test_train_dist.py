@@ -8,46 +8,21 @@ below 1e-7). An FSDP run interrupted and resumed with the same world size is bit
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from checkpoint_fixtures import losses, resume_run, weights
 from launch_fixtures import torchrun
 from safetensors.torch import load_file
 
-from pyrflow_fast.train.config import TrainConfig
 from pyrflow_fast.train.runner import Runner
 
 LOSS_RTOL = 1e-5
 
 
 def config(out, **train):
-    return TrainConfig.from_dict(
-        {
-            "model": {"config": "tiny"},
-            "data": {"kind": "synthetic", "synthetic_samples": 16},
-            "optim": {"lr": 1e-3, "warmup_steps": 1},
-            "ema": {"decay": 0.9},
-            "train": {
-                "output_dir": str(out),
-                "steps": 4,
-                "samples_per_stage": 2,
-                "progress": False,
-                "device": "cpu",
-                **train,
-            },
-            "checkpoint": {"every": 2},
-        }
-    )
-
-
-def losses(out):
-    return [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(out):
-    return load_file(str(Path(out) / "export" / "diffusion_pytorch_model.safetensors"))
+    return resume_run(out, **{"gradient_checkpointing": True, **train})
 
 
 @pytest.fixture(scope="module")

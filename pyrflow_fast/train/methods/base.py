@@ -77,6 +77,17 @@ class Method(abc.ABC):
     def rank(self) -> int:
         return self.dist.rank
 
+    @property
+    def bf16(self) -> bool:
+        """Compute in bf16 autocast (``train.precision``: ``bf16``, or ``auto`` on CUDA); the trained weights,
+        gradients and optimizer states stay float32 master copies."""
+        p = self.config.train.precision
+        return p == "bf16" or (p == "auto" and self.device.type == "cuda")
+
+    def autocast(self):
+        """The autocast context of the forward passes (bf16 when :attr:`bf16`, else a no-op)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def adamw(self, params: list[torch.Tensor], lr: float) -> torch.optim.AdamW:
         """AdamW over ``params`` with the ``[optim]`` betas, epsilon and weight decay."""
         o = self.config.optim

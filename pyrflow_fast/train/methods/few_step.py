@@ -186,6 +186,10 @@ class FewStepDistillation(Method):
         """Shard (FSDP) and declare the roles: the generator (LoRA adapters and the generator module's
         trained parameters) and ``critic``."""
         config, d = self.config, self.config.distill
+        if self.bf16:  # frozen teachers compute in bf16 under autocast anyway: store them so, half the memory
+            for frozen in (getattr(self, "teacher_model", None), getattr(self, "original", None)):
+                if frozen is not None:
+                    frozen.to(torch.bfloat16)
         if self.dist.fsdp:
             self._shard()
         parts = {"lora": self.lora, "module": self.gen_module} if self.lora is not None else {"module": self.gen_module}
@@ -321,8 +325,9 @@ class FewStepDistillation(Method):
         metrics: dict[str, Any] = {"step": step + 1, "k": drs[0]["k"]}
         sums = {"critic_loss": 0.0}
         for dr in drs:
-            x0, stage, process = self.rollout(dr, grad=False)
-            loss = self.critic_loss(dr, x0.detach(), stage, process)
+            with self.autocast():
+                x0, stage, process = self.rollout(dr, grad=False)
+                loss = self.critic_loss(dr, x0.detach(), stage, process)
             (loss / nb).backward()
             sums["critic_loss"] += float(loss.detach()) / nb
         metrics["stage"] = stage
@@ -330,8 +335,9 @@ class FewStepDistillation(Method):
         if step % self.config.distill.critic_ratio == 0:
             sums["generator_loss"] = 0.0
             for dr in drs:
-                x0, stage, process = self.rollout(dr, grad=True)
-                loss, parts = self.generator_loss(dr, step, x0, stage, process)
+                with self.autocast():
+                    x0, stage, process = self.rollout(dr, grad=True)
+                    loss, parts = self.generator_loss(dr, step, x0, stage, process)
                 (loss / nb).backward()
                 sums["generator_loss"] += float(loss.detach()) / nb
                 for name, v in parts.items():
@@ -373,5 +379,12 @@ class FewStepDistillation(Method):
         if self.rank == 0:
             ck = config.checkpoint
             write_model_dir(
-                folder, sd, card, self.model_config, config.model.path, ck.export_layout, ck.link_components
+                folder,
+                sd,
+                card,
+                self.model_config,
+                config.model.path,
+                ck.export_layout,
+                ck.link_components,
+                max_shard_size=ck.export_max_shard_size or None,
             )

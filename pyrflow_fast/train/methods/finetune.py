@@ -30,8 +30,15 @@ from ...card import ModelCard, write_model_dir
 from ...contract import BackboneDenoiser, WanBackbone
 from ...wan import WanDiT
 from ..distributed import Distributed, sync_gradients
-from ..inputs import build_dataset, check_dataset, load_backbone, resolve_model_config
-from ..lora import LoRA
+from ..inputs import (
+    build_dataset,
+    check_dataset,
+    load_backbone,
+    load_sharded_weights,
+    meta_backbone,
+    resolve_model_config,
+)
+from ..lora import LoRA, write_lora_export
 from ..loss import PyramidalLoss, collate, draw, stage_of_slot
 from .base import Method, Role, Update
 
@@ -71,14 +78,14 @@ class PyramidalFinetune(Method):
         )
         check_dataset(self.dataset, self.pyramid, self.model_config, config.data)
 
-        base = backbone if backbone is not None else load_backbone(config.model.config, config.model.path)
-        base = base.to(self.device).float()
+        base = self._base(backbone)
         base.set_gradient_checkpointing(train.gradient_checkpointing)
         self.lora = None
         if config.lora.rank > 0:
             base.requires_grad_(False)
             sets = self.S if config.lora.per_stage else 1
             self.lora = LoRA(base, config.lora.rank, config.lora.alpha, sets).to(self.device)
+        self.teacher_model = None
         self.teacher = self._build_teacher(base) if config.loss.distill_weight > 0 else None
         self.net = BackboneDenoiser(WanBackbone(base, rope=config.model.rope), lora=self.lora)
         self.wrapped = self._wrap(self.net)
@@ -92,26 +99,76 @@ class PyramidalFinetune(Method):
         """Names of the trained parameters in :attr:`net`."""
         return self.roles["model"].names
 
-    @property
-    def bf16(self) -> bool:
-        p = self.config.train.precision
-        return p == "bf16" or (p == "auto" and self.device.type == "cuda")
+    def _mp_policy(self):
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        if self.bf16:
+            return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        return MixedPrecisionPolicy()
+
+    def _shard_blocks(self, model: WanDiT) -> None:
+        """FSDP2 ``fully_shard`` of every transformer block (one all-gather per block in the forward pass)."""
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block, mp_policy=self._mp_policy())
+
+    def _sharded_load(self, path: str, dtype: torch.dtype) -> WanDiT:
+        """The WanDiT at ``path`` built on the meta device, sharded per block (FSDP2), materialised and
+        filled shard by shard (:func:`~pyrflow_fast.train.inputs.load_sharded_weights`): no rank holds
+        more than its shards of the blocks plus the small unsharded embeddings and head."""
+        model = meta_backbone(self.config.model.config, path).to(dtype)
+        self._shard_blocks(model)
+        model.to_empty(device=self.device)
+        load_sharded_weights(model, path)
+        return model
+
+    def _base(self, backbone: WanDiT | None) -> WanDiT:
+        """The float32 base model: sharded per block under FSDP (loaded shard by shard from ``model.path``;
+        a given ``backbone`` or a random initialisation is built whole first), else whole on the device."""
+        path = self.config.model.path
+        if self.dist.fsdp and backbone is None and path:
+            return self._sharded_load(path, torch.float32)
+        base = backbone if backbone is not None else load_backbone(self.config.model.config, path)
+        base = base.to(self.device).float()
+        if self.dist.fsdp:
+            self._shard_blocks(base)
+        return base
 
     def _build_teacher(self, base: WanDiT):
-        """The frozen teacher of the distillation term: ``model.teacher_path``, else a copy of the initial
-        model (with LoRA: the base with the adapters switched off, run through the wrapper)."""
+        """The frozen teacher of the distillation term: ``model.teacher_path``, else the initial model (with
+        LoRA: the base with the adapters switched off, run through the wrapper). Its weights are bf16 when
+        the run computes in bf16 (autocast would cast them anyway), float32 otherwise; under FSDP it is
+        sharded per block and at its root, loaded shard by shard."""
         config = self.config
-        if config.model.teacher_path:
-            teacher = load_backbone(config.model.config, config.model.teacher_path)
-        elif self.lora is not None:
-            teacher = None
-        else:
-            teacher = copy.deepcopy(base)
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        source = config.model.teacher_path or config.model.path
+        teacher = None
+        if self.dist.fsdp and (config.model.teacher_path or (self.lora is None and source)):
+            from torch.distributed.fsdp import fully_shard
+
+            teacher = self._sharded_load(source, dtype)
+            fully_shard(teacher, mp_policy=self._mp_policy())
+        elif config.model.teacher_path:
+            teacher = load_backbone(config.model.config, config.model.teacher_path).to(self.device, dtype)
+        elif self.lora is None and self.dist.fsdp:  # a random initial model: a copy of this rank's shards
+            with torch.device("meta"):
+                teacher = WanDiT(self.model_config).to(dtype)
+            self._shard_blocks(teacher)
+            teacher.to_empty(device=self.device)
+            with torch.no_grad():
+                for t, b in zip(teacher.state_dict(keep_vars=True).values(), base.state_dict(keep_vars=True).values()):
+                    local = t.to_local() if hasattr(t, "to_local") else t
+                    local.copy_(b.to_local() if hasattr(b, "to_local") else b)
+        elif self.lora is None:
+            teacher = copy.deepcopy(base).to(dtype)
         if teacher is not None:
-            teacher = WanBackbone(teacher.to(self.device).float().eval().requires_grad_(False), rope=config.model.rope)
+            teacher = WanBackbone(teacher.eval().requires_grad_(False), rope=config.model.rope)
+        self.teacher_model = teacher
+        """The frozen teacher's backbone (``None``: the base with the adapters off)."""
 
         def run(x_nat, t, context, full_size=None, stage=0):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with self.autocast():
                 if teacher is not None:
                     return teacher(x_nat, t, context, full_size=full_size)
                 with self.lora.disabled():  # through the wrapper: FSDP unshards the base there
@@ -128,17 +185,11 @@ class PyramidalFinetune(Method):
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             return DDP(net, device_ids=ids)
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
-        mp = (
-            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            if self.bf16
-            else MixedPrecisionPolicy()
-        )
-        if self.lora is None:  # with LoRA the adapters act inside the blocks: shard at the root only
-            for block in net.backbone.model.blocks:
-                fully_shard(block, mp_policy=mp)
-        fully_shard(net, mp_policy=mp)
+        # the blocks are sharded already (before the LoRA adapters were attached); the root group holds the
+        # embeddings, the head and the adapters, which act through hooks inside the blocks while it is unsharded
+        fully_shard(net, mp_policy=self._mp_policy())
         return net
 
     # ------------------------------------------------------------------------------ data
@@ -188,7 +239,7 @@ class PyramidalFinetune(Method):
                 )
                 last = micro == train.grad_accum - 1 and gi == len(groups) - 1
                 with sync_gradients(self.wrapped, train.parallel, last):
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    with self.autocast():
                         g = self.loss_fn.group_loss(self.wrapped, x0s, eps, rho, stage, ctx, teacher=self.teacher)
                     loss = g.mse.sum()
                     if g.distill is not None:
@@ -222,9 +273,9 @@ class PyramidalFinetune(Method):
     def export(self, folder: Path, ema: dict[str, dict[str, torch.Tensor]]) -> None:
         """The finetuned transformer and ``pyrflow.json``.
 
-        Full finetune and shared LoRA: one checkpoint (LoRA merged). Per-stage LoRA:
-        ``stage{i}`` for every stage (set ``i`` merged; exact at stage ``i`` only) plus the
-        adapters in ``lora_adapters.safetensors``.
+        Full finetune: one checkpoint. LoRA: :func:`~pyrflow_fast.train.lora.write_lora_export` (shared: the
+        merged checkpoint plus ``lora/pytorch_lora_weights.safetensors``; per-stage: the base with one diffusers
+        LoRA file per stage in its card, and ``stage{i}`` with set ``i`` merged, exact at stage ``i`` only).
         """
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -245,22 +296,15 @@ class PyramidalFinetune(Method):
             rope=config.model.rope,
             uncond="zeros" if config.data.text_dropout > 0 else "prompt",
         )
-        targets: list[tuple[Path, dict]] = []
+        ck = config.checkpoint
+        where = dict(
+            source_path=config.model.path,
+            layout=ck.export_layout,
+            link_components=ck.link_components,
+            max_shard_size=ck.export_max_shard_size or None,
+        )
         if self.lora is None:
-            targets.append((folder, base_sd))
+            write_model_dir(folder, base_sd, card, self.model_config, **where)
         else:
             adapters = {k[len("lora.") :]: v for k, v in full.items() if k.startswith("lora.")}
-            if self.lora.num_sets == 1:
-                targets.append((folder, self.lora.merged_state_dict(base_sd, 0, adapters)))
-            else:
-                from safetensors.torch import save_file
-
-                folder.mkdir(parents=True)
-                save_file({k: v.contiguous() for k, v in adapters.items()}, str(folder / "lora_adapters.safetensors"))
-                for i in range(self.S):
-                    targets.append((folder / f"stage{i}", self.lora.merged_state_dict(base_sd, i, adapters)))
-        ck = config.checkpoint
-        for target, sd in targets:
-            write_model_dir(
-                target, sd, card, self.model_config, config.model.path, ck.export_layout, ck.link_components
-            )
+            write_lora_export(folder, self.lora, base_sd, card, self.model_config, adapters, **where)
