@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="transformer weights and autocast dtype (auto: bfloat16 on CUDA, float32 on CPU)",
     )
     ap.add_argument("--text-encoder-dtype", default="auto", choices=_DTYPE_CHOICES, help="auto: as --dtype")
+    ap.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU (as Wan's --t5_cpu)")
     ap.add_argument("--vae-dtype", default="float32", choices=tuple(DTYPES), help="VAE weights dtype")
     ap.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend")
     ap.add_argument("--compile", action="store_true", help="torch.compile each stage (CUDA graphs on a GPU)")
@@ -430,8 +431,9 @@ def _sample(args: argparse.Namespace) -> str:
     request = prepare(card, read_geometry(args.model_dir), scheduler_config=scheduler_config, **options)
     options.update(seed=request.seed, schedule=request.plan)
     components = load_components(
-        args.model_dir, device=device, dtype=dtype, text_encoder_dtype=text_dtype, vae_dtype=DTYPES[args.vae_dtype]
-    )
+        args.model_dir, device=device, dtype=dtype, text_encoder_dtype=text_dtype, vae_dtype=DTYPES[args.vae_dtype],
+        text_encoder_device="cpu" if args.t5_cpu else None,
+    )  # fmt: skip
     ppf = load_ppf(args.model_dir, components.transformer, card) if card.ppf_patches else None
     lora = load_card_lora(args.model_dir, components.transformer, card)
     result = generate(

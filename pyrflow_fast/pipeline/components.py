@@ -394,6 +394,7 @@ def load_components(
     text_len: int = 512,
     text_encoder_dtype: torch.dtype | None = None,
     vae_dtype: torch.dtype | None = None,
+    text_encoder_device: torch.device | str | None = None,
 ) -> WanComponents:
     """Load tokenizer, text encoder, VAE and (optionally) the transformer from ``model_dir``.
 
@@ -407,6 +408,8 @@ def load_components(
         (it zero-pads shorter contexts to that length itself).
     :param text_encoder_dtype: dtype of the text encoder instead of ``dtype``.
     :param vae_dtype: dtype of the VAE instead of ``dtype``.
+    :param text_encoder_device: where the text encoder runs instead of ``device`` (``"cpu"``: Wan's
+        ``--t5_cpu``, umT5-XXL off the GPU; the embeddings move to the transformer's device).
     :raises ValueError: for an invalid or unavailable device, or components that do not fit together.
     :raises MissingFilesError: (a ``FileNotFoundError``) when files are missing.
     :raises CheckpointError: (a ``ValueError``) when weights do not fit their configuration.
@@ -419,7 +422,8 @@ def load_components(
     else:
         files = (root / ORIGINAL_TOKENIZER, root / ORIGINAL_T5, root / ORIGINAL_VAE)
     tokenizer = load_tokenizer(files[0])
-    text_encoder = load_text_encoder(files[1], layout=layout, device=dev, dtype=text_encoder_dtype or dtype)
+    text_dev = dev if text_encoder_device is None else check_device(text_encoder_device)
+    text_encoder = load_text_encoder(files[1], layout=layout, device=text_dev, dtype=text_encoder_dtype or dtype)
     vae = load_vae(files[2], layout=layout, device=dev, dtype=vae_dtype or dtype)
     dit = None
     if transformer:

@@ -22,7 +22,7 @@ previous checkpoint stays. Only the ``keep_last`` newest are kept.
 
 **No pickled code runs on resume.** The RNG files load with ``weights_only=True``. DCP itself
 unpickles its ``.metadata`` with plain :func:`pickle.load` and its non-tensor entries with
-``torch.load(weights_only=False)`` (torch 2.13, ``FileSystemReader.read_metadata`` and
+an unrestricted ``torch.load`` (torch 2.13, ``FileSystemReader.read_metadata`` and
 ``DefaultLoadPlanner.load_bytes``); here the metadata goes through :class:`MetadataUnpickler`,
 which resolves only DCP's own metadata classes, ``torch.Size``, dtypes and paths, and the
 non-tensor entries load with ``weights_only=True`` (:class:`SafeLoadPlanner`). The tensor data

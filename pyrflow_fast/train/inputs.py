@@ -129,7 +129,10 @@ def load_sharded_weights(module: torch.nn.Module, path: str | Path, prefix: str 
             raise ConfigMismatchError(f"{file}: {name} has shape {shape}, the model expects {tuple(target.shape)}")
         if isinstance(target, DTensor):
             if target.device_mesh.ndim != 1 or target.placements != (Shard(0),):
-                raise NotImplementedError(f"{key}: sharded loading reads FSDP2's dim-0 shards, not {target.placements}")
+                raise ValueError(
+                    f"{key}: sharded loading reads FSDP2's dim-0 shards (fully_shard on a 1-d mesh), "
+                    f"not {target.placements}"
+                )
             local = target.to_local()
             start = target.device_mesh.get_coordinate()[0] * -(-shape[0] // target.device_mesh.size())  # torch.chunk
             part = view[start : start + local.shape[0]] if local.numel() else None

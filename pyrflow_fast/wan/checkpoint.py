@@ -113,7 +113,7 @@ def load_torch_file(path: str | Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch's message is mostly advice to pass weights_only=False; keep only the line naming the global
+        # torch's message is mostly advice to turn weights_only off; keep only the line naming the global
         lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(err).splitlines()]
         named = [line for line in lines if "GLOBAL" in line]
         reason = named[0].split(". ")[0] if named else lines[0]

@@ -132,6 +132,9 @@ def test_random_seed_is_printed_and_repeats_the_run(tiny_dir, tmp_path, capsys):
     assert main([*argv, "--seed", seed]) == 0
     a, b = (load_file(str(tmp_path / f"{n}.safetensors"))["latents"] for n in "ab")
     assert torch.equal(a, b)
+    argv[argv.index("--save-latents") + 1] = str(tmp_path / "c.safetensors")
+    assert main([*argv, "--seed", seed, "--t5-cpu"]) == 0  # the text encoder on the CPU: the same video
+    assert torch.equal(load_file(str(tmp_path / "c.safetensors"))["latents"], a)
 
 
 def test_bfloat16_on_cpu_gives_a_finite_video(tiny_dir, tmp_path, capsys):
