@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--text-encoder-dtype", default="auto", choices=_DTYPE_CHOICES, help="auto: as --dtype")
     ap.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU (as Wan's --t5_cpu)")
+    ap.add_argument(
+        "--vae-tiling", action="store_true", help="decode in overlapping tiles (diffusers' AutoencoderKLWan tiling)"
+    )
     ap.add_argument("--vae-dtype", default="float32", choices=tuple(DTYPES), help="VAE weights dtype")
     ap.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend")
     ap.add_argument("--compile", action="store_true", help="torch.compile each stage (CUDA graphs on a GPU)")
@@ -434,6 +437,11 @@ def _sample(args: argparse.Namespace) -> str:
         args.model_dir, device=device, dtype=dtype, text_encoder_dtype=text_dtype, vae_dtype=DTYPES[args.vae_dtype],
         text_encoder_device="cpu" if args.t5_cpu else None,
     )  # fmt: skip
+    if args.vae_tiling:
+        if not hasattr(components.vae, "enable_tiling"):
+            kind = type(components.vae).__name__
+            raise ValueError(f"--vae-tiling: the VAE of {args.model_dir} ({kind}) has no tiling")
+        components.vae.enable_tiling()
     ppf = load_ppf(args.model_dir, components.transformer, card) if card.ppf_patches else None
     lora = load_card_lora(args.model_dir, components.transformer, card)
     result = generate(

@@ -40,7 +40,7 @@ __all__ = ["PyramidalWanPipeline"]
 
 _SAME_NAMES = (
     "negative_prompt", "schedule", "sampler", "solver", "guidance_scale", "shift", "seed", "height", "width",
-    "resampler", "progress", "latents", "prompt_embeds", "negative_prompt_embeds",
+    "resampler", "progress", "latents", "prompt_embeds", "negative_prompt_embeds", "context_parallel", "cfg_parallel",
 )  # fmt: skip
 """The arguments of :meth:`PyramidalWanPipeline.__call__` that :func:`~pyrflow_fast.sample.generate` takes
 under the same name (``num_frames`` is its ``frames``)."""
@@ -145,10 +145,13 @@ class PyramidalWanPipeline(DiffusionPipeline):
         shift: float | None = None,
         seed: int | None = None,
         progress: bool = True,
+        context_parallel: str | None = None,
+        cfg_parallel: bool = False,
     ) -> WanPipelineOutput | tuple:
         """Generate videos; ``frames`` as ``WanPipeline`` returns them for ``output_type`` (``np``: ``(B, F, H, W, 3)``
         in ``[0, 1]``; ``pt``: ``(B, F, 3, H, W)``; ``pil``: lists of images; ``latent``: the normalised
-        latents ``(B, C, F', H', W')``). ``seed`` overrides ``generator``."""
+        latents ``(B, C, F', H', W')``). ``seed`` overrides ``generator``; ``context_parallel`` and
+        ``cfg_parallel`` split the sampling over torchrun's ranks as in :func:`~pyrflow_fast.sample.generate`."""
         from ..sample import generate
 
         if isinstance(generator, list):

@@ -87,3 +87,21 @@ def test_a_diffusers_transformer_samples_like_pyrflows_wandit(folders):
     out = pipe("a red car", schedule="1-1-2", generator=torch.Generator().manual_seed(3), guidance_scale=3.0,
                output_type="latent", progress=False, **SIZE)  # fmt: skip
     assert float((out.frames - ours.latents).norm() / ours.latents.norm()) <= 1e-5
+
+
+def test_pipeline_passes_the_context_parallel_plan_to_generate(folders, monkeypatch):
+    """The multi-rank path itself is tested through generate() (tests/fast/test_context_parallel.py)."""
+    import pyrflow_fast.sample as sample_mod
+
+    _, export = folders
+    pipe = PyramidalWanPipeline.from_pretrained(export)
+    seen = {}
+
+    def fake(components, prompts, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(sample_mod, "generate", fake)
+    with pytest.raises(RuntimeError, match="stop"):
+        pipe("a cat", context_parallel="ring", cfg_parallel=True, **SIZE)
+    assert (seen["context_parallel"], seen["cfg_parallel"], seen["frames"]) == ("ring", True, 17)

@@ -137,6 +137,14 @@ def test_random_seed_is_printed_and_repeats_the_run(tiny_dir, tmp_path, capsys):
     assert torch.equal(load_file(str(tmp_path / "c.safetensors"))["latents"], a)
 
 
+def test_vae_tiling_reaches_the_vae(tiny_dir, tmp_path, monkeypatch):
+    loaded = []
+    real = sample_mod.load_components
+    monkeypatch.setattr(sample_mod, "load_components", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    assert main(_argv(tiny_dir, tmp_path, "--schedule", "0-0-1", "--vae-tiling", "--seed", "0")) == 0
+    assert loaded[0].vae.use_tiling
+
+
 def test_bfloat16_on_cpu_gives_a_finite_video(tiny_dir, tmp_path, capsys):
     argv = _argv(tiny_dir, tmp_path, "--dtype", "bfloat16", "--schedule", "1-1-1", "--seed", "0", "--device", "cpu")
     argv += ["--save-latents", str(tmp_path / "z.safetensors")]
