@@ -121,23 +121,15 @@ class ContextParallelWan(nn.Module):
 
         e, e0 = model.embed_time(t)
         cos, sin = model.rope_tables(grid, rope, full_size, device=x.device, dtype=e.dtype)
-        kvs = model.text_kv(context)
-        ctx = model.embed_text(context) if kvs is None else None
-        embed = model.patch_embedding
-        autocast = torch.is_autocast_enabled(x.device.type)
-        tokens = embed(x if autocast else x.to(embed.weight.dtype)).flatten(3).permute(0, 2, 3, 1)  # (B, F', S, dim)
         shards = TokenShards.split(grid[0], grid[1] * grid[2], world)
         start, count = shards.start(rank), shards.per_rank[rank]
-        local = tokens[:, :, start : start + count]  # (B, F', S_r, dim)
+        local = model.patchify(x)[:, :, start : start + count]  # (B, F', S_r, dim)
         cos, sin = (per_frame_slice(table, grid[0], start, count) for table in (cos, sin))
         with attention.self_attention(context_attention(method, shards, group)):
-            for i, block in enumerate(model.blocks):
-                local = block(local, e0, ctx, cos, sin, None if kvs is None else kvs[i])
+            local = model.run_blocks(local, context, e0, cos, sin)
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = model.head(local, e)  # (B, F', S_r, pt*ph*pw*C) in e's dtype
-        out = _gather_tokens(out, shards, group)
-        out = out.reshape(b, *grid, *patch, cfg.out_dim).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return out.reshape(b, cfg.out_dim, f, h, w)
+        return model.unpatchify(_gather_tokens(out, shards, group), (f, h, w), patch)
 
 
 def _gather_tokens(local: torch.Tensor, shards: TokenShards, group: dist.ProcessGroup | None) -> torch.Tensor:

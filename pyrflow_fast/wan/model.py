@@ -500,14 +500,25 @@ class WanDiT(nn.Module):
         Separate so that :class:`~pyrflow_fast.ppf.PPFWan` runs its stages through the same blocks with its own
         ``patch``, patch ``embed`` and output ``head`` (default: the model's). The result has ``e``'s dtype.
         """
-        b, _, f, h, w = x.shape
-        grid = [n // q for n, q in zip((f, h, w), patch, strict=True)]
-        kvs = self.text_kv(context)
-        ctx = self.embed_text(context) if kvs is None else None
+        tokens = self.run_blocks(self.patchify(x, embed), context, e0, cos, sin)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            # (B, F', S, pt*ph*pw*C) in e's dtype
+            out = self.head(tokens, e) if head is None else _linear32(head, self.head.modulate(tokens, e))
+        return self.unpatchify(out, x.shape[2:], patch)
+
+    def patchify(self, x: torch.Tensor, embed: nn.Conv3d | None = None) -> torch.Tensor:
+        """Patch tokens ``(B, F', S, dim)`` of latents ``x`` ``(B, in_dim, F, H, W)``, ordered ``(f, h, w)``."""
         embed = self.patch_embedding if embed is None else embed
         tokens = embed(x if _autocast(x) else x.to(embed.weight.dtype))  # (B, dim, F', H', W')
-        tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, F', S, dim), tokens ordered (f, h, w)
+        return tokens.flatten(3).permute(0, 2, 3, 1)
 
+    def run_blocks(
+        self, tokens: torch.Tensor, context: torch.Tensor, e0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """The transformer blocks on ``tokens`` ``(B, F', S, dim)`` (any subset of each frame's tokens, with
+        the matching RoPE rows ``cos``/``sin``), with the text keys and values of ``context`` computed once."""
+        kvs = self.text_kv(context)
+        ctx = self.embed_text(context) if kvs is None else None
         use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             kv = None if kvs is None else kvs[i]
@@ -515,10 +526,12 @@ class WanDiT(nn.Module):
                 tokens = checkpoint(block, tokens, e0, ctx, cos, sin, kv, use_reentrant=False)
             else:
                 tokens = block(tokens, e0, ctx, cos, sin, kv)
+        return tokens
 
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            # (B, F', S, pt*ph*pw*C) in e's dtype
-            out = self.head(tokens, e) if head is None else _linear32(head, self.head.modulate(tokens, e))
+    def unpatchify(self, out: torch.Tensor, size: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
+        """The head's output ``(B, F', S, pt*ph*pw*C)`` as a latent ``(B, out_dim, F, H, W)`` of ``size``."""
+        b, (f, h, w) = out.shape[0], size
+        grid = [n // q for n, q in zip((f, h, w), patch, strict=True)]
         out = out.reshape(b, *grid, *patch, self.config.out_dim)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.reshape(b, self.config.out_dim, f, h, w)
