@@ -54,7 +54,6 @@ import sys
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pyrflow_ref.plan import Plan
@@ -64,7 +63,6 @@ from .contract import Denoiser, check_ppf_windows, frame_timesteps
 from .flops import PAPER_STAGES, FlopsBreakdown, forward_flops, latent_size, schedule_flops
 from .samplers import guided, sample_euler, sample_few_step
 from .wan.config import WanConfig, get_config
-from .wan.model import _linear32, sinusoidal_embedding
 from .wan.rope import rope_tables
 
 __all__ = [
@@ -192,13 +190,7 @@ class PPFWan(nn.Module):
 
     def embed_time(self, t: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``WanDiT.embed_time`` with the stage embedding added to ``e`` before the projection to ``e0``."""
-        m = self.model
-        with torch.autocast(device_type=t.device.type, enabled=False):
-            s = sinusoidal_embedding(t, self.config.freq_dim).float()
-            e = _linear32(m.time_embedding[2], F.silu(_linear32(m.time_embedding[0], s)))
-            e = e + self.stage_embedding[stage].float()
-            e0 = _linear32(m.time_projection[1], F.silu(e)).unflatten(-1, (6, self.config.dim))
-        return e, e0
+        return self.model.embed_time(t, offset=self.stage_embedding[stage])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor, stage: int = 0) -> torch.Tensor:
         """Velocity of the full-resolution latent ``x`` at ``stage`` (float32; ``x``'s shape, ``out_dim`` channels)."""

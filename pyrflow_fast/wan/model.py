@@ -365,15 +365,18 @@ class WanDiT(nn.Module):
             self._text_cache = previous
 
     # ---------------------------------------------------------------------------- pieces
-    def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_time(self, t: torch.Tensor, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Time embedding in float32 (float64 for float64 weights) whatever the autocast state.
 
         :param t: timesteps ``(B, F)``.
+        :param offset: ``(dim,)`` added to ``e`` before the projection to ``e0`` (PPF's stage embedding).
         :returns: ``e`` ``(B, F, dim)`` (used by the head) and ``e0`` ``(B, F, 6, dim)`` (blocks).
         """
         with torch.autocast(device_type=t.device.type, enabled=False):
             s = sinusoidal_embedding(t, self.config.freq_dim).to(_hi(self.time_embedding[0].weight.dtype))
             e = _linear32(self.time_embedding[2], F.silu(_linear32(self.time_embedding[0], s)))
+            if offset is not None:
+                e = e + offset.to(e.dtype)
             e0 = _linear32(self.time_projection[1], F.silu(e)).unflatten(-1, (6, self.config.dim))
         return e, e0
 
