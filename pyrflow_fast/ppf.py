@@ -256,7 +256,8 @@ def sample_ppf(
     Euler steps :math:`x \mathrel{+}= (s' - s) v`; a few-step evaluation predicts
     :math:`x_0 = x - s v` and re-noises it to the next stage, :math:`(1 - s') x_0 + s' \epsilon`
     (fresh noise from ``rng``), returning the last :math:`x_0`. ``guidance != 1`` applies
-    :func:`~pyrflow_fast.samplers.guided` with the ``uncond`` context.
+    :func:`~pyrflow_fast.samplers.guided` with the ``uncond`` context. ``ppf`` may be a
+    :class:`~pyrflow_fast.parallel.ContextParallelWan` wrapping a :class:`PPFWan` (multi-GPU sampling).
     """
     check_ppf_windows(ppf, windows)
     models = ppf_stages(ppf, guidance, uncond)

@@ -1,15 +1,17 @@
-"""``ContextParallelWan``: a :class:`~pyrflow_fast.wan.WanDiT` forward with its tokens split over ranks."""
+"""``ContextParallelWan``: a :class:`~pyrflow_fast.wan.WanDiT` (or PPF) forward with its tokens split over ranks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import fully_shard
 
-from ..wan import attention
+from ..ppf import PPFWan
+from ..wan import WanDiT, attention
 from .context import TokenShards, context_attention, global_rank, per_frame_slice
 from .plan import ParallelGroups, ParallelPlan
 
@@ -17,22 +19,27 @@ __all__ = ["ContextParallelWan", "shard_blocks"]
 
 
 class ContextParallelWan(nn.Module):
-    """``model(x, t, context, rope=..., full_size=...)`` of a WanDiT, run context-parallel per :class:`ParallelPlan`.
+    """A :class:`~pyrflow_fast.wan.WanDiT` or :class:`~pyrflow_fast.ppf.PPFWan` run context-parallel per
+    :class:`ParallelPlan`: the wrapped model's own call, e.g. ``model(x, t, context, rope=..., full_size=...)``
+    or ``ppf(x, t, context, stage=l)``.
 
-    Every rank calls it with the same (replicated) inputs and gets the same full output. A split
-    forward embeds the patches, keeps its shard of each frame's ``H' W'`` tokens (and the matching
-    rows of the RoPE tables), runs the model's own blocks on them (modulation, cross-attention and
-    FFN are per token, so they stay local; self-attention goes through
-    :func:`~pyrflow_fast.parallel.context.context_attention`), applies the head and all-gathers the
-    tokens. A replicated forward runs the model and broadcasts the group's first rank's output, so
-    the latents stay bit-identical across ranks. With ``plan.cfg_parallel`` an even batch is split
-    in halves over the two halves of the ranks, which exchange their outputs at the end.
+    Every rank calls it with the same (replicated) inputs and gets the same full output. The wrapped
+    model's own forward runs, with its blocks and head split through
+    :meth:`WanDiT.split_tokens <pyrflow_fast.wan.WanDiT.split_tokens>`: a split forward keeps this
+    rank's shard of each frame's ``H' W'`` patch tokens (and the matching rows of the RoPE tables),
+    runs the blocks on them (modulation, cross-attention and FFN are per token, so they stay local;
+    self-attention goes through :func:`~pyrflow_fast.parallel.context.context_attention`), applies the
+    head and all-gathers the tokens. A replicated forward runs whole and broadcasts the group's first
+    rank's head output, so the latents stay bit-identical across ranks. With ``plan.cfg_parallel`` an
+    even batch is split in halves over the two halves of the ranks, which exchange their outputs at the end.
+    A PPF stage's forward is planned from its own token count (its latent size is always the full one).
 
-    It takes :class:`~pyrflow_fast.wan.WanDiT`'s call, so ``WanBackbone(ContextParallelWan(model, plan, groups))``
-    runs in every sampler. Inference only (under ``torch.no_grad``); not with ``compile_blocks``
-    (the collectives sit inside the blocks' self-attention).
+    ``WanBackbone(ContextParallelWan(model, plan, groups))`` runs in every sampler, and a wrapped
+    ``PPFWan`` in :func:`~pyrflow_fast.ppf.sample_ppf`. Inference only (under ``torch.no_grad``); not with
+    ``compile_blocks`` (the collectives sit inside the blocks' self-attention).
 
-    :param model: the transformer (every rank holds the full weights).
+    :param model: the transformer or its PPF model (every rank holds the full weights, or
+        :func:`shard_blocks` shards the blocks').
     :param plan: which forwards split, with which method.
     :param groups: from :func:`~pyrflow_fast.parallel.plan.setup` / :func:`~pyrflow_fast.parallel.plan.make_groups`.
     :raises ValueError: for Ulysses on more ranks than the model has heads.
@@ -55,38 +62,38 @@ class ContextParallelWan(nn.Module):
                     "use method='ring' (or fewer ranks)"
                 )
         self._halves: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (context, version, its half)
-        self._sharded = any(isinstance(block, FSDPModule) for block in model.blocks)
+
+    @property
+    def _dit(self) -> WanDiT:
+        """The WanDiT whose forwards split (a PPFWan's shared one); a property, so not a second submodule."""
+        return self.model.model if isinstance(self.model, PPFWan) else self.model
 
     @property
     def config(self):
         """The wrapped model's :class:`~pyrflow_fast.wan.config.WanConfig`."""
         return self.model.config
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor | float,
-        context: torch.Tensor,
-        *,
-        rope: str = "integer",
-        full_size: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        """As :meth:`pyrflow_fast.wan.WanDiT.forward`: the velocity ``(B, out_dim, F, H, W)`` of ``x``
-        ``(B, in_dim, F, H, W)`` at ``t`` (a number, ``(B,)`` or ``(B, F)``), the same on every rank."""
+    @property
+    def num_stages(self) -> int:
+        """A wrapped PPFWan's stage count (read by :func:`~pyrflow_fast.ppf.sample_ppf`)."""
+        return self.model.num_stages
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor, **options) -> torch.Tensor:
+        """The wrapped model's forward with ``options`` (its keyword arguments): the velocity
+        ``(B, out_dim, F, H, W)`` of ``x`` ``(B, in_dim, F, H, W)`` at ``t`` (a number, ``(B,)`` or ``(B, F)``),
+        the same on every rank."""
         if torch.is_grad_enabled():
             raise RuntimeError("ContextParallelWan is inference-only; call it under torch.no_grad()")
-        if self._sharded and getattr(self.model, "_text_cache", None) is not None:
-            raise RuntimeError(
-                "WanDiT.text_cache() computes the text keys outside the blocks' forward, where FSDP-sharded "
-                "block weights (shard_blocks) are not gathered; sample without text_cache()"
-            )
-        _, t = self.model.check_input(x, t)
         b = x.shape[0]
         g = self.groups
         if not (self.plan.cfg_parallel and b % 2 == 0):
-            return self._forward(x, t, context, rope, full_size, g.world)
+            return self._forward(x, t, context, options, g.world)
         half = slice(g.batch_half * (b // 2), (g.batch_half + 1) * (b // 2))
-        out = self._forward(x[half], t[half], self._context_half(context, half), rope, full_size, g.context)
+        if torch.is_tensor(t) and t.ndim:
+            if t.shape[0] != b:
+                raise ValueError(f"t has shape {tuple(t.shape)}; expected a number, ({b},) or ({b}, F)")
+            t = t[half]
+        out = self._forward(x[half], t, self._context_half(context, half), options, g.context)
         parts = [torch.empty_like(out) for _ in range(2)]
         dist.all_gather(parts, out.contiguous(), group=g.branch)
         return torch.cat(parts)
@@ -99,37 +106,38 @@ class ContextParallelWan(nn.Module):
         return self._halves[2]
 
     def _forward(
+        self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor, options: dict, group
+    ) -> torch.Tensor:
+        split = functools.partial(self._split, size=tuple(x.shape[2:]), group=group)
+        with self._dit.split_tokens(split):
+            return self.model(x, t, context, **options)
+
+    def _split(
         self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        context: torch.Tensor,
-        rope: str,
-        full_size: Sequence[int] | None,
+        tokens: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        body: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        size: tuple[int, ...],
         group: dist.ProcessGroup | None,
     ) -> torch.Tensor:
-        model, cfg = self.model, self.config
-        b, _, f, h, w = x.shape
-        patch = cfg.patch_size
-        grid = (f // patch[0], h // patch[1], w // patch[2])
+        """:meth:`WanDiT.split_tokens`'s ``split``: ``body`` on this rank's shard of ``tokens`` ``(B, F', S, dim)``
+        (or on all of them, broadcast, for a replicated forward), gathered to ``(B, F', S, P)``."""
+        frames, per_frame = tokens.shape[1:3]
         world, rank = dist.get_world_size(group), dist.get_rank(group)
-        method = self.plan.method_for((f, h, w), grid[0] * grid[1] * grid[2], grid[1] * grid[2], world)
+        method = self.plan.method_for(size, frames * per_frame, per_frame, world)
         if method == "replicate":
-            out = model(x, t, context, rope=rope, full_size=full_size)
+            out = body(tokens, cos, sin)
             if world > 1:  # identical on every rank by construction, not by hoping the kernels are deterministic
                 dist.broadcast(out, src=global_rank(group, 0), group=group)
             return out
-
-        e, e0 = model.embed_time(t)
-        cos, sin = model.rope_tables(grid, rope, full_size, device=x.device, dtype=e.dtype)
-        shards = TokenShards.split(grid[0], grid[1] * grid[2], world)
+        shards = TokenShards.split(frames, per_frame, world)
         start, count = shards.start(rank), shards.per_rank[rank]
-        local = model.patchify(x)[:, :, start : start + count]  # (B, F', S_r, dim)
-        cos, sin = (per_frame_slice(table, grid[0], start, count) for table in (cos, sin))
+        cos, sin = (per_frame_slice(table, frames, start, count) for table in (cos, sin))
         with attention.self_attention(context_attention(method, shards, group)):
-            local = model.run_blocks(local, context, e0, cos, sin)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            out = model.head(local, e)  # (B, F', S_r, pt*ph*pw*C) in e's dtype
-        return model.unpatchify(_gather_tokens(out, shards, group), (f, h, w), patch)
+            out = body(tokens[:, :, start : start + count], cos, sin)  # (B, F', S_r, P)
+        return _gather_tokens(out, shards, group)
 
 
 def _gather_tokens(local: torch.Tensor, shards: TokenShards, group: dist.ProcessGroup | None) -> torch.Tensor:

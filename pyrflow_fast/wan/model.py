@@ -26,7 +26,8 @@ values runs exactly the same operations as the ``(B,)`` one and gives bit-identi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -35,12 +36,24 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..contract import frame_timesteps
-from .attention import attend, attend_self
 from .config import WanConfig, get_config
-from .rope import apply_rope
-from .rope import rope_tables as _rope_tables
+from .layers import WanCrossAttention, WanSelfAttention
+from .precision import WanRMSNorm, autocast_enabled, hi_dtype, layer_norm32, linear, linear32
+from .rope import RopeTableCache, full_patch_grid
+from .text_cache import TextKVCache
 
-__all__ = ["WanDiT", "WanBlock", "WanSelfAttention", "WanCrossAttention", "WanRMSNorm", "sinusoidal_embedding"]
+__all__ = [
+    "TokenSplit",
+    "WanDiT",
+    "WanBlock",
+    "WanSelfAttention",
+    "WanCrossAttention",
+    "WanRMSNorm",
+    "sinusoidal_embedding",
+]
+
+TokenSplit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Callable[..., torch.Tensor]], torch.Tensor]
+"""``split(tokens, cos, sin, body) -> out`` of :meth:`WanDiT.split_tokens`."""
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -57,122 +70,10 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
-def _hi(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of Wan's float32 regions for parameters or activations of ``dtype``: at least float32."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _linear32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A Linear evaluated in at least float32 (float64 for float64 weights), whatever the autocast state."""
-    dtype = _hi(layer.weight.dtype)
-    bias = None if layer.bias is None else layer.bias.to(dtype)
-    return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
-
-
-def _layer_norm32(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """Wan's ``WanLayerNorm``: normalise ``x`` in at least float32 (affine params too), cast back to x.dtype."""
-    dtype = _hi(x.dtype)
-    weight = None if norm.weight is None else norm.weight.to(dtype)
-    bias = None if norm.bias is None else norm.bias.to(dtype)
-    return F.layer_norm(x.to(dtype), norm.normalized_shape, weight, bias, norm.eps).type_as(x)
-
-
-def _autocast(x: torch.Tensor) -> bool:
-    return torch.is_autocast_enabled(x.device.type)
-
-
-def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` in the layer's dtype (under autocast: autocast's), so bf16 weights take a float32 stream."""
-    return layer(x if _autocast(x) else x.to(layer.weight.dtype))
-
-
-def _hookless(layer: nn.Module) -> bool:
-    return not (layer._forward_hooks or layer._forward_pre_hooks)
-
-
-def _projections(x: torch.Tensor, layers: Sequence[nn.Linear]) -> list[torch.Tensor]:
-    """``[layer(x) for layer in layers]`` as one matmul over the concatenated weights.
-
-    The checkpoint keeps Wan's separate ``q``/``k``/``v`` parameters; concatenating them costs one
-    copy of the weights per call (measured in ``benchmarks/bench_ops.py``). Layers with hooks (e.g.
-    :class:`~pyrflow_fast.train.lora.LoRA` adapters) are called one by one so their hooks run.
-    """
-    if not all(_hookless(layer) for layer in layers):
-        return [_linear(layer, x) for layer in layers]
-    weight = torch.cat([layer.weight for layer in layers])
-    bias = torch.cat([layer.bias for layer in layers])
-    out = F.linear(x if _autocast(x) else x.to(weight.dtype), weight, bias)
-    return list(out.split([layer.out_features for layer in layers], dim=-1))
-
-
-class WanRMSNorm(nn.Module):
-    """RMSNorm over the last dimension: normalised in at least float32, cast back, then times ``weight``."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(_hi(x.dtype))
-        normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
-
-
-class _Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = WanRMSNorm(dim, eps)
-        self.norm_k = WanRMSNorm(dim, eps)
-
-    def _out(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend=attend) -> torch.Tensor:
-        """Attention (q/k cast to v's dtype, as Wan's ``flash_attention``) and the output Linear.
-
-        ``q``: ``(B, Lq, H, D)``, ``k``/``v``: ``(B, Lk, H, D)``; returns ``(B, Lq, H*D)``. ``attend``: the
-        attention function (self-attention passes :func:`~pyrflow_fast.wan.attention.attend_self`).
-        """
-        return _linear(self.o, attend(q.to(v.dtype), k.to(v.dtype), v).flatten(2))
-
-
-class WanSelfAttention(_Attention):
-    """Self-attention with q/k RMSNorm across all heads and 3-axis RoPE; q, k, v in one matmul."""
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(B, F, S, dim)`` tokens; ``cos``/``sin``: ``(F*S, head_dim/2)``. Returns ``(B, F, S, dim)``."""
-        b, f, s, dim = x.shape
-        heads = (self.num_heads, dim // self.num_heads)
-        q, k, v = _projections(x.reshape(b, f * s, dim), (self.q, self.k, self.v))
-        q = apply_rope(self.norm_q(q).unflatten(-1, heads), cos, sin)
-        k = apply_rope(self.norm_k(k).unflatten(-1, heads), cos, sin)
-        return self._out(q, k, v.unflatten(-1, heads), attend_self).reshape(b, f, s, dim)
-
-
-class WanCrossAttention(_Attention):
-    """Cross-attention to the (embedded) text tokens, no mask, no RoPE."""
-
-    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the embedded text ``(B, L, dim)``: each ``(B, L, H, D)`` in the values' dtype."""
-        heads = (self.num_heads, context.shape[-1] // self.num_heads)
-        k, v = _projections(context, (self.k, self.v))
-        v = v.unflatten(-1, heads)
-        return self.norm_k(k).unflatten(-1, heads).to(v.dtype), v
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None,
-        text_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """``x``: ``(B, F, S, dim)``; ``context``: ``(B, L, dim)``, or ``text_kv`` from :meth:`text_kv`."""
-        b, f, s, dim = x.shape
-        k, v = self.text_kv(context) if text_kv is None else text_kv
-        q = self.norm_q(_linear(self.q, x.reshape(b, f * s, dim))).unflatten(-1, (self.num_heads, -1))
-        return self._out(q, k, v).reshape(b, f, s, dim)
+def _modulation(rows: int, dim: int) -> nn.Parameter:
+    """Wan's modulation table ``(1, rows, dim)``, normal / sqrt(dim) (``torch.randn``'s draw); empty on meta."""
+    table = torch.empty(1, rows, dim)
+    return nn.Parameter(table if table.is_meta else table.normal_().div_(dim**0.5))
 
 
 class WanBlock(nn.Module):
@@ -187,7 +88,7 @@ class WanBlock(nn.Module):
         self.cross_attn = WanCrossAttention(dim, cfg.num_heads, cfg.eps)
         self.norm2 = nn.LayerNorm(dim, eps=cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.modulation = _modulation(6, dim)
 
     def forward(
         self,
@@ -213,11 +114,11 @@ class WanBlock(nn.Module):
         hi = e0.dtype
         m = (self.modulation.to(hi).unsqueeze(0) + e0).unsqueeze(3)  # (B, F, 6, 1, dim)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = m.unbind(2)
-        y = self.self_attn(torch.addcmul(shift_sa, _layer_norm32(x, self.norm1).to(hi), 1 + scale_sa), cos, sin)
+        y = self.self_attn(torch.addcmul(shift_sa, layer_norm32(x, self.norm1).to(hi), 1 + scale_sa), cos, sin)
         x = torch.addcmul(x.to(hi), y.to(hi), gate_sa)
-        x = x + self.cross_attn(_layer_norm32(x, self.norm3), context, text_kv).to(hi)
-        h = torch.addcmul(shift_ff, _layer_norm32(x, self.norm2), 1 + scale_ff)
-        y = _linear(self.ffn[2], self.ffn[1](_linear(self.ffn[0], h)))
+        x = x + self.cross_attn(layer_norm32(x, self.norm3), context, text_kv).to(hi)
+        h = torch.addcmul(shift_ff, layer_norm32(x, self.norm2), 1 + scale_ff)
+        y = linear(self.ffn[2], self.ffn[1](linear(self.ffn[0], h)))
         return torch.addcmul(x, y.to(hi), gate_ff)
 
 
@@ -226,17 +127,17 @@ class _Head(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
         self.head = nn.Linear(cfg.dim, cfg.patch_volume * cfg.out_dim)
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+        self.modulation = _modulation(2, cfg.dim)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return _linear32(self.head, self.modulate(x, e))
+        return linear32(self.head, self.modulate(x, e))
 
     def modulate(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """The head's input to its output Linear (separate: PPF's coarser stages have their own Linear)."""
         # x: (B, F, S, dim); e: (B, F, dim) in the float32 regions' dtype, which everything here runs in.
         m = (self.modulation.to(e.dtype).unsqueeze(0) + e.unsqueeze(2)).unsqueeze(3)  # (B, F, 2, 1, dim)
         shift, scale = m.unbind(2)
-        return torch.addcmul(shift, _layer_norm32(x.to(e.dtype), self.norm), 1 + scale)
+        return torch.addcmul(shift, layer_norm32(x.to(e.dtype), self.norm), 1 + scale)
 
 
 class WanDiT(nn.Module):
@@ -294,9 +195,11 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = _Head(cfg)
         self.gradient_checkpointing = False
-        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._text_cache: dict[tuple, tuple[torch.Tensor, list]] | None = None
-        self.init_weights()
+        self._rope_cache = RopeTableCache(self._ROPE_CACHE_SIZE)
+        self._text_cache: TextKVCache | None = None
+        self._token_split: TokenSplit | None = None
+        if not self.head.head.weight.is_meta:  # on meta there is nothing to fill (and the init costs ~1 s of imports)
+            self.init_weights()
 
     # ------------------------------------------------------------------------------ set-up
     @torch.no_grad()
@@ -350,19 +253,40 @@ class WanDiT(nn.Module):
     def text_cache(self) -> Iterator[None]:
         """Inside the ``with`` block, compute the text keys and values of each context tensor only once.
 
-        Entries are keyed on the ``context`` tensor's identity and version (an in-place change
-        recomputes), its device and the autocast state; the cache is used only while gradients are
-        disabled, and the weights must not change inside the block. A sampler that passes the same
+        Entries are keyed as :class:`~pyrflow_fast.wan.text_cache.TextKVCache` says (an in-place change
+        recomputes); the cache is used only while gradients are disabled, and the weights must not
+        change inside the block. A sampler that passes the same
         context tensor to every step (as :func:`pyrflow_fast.samplers.guided` does for its batched
         CFG pair) then runs the text MLP and the cross-attention K/V projections once per
         generation instead of once per forward. It holds at most a few contexts (least recently
-        used dropped) and is emptied on exit.
+        used dropped) and is emptied on exit. With FSDP-sharded blocks it caches nothing: the keys must be
+        computed inside each block's forward, where FSDP gathers the block's weights.
         """
-        previous, self._text_cache = self._text_cache, {}
+        fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported: no block is sharded
+        if fsdp is not None and any(isinstance(block, fsdp.FSDPModule) for block in self.blocks):
+            yield
+            return
+        previous, self._text_cache = self._text_cache, TextKVCache(self._TEXT_CACHE_SIZE)
         try:
             yield
         finally:
             self._text_cache = previous
+
+    @contextlib.contextmanager
+    def split_tokens(self, split: TokenSplit) -> Iterator[None]:
+        """Inside the ``with`` block, every forward (:meth:`predict`: PPF's stages too) runs its blocks and head
+        as ``split(tokens, cos, sin, body)`` (nests; restores on exit).
+
+        ``split`` gets the patch tokens ``(B, F', S, dim)``, their RoPE tables ``(F'*S, head_dim/2)`` and
+        ``body(tokens, cos, sin)``, the blocks plus the head on any subset of each frame's tokens (given the
+        matching table rows), and returns ``body``'s output for all tokens, ``(B, F', S, pt*ph*pw*C)``. Context
+        parallelism (:class:`~pyrflow_fast.parallel.ContextParallelWan`) runs ``body`` on a shard and gathers.
+        """
+        previous, self._token_split = self._token_split, split
+        try:
+            yield
+        finally:
+            self._token_split = previous
 
     # ---------------------------------------------------------------------------- pieces
     def embed_time(self, t: torch.Tensor, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,11 +297,11 @@ class WanDiT(nn.Module):
         :returns: ``e`` ``(B, F, dim)`` (used by the head) and ``e0`` ``(B, F, 6, dim)`` (blocks).
         """
         with torch.autocast(device_type=t.device.type, enabled=False):
-            s = sinusoidal_embedding(t, self.config.freq_dim).to(_hi(self.time_embedding[0].weight.dtype))
-            e = _linear32(self.time_embedding[2], F.silu(_linear32(self.time_embedding[0], s)))
+            s = sinusoidal_embedding(t, self.config.freq_dim).to(hi_dtype(self.time_embedding[0].weight.dtype))
+            e = linear32(self.time_embedding[2], F.silu(linear32(self.time_embedding[0], s)))
             if offset is not None:
                 e = e + offset.to(e.dtype)
-            e0 = _linear32(self.time_projection[1], F.silu(e)).unflatten(-1, (6, self.config.dim))
+            e0 = linear32(self.time_projection[1], F.silu(e)).unflatten(-1, (6, self.config.dim))
         return e, e0
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
@@ -390,7 +314,7 @@ class WanDiT(nn.Module):
         if length < self.config.text_len:
             context = F.pad(context, (0, 0, 0, self.config.text_len - length))
         first, act, second = self.text_embedding
-        return _linear(second, act(_linear(first, context)))
+        return linear(second, act(linear(first, context)))
 
     def text_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Every block's cross-attention keys and values of ``context`` ``(B, L, text_dim)`` from the
@@ -399,18 +323,11 @@ class WanDiT(nn.Module):
         cache = self._text_cache
         if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return None
-        device = context.device.type
-        version = -1 if context.is_inference() else context._version  # inference tensors have no version
-        key = (id(context), version, context.device, torch.is_autocast_enabled(device))
-        key += (torch.get_autocast_dtype(device),)
-        hit = cache.pop(key, None)
-        if hit is None or hit[0] is not context:
-            ctx = self.embed_text(context)
-            hit = (context, [block.cross_attn.text_kv(ctx) for block in self.blocks])
-        cache[key] = hit  # the context itself is kept, so its id cannot be reused while cached
-        while len(cache) > self._TEXT_CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        return hit[1]
+        return cache.get(context, self._text_kvs)
+
+    def _text_kvs(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        ctx = self.embed_text(context)
+        return [block.cross_attn.text_kv(ctx) for block in self.blocks]
 
     def rope_tables(
         self,
@@ -428,25 +345,11 @@ class WanDiT(nn.Module):
         :param rope: ``"integer"`` (Wan's grid) or ``"scaled"`` (positions on the full-resolution grid).
         :param full_size: latent size ``(F, H, W)`` of the full-resolution stage (``"scaled"`` only).
         """
-        pt, ph, pw = self.config.patch_size
-        if rope == "integer":
-            full_grid = None
-        elif rope == "scaled":
-            if full_size is None:
-                raise ValueError("rope='scaled' needs full_size=(F, H, W), the full-resolution latent size")
-            full_grid = (full_size[0] // pt, full_size[1] // ph, full_size[2] // pw)
-        else:
-            raise ValueError(f"rope must be 'integer' or 'scaled', got {rope!r}")
         cfg = self.config
-        args = (tuple(int(n) for n in grid), cfg.head_dim, cfg.rope_theta, full_grid, cfg.rope_max_positions)
-        if torch.compiler.is_compiling():  # traced once per shape anyway; a dict of tensors would not trace
-            return _rope_tables(*args, device=device, dtype=dtype)
-        key = (*args, torch.device(device) if device is not None else torch.device("cpu"), dtype)
-        if key not in self._rope_cache:
-            if len(self._rope_cache) >= self._ROPE_CACHE_SIZE:
-                self._rope_cache.pop(next(iter(self._rope_cache)))
-            self._rope_cache[key] = _rope_tables(*args, device=device, dtype=dtype)
-        return self._rope_cache[key]
+        full_grid = full_patch_grid(rope, full_size, cfg.patch_size)
+        return self._rope_cache.tables(
+            grid, cfg.head_dim, cfg.rope_theta, full_grid, cfg.rope_max_positions, device, dtype
+        )
 
     # ---------------------------------------------------------------------------- forward
     def forward(
@@ -502,17 +405,22 @@ class WanDiT(nn.Module):
 
         Separate so that :class:`~pyrflow_fast.ppf.PPFWan` runs its stages through the same blocks with its own
         ``patch``, patch ``embed`` and output ``head`` (default: the model's). The result has ``e``'s dtype.
+        Inside :meth:`split_tokens` the blocks and the head run through its ``split``.
         """
-        tokens = self.run_blocks(self.patchify(x, embed), context, e0, cos, sin)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            # (B, F', S, pt*ph*pw*C) in e's dtype
-            out = self.head(tokens, e) if head is None else _linear32(head, self.head.modulate(tokens, e))
+
+        def body(tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            tokens = self.run_blocks(tokens, context, e0, cos, sin)
+            with torch.autocast(device_type=x.device.type, enabled=False):  # (B, F', S, pt*ph*pw*C) in e's dtype
+                return self.head(tokens, e) if head is None else linear32(head, self.head.modulate(tokens, e))
+
+        tokens, split = self.patchify(x, embed), self._token_split
+        out = body(tokens, cos, sin) if split is None else split(tokens, cos, sin, body)
         return self.unpatchify(out, x.shape[2:], patch)
 
     def patchify(self, x: torch.Tensor, embed: nn.Conv3d | None = None) -> torch.Tensor:
         """Patch tokens ``(B, F', S, dim)`` of latents ``x`` ``(B, in_dim, F, H, W)``, ordered ``(f, h, w)``."""
         embed = self.patch_embedding if embed is None else embed
-        tokens = embed(x if _autocast(x) else x.to(embed.weight.dtype))  # (B, dim, F', H', W')
+        tokens = embed(x if autocast_enabled(x) else x.to(embed.weight.dtype))  # (B, dim, F', H', W')
         return tokens.flatten(3).permute(0, 2, 3, 1)
 
     def run_blocks(

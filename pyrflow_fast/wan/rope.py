@@ -31,7 +31,16 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["axis_dims", "rope_frequencies", "grid_positions", "rope_cos_sin", "rope_tables", "apply_rope"]
+__all__ = [
+    "RopeTableCache",
+    "apply_rope",
+    "axis_dims",
+    "full_patch_grid",
+    "grid_positions",
+    "rope_cos_sin",
+    "rope_frequencies",
+    "rope_tables",
+]
 
 
 def axis_dims(head_dim: int) -> tuple[int, int, int]:
@@ -138,6 +147,55 @@ def rope_tables(
     freqs = rope_frequencies(head_dim, theta, device=pos.device)
     angles = torch.cat([pos[:, i : i + 1] * freqs[i] for i in range(3)], dim=-1)
     return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+
+
+def full_patch_grid(rope: str, full_size: Sequence[int] | None, patch: Sequence[int]) -> tuple[int, int, int] | None:
+    """The ``full_grid`` of :func:`rope_tables` for a position mode: ``None`` for ``"integer"``, for ``"scaled"``
+    the patch grid of the full-resolution latent ``full_size`` ``(F, H, W)`` (ValueError when it is missing)."""
+    if rope == "integer":
+        return None
+    if rope != "scaled":
+        raise ValueError(f"rope must be 'integer' or 'scaled', got {rope!r}")
+    if full_size is None:
+        raise ValueError("rope='scaled' needs full_size=(F, H, W), the full-resolution latent size")
+    return tuple(int(n) // q for n, q in zip(full_size, patch, strict=True))
+
+
+class RopeTableCache:
+    """The last ``size`` results of :func:`rope_tables`, keyed on its arguments (least recently added dropped).
+
+    Used in eager mode only: while ``torch.compile`` traces, the tables are computed (a dict of
+    tensors would not trace, and a traced graph is built once per shape anyway).
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def tables(
+        self,
+        grid: Sequence[int],
+        head_dim: int,
+        theta: float,
+        full_grid: Sequence[int] | None,
+        max_positions: int | None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`rope_tables` of these arguments, from the cache when it holds them."""
+        full = None if full_grid is None else tuple(int(n) for n in full_grid)
+        args = (tuple(int(n) for n in grid), head_dim, theta, full, max_positions)
+        if torch.compiler.is_compiling():
+            return rope_tables(*args, device=device, dtype=dtype)
+        key = (*args, torch.device(device) if device is not None else torch.device("cpu"), dtype)
+        if key not in self._tables:
+            if len(self._tables) >= self.size:
+                self._tables.pop(next(iter(self._tables)))
+            self._tables[key] = rope_tables(*args, device=device, dtype=dtype)
+        return self._tables[key]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

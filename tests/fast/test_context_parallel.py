@@ -37,20 +37,80 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def _worker(report: str) -> None:
+class Report:
+    """The checks of one gloo worker (this file's, ``test_ppf_parallel``'s, ``test_parallel_14b``'s): each value
+    is the largest over the ranks, and rank 0 writes them as JSON. Joins the torchrun group on creation."""
+
+    def __init__(self, cfg_parallel: bool = False) -> None:
+        from pyrflow_fast.parallel import setup
+
+        torch.set_num_threads(1)
+        self.plan, self.groups = setup("ring", cfg_parallel=cfg_parallel)  # gloo without CUDA
+        self.errors: dict[str, float] = {}
+
+    def record(self, name: str, value: float) -> None:
+        import torch.distributed as dist
+
+        out = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        self.errors[name] = float(out)
+
+    def sample(self, name: str, out: torch.Tensor, reference: torch.Tensor) -> None:
+        """``sample/name``: ``out``'s error relative to the one-process ``reference``; ``ranks_differ/name``:
+        its largest difference from another rank's (0: the latents are bit-identical on every rank)."""
+        import torch.distributed as dist
+
+        self.record(f"sample/{name}", _rel(out, reference))
+        gathered = [torch.empty_like(out) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, out)
+        self.record(f"ranks_differ/{name}", max(float((g - out).abs().max()) for g in gathered))
+
+    def sample_combinations(self, model, finest_tokens, groups, run, cases, references):
+        """Sample ``model`` through ``ContextParallelWan`` for each of :data:`COMBINATIONS` and each schedule of
+        ``cases`` (``run(net, schedule, *cases[schedule])``), recording :meth:`sample` against ``references``.
+
+        "all" splits every forward with a token per rank, "finest" only those of at least ``finest_tokens``.
+        Yields each run's name and the :class:`TokenShards` of its split forwards.
+        """
+        import pyrflow_fast.parallel.wan as cp_wan
+        from pyrflow_fast.parallel import ContextParallelWan
+
+        splits = []
+        original = cp_wan.context_attention
+        cp_wan.context_attention = lambda *args: (splits.append(args[1]), original(*args))[1]
+        try:
+            for method, label, cfg_parallel in COMBINATIONS:
+                min_tokens = 0 if label == "all" else finest_tokens
+                plan = ParallelPlan(method=method, min_tokens=min_tokens, cfg_parallel=cfg_parallel)
+                net = ContextParallelWan(model, plan, groups[cfg_parallel])
+                for schedule, args in cases.items():
+                    splits.clear()
+                    name = f"{schedule}/{method}/{label}/cfg_parallel={cfg_parallel}"
+                    self.sample(name, run(net, schedule, *args), references[schedule])
+                    yield name, list(splits)
+        finally:
+            cp_wan.context_attention = original
+
+    def write(self, path: str) -> None:
+        import torch.distributed as dist
+
+        if dist.get_rank() == 0:
+            Path(path).write_text(json.dumps(self.errors, indent=1))
+        dist.destroy_process_group()
+
+
+def _worker(path: str) -> None:
     """Every check on this rank; rank 0 writes ``{check: largest relative error over the ranks}``."""
     import torch.distributed as dist
     from torch.utils.flop_counter import FlopCounterMode
     from wan_fixtures import random_wan
 
     import pyrflow_fast.parallel.context as cp_context
-    import pyrflow_fast.parallel.wan as cp_wan
     from pyrflow_fast.contract import BackboneDenoiser, WanBackbone
     from pyrflow_fast.parallel import (
         ContextParallelWan,
         make_groups,
         ring_attention,
-        setup,
         shard_blocks,
         shared_seed,
         ulysses_attention,
@@ -62,16 +122,10 @@ def _worker(report: str) -> None:
     from pyrflow_fast.wan.config import get_config
     from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 
-    torch.set_num_threads(1)
-    cfg_plan, cfg_groups = setup("ring", cfg_parallel=True)  # joins the torchrun group (gloo without CUDA)
-    assert dist.get_backend() == "gloo" and cfg_plan == ParallelPlan("ring", cfg_parallel=True)
+    report = Report(cfg_parallel=True)
+    cfg_groups, record, errors = report.groups, report.record, report.errors
+    assert dist.get_backend() == "gloo" and report.plan == ParallelPlan("ring", cfg_parallel=True)
     world, rank = dist.get_world_size(), dist.get_rank()
-    errors: dict[str, float] = {}
-
-    def record(name: str, value: float) -> None:
-        out = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(out, op=dist.ReduceOp.MAX)
-        errors[name] = float(out)
 
     # attention: uneven tokens per frame (7, 9) and heads (6 over 4 ranks: 2, 2, 1, 1)
     for frames, per_frame, heads in ((3, 7, 6), (2, 9, 4)):
@@ -163,24 +217,8 @@ def _worker(report: str) -> None:
 
     cases = {"20-20-10": (1, 5.0), "2-2-1": (2, None)}  # the few-step batch of 2 exercises the batch split too
     reference = {schedule: run(model, schedule, *args) for schedule, args in cases.items()}
-    splits = []  # one entry per split forward
-    original = cp_wan.context_attention
-    cp_wan.context_attention = lambda *args: (splits.append(args[0]), original(*args))[1]
-    for method, label, cfg_parallel in COMBINATIONS:
-        # "all": every stage splits where each rank gets a token; "finest": only the full-resolution one
-        min_tokens = 0 if label == "all" else mid_tokens + 1
-        plan = ParallelPlan(method=method, min_tokens=min_tokens, cfg_parallel=cfg_parallel)
-        net = ContextParallelWan(model, plan, groups[cfg_parallel])
-        for schedule, args in cases.items():
-            splits.clear()
-            out = run(net, schedule, *args)
-            name = f"{schedule}/{method}/{label}/cfg_parallel={cfg_parallel}"
-            record(f"sample/{name}", _rel(out, reference[schedule]))
-            record(f"splits/{name}", len(splits))
-            gathered = [torch.empty_like(out) for _ in range(world)]
-            dist.all_gather(gathered, out)
-            record(f"ranks_differ/{name}", max(float((g - out).abs().max()) for g in gathered))
-    cp_wan.context_attention = original
+    for name, splits in report.sample_combinations(model, mid_tokens + 1, groups, run, cases, reference):
+        record(f"splits/{name}", len(splits))
 
     # the blocks' weights FSDP-sharded over the ranks (as for the 14B), tokens split with Ulysses
     sharded = shard_blocks(random_wan(cfg, seed=3, std=0.2))
@@ -191,12 +229,8 @@ def _worker(report: str) -> None:
     net = ContextParallelWan(sharded, ParallelPlan("ulysses", min_tokens=0), groups[False])
     for schedule, args in cases.items():
         record(f"fsdp/sample/{schedule}", _rel(run(net, schedule, *args, cache=False), reference[schedule]))
-    try:
-        run(net, "2-2-1", *cases["2-2-1"])
-        refused = False
-    except RuntimeError as err:
-        refused = "text_cache" in str(err)
-    record("fsdp_refuses_the_text_cache", 0.0 if refused else 1.0)
+    # sharded blocks: text_cache() caches nothing (the keys need the gathered block weights) and changes nothing
+    record("fsdp/sample/text_cache/2-2-1", _rel(run(net, "2-2-1", *cases["2-2-1"]), reference["2-2-1"]))
 
     try:  # Ulysses on more ranks than heads is refused with a pointer to ring attention
         ContextParallelWan(random_wan("tiny"), ParallelPlan("ulysses"), groups[False])
@@ -204,9 +238,7 @@ def _worker(report: str) -> None:
     except ValueError as err:
         refused = "ring" in str(err)
     record("ulysses_refuses_more_ranks_than_heads", 0.0 if refused else 1.0)
-    if rank == 0:
-        Path(report).write_text(json.dumps(errors, indent=1))
-    dist.destroy_process_group()
+    report.write(path)
 
 
 # ------------------------------------------------------------------------------- tests
