@@ -1,6 +1,7 @@
-"""Per-rank peak host memory of an FSDP2 finetune read shard by shard, at several world sizes (CPU, gloo).
+"""Per-rank peak host memory of an FSDP2 run read shard by shard, at several world sizes (CPU, gloo).
 
     .venv/bin/python benchmarks/fsdp_memory.py --worlds 1 2 4
+    .venv/bin/python benchmarks/fsdp_memory.py --worlds 1 2 4 --method dmd-pt*
 
 writes a scaled Wan2.1 transformer (dim 1024, 8 blocks, 134M parameters, 537 MB in float32) as a
 safetensors checkpoint, then for each world size runs ``torchrun --nproc_per_node W`` of a full
@@ -9,6 +10,12 @@ which would gather the model on rank 0). Each rank reports ``resource.getrusage(
 after training, and the memory of a bare process that imported torch and pyrflow (the baseline
 every rank pays). The table lists the median over ranks of peak minus baseline; the model's state
 (weights, gradients, two AdamW moments and the EMA: 20 bytes per parameter) should fall as 1/world.
+
+``--method`` names a distillation variant instead (``pyrflow_fast.train.methods.METHODS``): the same model
+distilled with a fully trained student (no LoRA), 2 iterations of batch 1 per rank, the critic updated every
+iteration, no teacher finetune: student and critic each 16 bytes per parameter (weights, gradients, two AdamW
+moments), the frozen teacher (dmd-pt*: a copy of the student; float32 on the CPU) or the original (dmd-ot,
+adv-od) 4: 36 bytes per parameter.
 """
 
 from __future__ import annotations
@@ -28,8 +35,38 @@ SCALED = dict(dim=1024, ffn_dim=4096, freq_dim=256, num_heads=8, num_layers=8, i
 SCALED.update(text_dim=64, text_len=8)
 
 
-def _config(out: Path, base: Path) -> dict:
+STATE_BYTES = {"finetune": 20}
+"""Bytes of training state per parameter (any other method: a distillation, 36)."""
+
+
+def _distill_config(out: Path, base: Path, method: str) -> dict:
+    from pyrflow_fast.distill.config import DistillConfig
+
+    data = {
+        "model": {"config": "", "path": str(base)},
+        "pyramid": {"num_stages": 1, "boundaries": []},
+        "data": {"kind": "synthetic", "synthetic_samples": 8, "synthetic_size": [1, 8, 8]},
+        "distill": {
+            "variant": method,
+            "schedule": "2",
+            "regression_schedule": "2",
+            "lora_rank": 0,
+            "critic_ratio": 1,
+            "teacher_finetune_steps": 0,
+            "ppf_patches": [[1, 2, 2]],
+        },
+        "optim": {"lr": 1e-4, "warmup_steps": 0},
+        "train": {"output_dir": str(out), "steps": 2, "batch_size": 1, "progress": False, "parallel": "fsdp"},
+        "checkpoint": {"every": 2, "export": False},
+    }
+    return DistillConfig.from_dict(data).to_dict()
+
+
+def _config(out: Path, base: Path, method: str) -> dict:
     from pyrflow_fast.train.config import synthetic_run
+
+    if method != "finetune":
+        return _distill_config(out, base, method)
 
     return synthetic_run(
         out,
@@ -49,13 +86,15 @@ def _config(out: Path, base: Path) -> dict:
     ).to_dict()
 
 
-def worker(config_path: str) -> None:
+def worker(config_path: str, method: str) -> None:
     """One rank: train, then print its peak resident memory (MB) as JSON."""
+    from pyrflow_fast.distill.config import DistillConfig
     from pyrflow_fast.train.config import TrainConfig
     from pyrflow_fast.train.runner import Runner
 
+    cls = TrainConfig if method == "finetune" else DistillConfig
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    runner = Runner(TrainConfig.from_dict(json.loads(Path(config_path).read_text())))
+    runner = Runner(cls.from_dict(json.loads(Path(config_path).read_text())))
     runner.fit()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rank": runner.rank, "baseline_mb": baseline, "peak_mb": peak}), flush=True)
@@ -65,10 +104,12 @@ def worker(config_path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--method", default="finetune", help="finetune, or a distillation variant (e.g. dmd-pt*)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker)
+        return worker(args.worker, args.method)
+    per_param = STATE_BYTES.get(args.method, 36)
     import torch
 
     from pyrflow_fast.wan import WanConfig, WanDiT
@@ -83,9 +124,9 @@ def main() -> None:
     rows = []
     for world in args.worlds:
         path = tmp / f"w{world}.json"
-        path.write_text(json.dumps(_config(tmp / f"run{world}", tmp / "base")))
+        path.write_text(json.dumps(_config(tmp / f"run{world}", tmp / "base", args.method)))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
-        cmd += [str(Path(__file__).resolve()), "--worker", str(path)]
+        cmd += [str(Path(__file__).resolve()), "--worker", str(path), "--method", args.method]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -93,11 +134,13 @@ def main() -> None:
         ranks = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith('{"rank"')]
         grown = [r["peak_mb"] - r["baseline_mb"] for r in ranks]
         rows.append((world, statistics.median(grown), max(grown), statistics.median(r["peak_mb"] for r in ranks)))
-    print(f"scaled model: {params / 1e6:.1f}M parameters, {params * 4 / 1e6:.0f} MB float32, 20 B/param of state")
-    print("| world | model state / rank (MB, 20 B/param / world) | peak - baseline, median rank (MB) | max rank (MB) |")
+    print(f"{args.method}, scaled model: {params / 1e6:.1f}M parameters, {params * 4 / 1e6:.0f} MB float32, ", end="")
+    print(f"{per_param} B/param of state")
+    head = f"state / rank (MB, {per_param} B/param / world)"
+    print(f"| world | {head} | peak - baseline, median rank (MB) | max rank (MB) |")
     print("|---|---|---|---|")
     for world, med, top, _ in rows:
-        print(f"| {world} | {params * 20 / world / 1e6:.0f} | {med:.0f} | {top:.0f} |")
+        print(f"| {world} | {params * per_param / world / 1e6:.0f} | {med:.0f} | {top:.0f} |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ directory without a card is a plain Wan checkpoint (``kind = "base"``, default s
   distillation build from their ``pyramid`` config), with the families of
   :data:`pyrflow_ref.resample.TRANSITION_FAMILIES`;
 - :func:`write_model_dir` writes a transformer state dict and its card as a model directory,
-  linking the frozen components of the source directory;
+  linking the frozen components of the source directory (those of an original-layout source converted
+  once into diffusers folders, :func:`diffusers_components`, so that diffusers loads every export);
 - :func:`load_ppf` loads the per-stage layers of a PPF checkpoint.
 
 >>> card = ModelCard(kind="pyramidal")
@@ -39,11 +40,14 @@ from .wan.checkpoint import assign_state_dict, save_wan
 
 __all__ = [
     "CARD_FILE",
+    "COMPONENTS_DIR",
     "DEFAULT_SCHEDULE",
     "KINDS",
     "PPF_FILE",
     "UNCONDS",
     "ModelCard",
+    "default_components_dir",
+    "diffusers_components",
     "latent_pyramid",
     "load_ppf",
     "write_model_dir",
@@ -197,21 +201,32 @@ def write_model_dir(
     card: ModelCard,
     model_cfg: WanConfig,
     source_path: str = "",
-    layout: str = "original",
+    layout: str = "diffusers",
     link_components: bool = True,
     max_shard_size: int | str | None = None,
+    components_dir: str | Path | None = None,
 ) -> None:
     """Write a WanDiT state dict ``sd`` of architecture ``model_cfg`` and its ModelCard ``card`` to ``folder``
     (safetensors shards plus an index when the weights exceed ``max_shard_size``, e.g. ``"5GB"``).
 
-    When ``source_path`` is a full Wan2.1 directory and ``link_components`` is set, its layout is
-    used and its VAE, text encoder, tokenizer (and scheduler) are symlinked, so ``folder`` is a complete
-    model directory for :mod:`pyrflow_fast.sample`. A diffusers-layout folder also gets a ``scheduler/``
-    (Wan's default, :func:`pyrflow_fast.scheduler.write_scheduler`, when the source has none) and a
-    ``model_index.json`` listing exactly the components it holds (absent ones ``[null, null]``), so
-    ``diffusers.WanPipeline.from_pretrained(folder)`` loads it; ``pyrflow.json`` is an extra file diffusers
-    ignores.
+    When ``source_path`` is a full Wan2.1 directory and ``link_components`` is set, its VAE, text encoder,
+    tokenizer (and scheduler) are symlinked, so ``folder`` is a complete model directory for
+    :mod:`pyrflow_fast.sample`. A diffusers-layout folder also gets a ``scheduler/`` (the source's, else Wan's
+    default, :func:`pyrflow_fast.scheduler.write_scheduler`) and a ``model_index.json`` listing exactly the
+    components it holds (absent ones ``[null, null]``), so ``diffusers.WanPipeline.from_pretrained(folder)``
+    loads it; ``pyrflow.json`` is an extra file diffusers ignores.
+
+    :param layout: ``diffusers`` (``transformer/`` + ``scheduler/`` + ``model_index.json``; loads with
+        diffusers, pyrflow and ``pyrflow-sample``) or ``original`` (``config.json`` + weights in ``folder``,
+        Wan's own release layout, which diffusers cannot load). A diffusers-layout source always gives the
+        diffusers layout; the components of an original-layout source are converted once into diffusers
+        folders (:func:`diffusers_components`) for a diffusers export, linked as they are for an original one.
+    :param components_dir: where those converted components are kept (default:
+        :func:`default_components_dir`, ``components/`` beside the outermost export).
     """
+    if layout not in ("diffusers", "original"):
+        raise ValueError(f"export layout must be 'diffusers' or 'original', got {layout!r}")
+    folder = Path(folder)
     with torch.device("meta"):
         model = WanDiT(model_cfg)
     assign_state_dict(model, {k: v.float() for k, v in sd.items()})
@@ -224,6 +239,10 @@ def write_model_dir(
             src_layout = find_layout(source, transformer=False)
         except MissingFilesError:
             src_layout = None
+    converted = src_layout == "original" and layout == "diffusers"
+    if converted:
+        cache = default_components_dir(folder) if components_dir is None else Path(components_dir)
+        source, src_layout = diffusers_components(source, cache), "diffusers"
     if src_layout is not None:
         layout = src_layout
     folder.mkdir(parents=True, exist_ok=True)
@@ -239,9 +258,78 @@ def write_model_dir(
         )
         for n in names:
             if (source / n).exists() and not (folder / n).exists():
-                os.symlink((source / n).resolve(), folder / n)
+                target = (source / n).resolve()
+                # the conversion moves with the run folder that holds it: linked relatively
+                os.symlink(os.path.relpath(target, folder.resolve()) if converted else target, folder / n)
     if layout == "diffusers":
         _write_diffusers_index(folder, source if src_layout == "diffusers" else None)
+
+
+COMPONENTS_DIR = "components"
+"""Folder (beside the exports) of the diffusers copies of original-layout sources' components."""
+
+
+def default_components_dir(folder: str | Path) -> Path:
+    """``components/`` beside the outermost export holding ``folder``: ``<run>/components`` for
+    ``<run>/export`` and for the per-stage exports ``<run>/export/stage{i}`` alike (an ancestor with a
+    ``pyrflow.json`` is an export, not the run folder), so every export of a run shares one conversion."""
+    parent = Path(folder).resolve().parent
+    while (parent / CARD_FILE).is_file() and parent != parent.parent:
+        parent = parent.parent
+    return parent / COMPONENTS_DIR
+
+
+def diffusers_components(source: str | Path, cache: str | Path) -> Path:
+    """The tokenizer, text encoder and VAE of the original-layout Wan2.1 folder ``source`` as diffusers
+    folders (``tokenizer/``, ``text_encoder/``, ``vae/`` and a ``model_index.json`` naming their classes) in
+    ``cache/<source name>-<key>``, converted on first use; returns that folder.
+
+    The key hashes the source's resolved path and the size and modification time of each component file, so
+    a changed source is converted anew. Weights keep their stored dtypes (Wan's umT5 file is bfloat16) and
+    values: the models are loaded by :func:`~pyrflow_fast.pipeline.load_text_encoder` /
+    :func:`~pyrflow_fast.pipeline.load_vae` and written by their own ``save_pretrained``, into a temporary
+    folder renamed when complete, so an interrupted conversion is never used.
+    """
+    import hashlib
+    import shutil
+
+    import diffusers
+
+    from .pipeline.components import load_text_encoder, load_tokenizer, load_vae
+    from .pipeline.layout import ORIGINAL_T5, ORIGINAL_TOKENIZER, ORIGINAL_VAE, ORIGINAL_VAE_CONFIG
+
+    source = Path(source).resolve()
+    digest = hashlib.sha256(str(source).encode())
+    files = [source / ORIGINAL_VAE, source / ORIGINAL_VAE_CONFIG, source / ORIGINAL_T5]
+    for path in [*files, *sorted((source / ORIGINAL_TOKENIZER).rglob("*"))]:
+        if path.is_file():
+            st = path.stat()
+            digest.update(f"{path.relative_to(source)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    target = Path(cache) / f"{source.name}-{digest.hexdigest()[:12]}"
+    if target.is_dir():
+        return target
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tokenizer = load_tokenizer(source / ORIGINAL_TOKENIZER)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        load_text_encoder(source / ORIGINAL_T5, layout="original", dtype=None).save_pretrained(tmp / "text_encoder")
+        load_vae(source / ORIGINAL_VAE, layout="original", dtype=None).save_pretrained(tmp / "vae")
+        index = {
+            "_class_name": "WanPipeline",
+            "_diffusers_version": diffusers.__version__,
+            **_PIPELINE_COMPONENTS,
+            "tokenizer": ["transformers", type(tokenizer).__name__],
+            "transformer": [None, None],
+        }
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        os.rename(tmp, target)
+    except OSError:
+        if not target.is_dir():  # not another writer's complete conversion
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 _PIPELINE_COMPONENTS = {

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from pyrflow_ref.windows import parse_schedule
 
-from ..train.config import RunConfig, _collective_timeout_field, _f, load_config, raise_first
+from ..train.config import RunConfig, _collective_timeout_field, _f, load_config
+from ..train.config_values import raise_first
 
 __all__ = [
     "VARIANTS",
@@ -172,9 +173,11 @@ class DistillRunConfig:
         "with global batch world_size * batch_size; every sample draws from (seed, iteration, global slot rank * "
         "batch_size + b) and the rolled-out step is shared, so runs with the same global batch match for any world "
         "size, and the logged losses are global means. `ddp`: full replicas, the gradients of the generator and "
-        "the critic are averaged over the ranks before clipping. `fsdp`: FSDP2 fully_shard of the student, the "
-        "critic or discriminator head (PPF: their transformer blocks); frozen teachers stay replicated, LoRA "
-        "adapters are replicated and averaged. A finetuned teacher (dmd-ot, ppf) is broadcast from rank 0; "
+        "the critic are averaged over the ranks before clipping. `fsdp`: every model (student, critic, frozen "
+        "teachers) is built on the meta device, FSDP2-sharded per transformer block (LoRA adapters in their "
+        "block's group) and at its root (PPF: the PPF wrapper) and read or initialised shard by shard; frozen "
+        "teachers are bf16 when the run is. A finetuned teacher (dmd-ot, ppf) trains sharded (ddp: broadcast "
+        "from rank 0); "
         "checkpoints are sharded (DCP: every rank writes its shards; they resume at any world size), the export "
         "is gathered to rank 0, which writes it and the metrics.",
     )

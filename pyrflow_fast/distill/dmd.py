@@ -81,7 +81,6 @@ The critic is updated ``critic_ratio`` (5) times per generator update.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,10 +95,10 @@ from ..contract import Denoiser
 from ..process import StageProcess
 from ..resample import Pyramid
 from ..samplers import guided
+from .config import DistillSection
 
 __all__ = [
     "DMD",
-    "DMDConfig",
     "DMDLoss",
     "DMDVariant",
     "critic_loss",
@@ -138,59 +137,6 @@ class DMDVariant(str, enum.Enum):  # noqa: UP042 (a StrEnum would change str() o
     def pyramidal(self) -> bool:
         """Whether the variant re-noises with the pyramidal process (PT, PT*)."""
         return self is not DMDVariant.OT
-
-
-@dataclass(frozen=True)
-class DMDConfig:
-    """Hyper-parameters of DMD.
-
-    :param variant: ``"ot"``, ``"pt"`` or ``"pt*"`` (default ``"pt*"``, the paper's final recipe).
-    :param guidance: teacher CFG scale ``w`` in the standard form ``u + w (c - u)`` (4.5: CausVid's
-        and FastVideo's value for Wan 1.3B written in this form; 1 disables guidance).
-    :param score_shift: shift ``k`` of the score levels (Wan's 5).
-    :param sigma_min: lower clamp of the score levels.
-    :param sigma_max: upper clamp of the score levels.
-    :param critic_ratio: critic updates per generator update (5).
-    :param regression_weight: weight of the optional teacher-regression term (0.01).
-    :param band_norm: ``"low"`` (PT band weights divided by :math:`(1-\\sigma)^2`) or ``"none"``
-        (raw :math:`M^\\top M`); only used by ``pt``.
-    """
-
-    variant: DMDVariant | str = DMDVariant.PT_STAR
-    guidance: float = 4.5
-    score_shift: float = 5.0
-    sigma_min: float = 0.02
-    sigma_max: float = 0.98
-    critic_ratio: int = 5
-    regression_weight: float = 0.01
-    band_norm: str = "low"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "variant", DMDVariant.parse(self.variant))
-        if not 0.0 <= self.sigma_min < self.sigma_max <= 1.0:
-            raise ValueError(f"need 0 <= sigma_min < sigma_max <= 1, got {self.sigma_min}, {self.sigma_max}")
-        if self.score_shift <= 0:
-            raise ValueError(f"score_shift must be positive, got {self.score_shift}")
-        if self.critic_ratio < 1:
-            raise ValueError(f"critic_ratio must be >= 1, got {self.critic_ratio}")
-        if self.regression_weight < 0:
-            raise ValueError(f"regression_weight must be >= 0, got {self.regression_weight}")
-        if self.band_norm not in ("low", "none"):
-            raise ValueError(f"band_norm must be 'low' or 'none', got {self.band_norm!r}")
-
-    @classmethod
-    def from_section(cls, section: Any, variant: DMDVariant | str) -> DMDConfig:
-        """The DMD options of a distillation config's ``[distill]`` section (it uses the same field names)."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "variant"]
-        return cls(variant=variant, **{name: getattr(section, name) for name in names})
-
-    def is_generator_step(self, step: int) -> bool:
-        """Whether training step ``step`` (from 0) also updates the generator (every ``critic_ratio``-th).
-
-        >>> [DMDConfig().is_generator_step(s) for s in range(6)]
-        [True, False, False, False, False, True]
-        """
-        return step % self.critic_ratio == 0
 
 
 def score_sigmas(
@@ -297,20 +243,28 @@ class DMD:
 
     :param real: the teacher (natural-scale backbone, a :class:`~pyrflow_fast.contract.Denoiser`).
     :param fake: the critic (same contract).
-    :param config: :class:`DMDConfig`.
+    :param variant: a :class:`DMDVariant` or its name (default ``pt*``, the paper's final recipe).
+    :param config: the ``[distill]`` section (:class:`~pyrflow_fast.distill.config.DistillSection`, checked by
+        ``DistillConfig.validate``; default: its defaults): ``guidance`` (teacher CFG scale ``w`` in
+        ``u + w (c - u)``), ``score_shift``, ``sigma_min`` / ``sigma_max`` (the score levels' shift and clamp),
+        ``regression_weight`` and ``band_norm`` (PT's band weights) are read.
     :param uncond: the unconditional ``cond`` for the teacher's CFG (e.g. empty-prompt embeddings).
     """
 
-    def __init__(self, real: Denoiser, fake: Denoiser, config: DMDConfig | None = None, uncond: Any = None) -> None:
+    def __init__(
+        self,
+        real: Denoiser,
+        fake: Denoiser,
+        variant: DMDVariant | str = DMDVariant.PT_STAR,
+        config: Any = None,
+        uncond: Any = None,
+    ) -> None:
         self.real = real
         self.fake = fake
-        self.config = config if config is not None else DMDConfig()
+        self.variant = DMDVariant.parse(variant)
+        """The :class:`DMDVariant`."""
+        self.config = config if config is not None else DistillSection()
         self.uncond = uncond
-
-    @property
-    def variant(self) -> DMDVariant:
-        """The configured :class:`DMDVariant`."""
-        return self.config.variant
 
     def process(self, pyramid: Pyramid, windows: StageWindows, stage: int, frames: int) -> StageProcess:
         """The variant's :class:`StageProcess` for ``stage``."""

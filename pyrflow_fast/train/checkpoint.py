@@ -23,7 +23,8 @@ previous checkpoint stays. Only the ``keep_last`` newest are kept.
 **No pickled code runs on resume.** The RNG files load with ``weights_only=True``. DCP itself
 unpickles its ``.metadata`` with plain :func:`pickle.load` and its non-tensor entries with
 an unrestricted ``torch.load`` (torch 2.13, ``FileSystemReader.read_metadata`` and
-``DefaultLoadPlanner.load_bytes``); here the metadata goes through :class:`MetadataUnpickler`,
+``DefaultLoadPlanner.load_bytes``); here the metadata goes through
+:class:`~pyrflow_fast.train.safe_dcp.MetadataUnpickler`,
 which resolves only DCP's own metadata classes, ``torch.Size``, dtypes and paths, and the
 non-tensor entries load with ``weights_only=True`` (:class:`SafeLoadPlanner`). The tensor data
 DCP reads with ``weights_only=True`` already.
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import pickle
@@ -48,12 +48,12 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from ..wan.checkpoint import load_torch_file
 from .distributed import Distributed
+from .safe_dcp import SafeFileSystemReader, SafeLoadPlanner
 
 __all__ = [
     "CKPT_SLEEP_ENV",
@@ -62,7 +62,6 @@ __all__ = [
     "CheckpointWarning",
     "CheckpointWriteError",
     "ConfigMismatchError",
-    "MetadataUnpickler",
     "SafeFileSystemReader",
     "SafeLoadPlanner",
     "atomic_write_text",
@@ -223,73 +222,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------- safe DCP reading
-class MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's ``.metadata`` resolving only the classes DCP writes there (torch 2.13): its
-    metadata dataclasses, ``_StorageInfo``, ``torch.Size``, dtypes, the layout decoder and paths.
-    Anything else (a tampered file's ``os.system``, ``builtins.eval``, ...) is an UnpicklingError."""
-
-    ALLOWED = {
-        "torch.distributed.checkpoint.metadata": {
-            "Metadata",
-            "BytesStorageMetadata",
-            "ChunkStorageMetadata",
-            "MetadataIndex",
-            "StorageMeta",
-            "TensorProperties",
-            "TensorStorageMetadata",
-            "_MEM_FORMAT_ENCODING",
-        },
-        "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-        "torch.serialization": {"_get_layout"},
-        "torch": {"Size"},
-        "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
-        "collections": {"OrderedDict"},
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if name in self.ALLOWED.get(module, ()):
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(
-            f"DCP metadata refers to {module}.{name}, which a checkpoint's metadata never holds; "
-            "refusing to load it (the file was not written by pyrflow's DCP save)"
-        )
-
-
-class SafeFileSystemReader(FileSystemReader):
-    """DCP's :class:`~torch.distributed.checkpoint.FileSystemReader` with ``.metadata`` read by
-    :class:`MetadataUnpickler` instead of :func:`pickle.load`."""
-
-    def read_metadata(self, *args: Any, **kwargs: Any):
-        path = self._get_metadata_path(kwargs.get("rank"))
-        with self.fs.create_stream(path, "rb") as fh:
-            try:
-                metadata = MetadataUnpickler(fh).load()
-            except (pickle.UnpicklingError, EOFError) as err:
-                raise pickle.UnpicklingError(f"{path}: {err}") from err
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-class SafeLoadPlanner(DefaultLoadPlanner):
-    """DCP's default load planner with the non-tensor entries read by ``torch.load(weights_only=True)``."""
-
-    def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        from torch.distributed.checkpoint._traverse import set_element
-
-        obj = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = obj
 
 
 def _cause(err: BaseException) -> BaseException:

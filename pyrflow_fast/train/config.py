@@ -25,13 +25,14 @@ import dataclasses
 import json
 import math
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 from pyrflow_ref.resample import TRANSITION_FAMILIES
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES
+
+from .config_values import check_section, raise_first, toml_value
 
 __all__ = [
     "CheckpointConfig",
@@ -43,10 +44,10 @@ __all__ = [
     "OptimConfig",
     "PyramidConfig",
     "RunConfig",
+    "SamplesConfig",
     "TrainConfig",
     "TrainSection",
     "load_config",
-    "raise_first",
     "synthetic_run",
 ]
 
@@ -218,9 +219,12 @@ class CheckpointConfig:
     keep_last: int = _f(2, "Keep this many most recent training checkpoints.")
     export: bool = _f(True, "At the end, export the model (WanDiT checkpoint + pyrflow.json) to `<output_dir>/export`.")
     export_layout: str = _f(
-        "original",
-        "Layout of the exported transformer: `original` (config.json + diffusion_pytorch_model.safetensors) or "
-        "`diffusers` (transformer/ folder).",
+        "diffusers",
+        "Layout of the export: `diffusers` (transformer/ + scheduler/ + model_index.json; loads with diffusers' "
+        "WanPipeline, PyramidalWanPipeline and pyrflow-sample; an original-layout source's VAE, umT5 and "
+        "tokenizer are converted once into `<output_dir>/components/` and linked) or `original` (Wan's release "
+        "layout: config.json + diffusion_pytorch_model.safetensors, linking an original source's .pth files; "
+        "diffusers cannot load it).",
     )
     export_max_shard_size: str = _f(
         "5GB",
@@ -232,6 +236,22 @@ class CheckpointConfig:
         "When `model.path` is a full Wan2.1 directory, symlink its VAE, text encoder and tokenizer into the export "
         "so that it is a complete model directory for pyrflow_fast.sample.",
     )
+
+
+@dataclass
+class SamplesConfig:
+    """``[samples]``: videos of a few prompts sampled with the current model during training."""
+
+    every: int = _f(
+        0,
+        "Every this many steps, sample `prompts` with the current model (its EMA when there is one) into "
+        "`<output_dir>/samples/step_<7-digit step>/prompt<i>.<format>` (rank 0 writes; every rank of a sharded "
+        "model takes part); needs the text encoder and VAE of `model.path`; 0: off.",
+    )
+    prompts: list[str] = _f([], "The prompts of the periodic samples.")
+    size: list[int] = _f([17, 480, 832], "Frames, height and width of the periodic samples.")
+    seed: int = _f(0, "Seed of the periodic samples (the same noise at every step, so they are comparable).")
+    format: str = _f("mp4", "`mp4` or `gif`.")
 
 
 @dataclass
@@ -259,10 +279,11 @@ class TrainSection:
     )
     parallel: str = _f(
         "none",
-        "`none`, `ddp` (DistributedDataParallel) or `fsdp` (FSDP2 fully_shard per transformer block and at the "
-        "root, the LoRA adapters in the root group; the backbone and a teacher from a file are built on the meta "
-        "device and read shard by shard; bf16 precision all-gathers bf16 parameters with float32 gradient "
-        "reduction); launch with torchrun for ddp/fsdp. Checkpoints are sharded (DCP) and resume at any world size.",
+        "`none`, `ddp` (DistributedDataParallel) or `fsdp` (FSDP2 fully_shard per transformer block, each with its "
+        "LoRA adapters, and at the root; the backbone and the teacher are built on the meta device and read shard "
+        "by shard, or initialised shard by shard as one process would; bf16 precision all-gathers bf16 parameters "
+        "with float32 gradient reduction); launch with torchrun for ddp/fsdp. Checkpoints are sharded (DCP) and "
+        "resume at any world size.",
     )
     device: str = _f("auto", "`auto` (cuda:LOCAL_RANK when CUDA is available, else cpu), `cpu` or `cuda`.")
     collective_timeout: float = _collective_timeout_field()
@@ -273,7 +294,7 @@ class TrainSection:
 @dataclass
 class RunConfig:
     """What every configuration of a command over the Runner is: the sections it shares with the others
-    (``[pyramid]``, ``[data]``, ``[optim]``, ``[checkpoint]``) plus its own, read from nested dicts,
+    (``[pyramid]``, ``[data]``, ``[optim]``, ``[checkpoint]``, ``[samples]``) plus its own, read from nested dicts,
     type-checked, validated and written back as TOML, JSON or a Markdown reference.
 
     A subclass is a dataclass that declares its own sections, among them ``train`` (with the run fields
@@ -287,10 +308,11 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
 
     def __post_init__(self) -> None:
         for section in dataclasses.fields(self):
-            _check_section(section.name, getattr(self, section.name), section.default_factory)
+            check_section(section.name, getattr(self, section.name), section.default_factory)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -320,6 +342,13 @@ class RunConfig:
                 (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
                 (self.checkpoint.every >= 1, "checkpoint.every must be >= 1"),
                 (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
+                (self.samples.every >= 0, "samples.every must be >= 0"),
+                (
+                    not self.samples.every or (self.samples.prompts and self.model.path),
+                    "samples.every > 0 needs samples.prompts and a model.path with the text encoder and VAE",
+                ),
+                (len(self.samples.size) == 3, "samples.size must be [frames, height, width]"),
+                (self.samples.format in ("mp4", "gif"), "samples.format must be 'mp4' or 'gif'"),
                 (
                     self.checkpoint.export_layout in ("original", "diffusers"),
                     "checkpoint.export_layout must be 'original' or 'diffusers'",
@@ -373,7 +402,7 @@ class RunConfig:
             lines.append(f"[{section.name}]")
             for f in dataclasses.fields(obj):
                 lines.append(f"# {f.metadata['doc']}")
-                lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+                lines.append(f"{f.name} = {toml_value(getattr(obj, f.name))}")
             lines.append("")
         return "\n".join(lines)
 
@@ -384,7 +413,7 @@ class RunConfig:
         for section in dataclasses.fields(cls):
             obj = section.default_factory()
             for f in dataclasses.fields(obj):
-                value = _toml_value(getattr(obj, f.name)).replace("|", "\\|")
+                value = toml_value(getattr(obj, f.name)).replace("|", "\\|")
                 rows.append(f"| `{section.name}.{f.name}` | `{value}` | {f.metadata['doc']} |")
         return "\n".join(rows) + "\n"
 
@@ -418,65 +447,6 @@ class TrainConfig(RunConfig):
                 (self.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
             ]
         )
-
-
-_TYPE_NAMES = {
-    bool: ("a bool", "bools"),
-    int: ("an int", "ints"),
-    float: ("a float", "floats"),
-    str: ("a string", "strings"),
-}
-
-
-def _type_name(hint: Any, plural: bool = False) -> str:
-    """``list[int]`` -> ``"a list of ints"`` (``plural``: ``"lists of ints"``)."""
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        return ("lists" if plural else "a list") + " of " + _type_name(item, plural=True)
-    return _TYPE_NAMES[hint][plural]
-
-
-def _typed(where: str, value: Any, hint: Any) -> Any:
-    """``value`` checked against the annotation ``hint`` (``bool``, ``int``, ``float``, ``str`` or ``list[...]``
-    of them): an int for a float becomes a float, a tuple for a list a list; ValueError naming ``where`` and the
-    expected type otherwise (a bool is not an int)."""
-    if typing.get_origin(hint) is list:
-        if isinstance(value, (list, tuple)):
-            (item,) = typing.get_args(hint)
-            return [_typed(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
-    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    raise ValueError(f"{where}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
-
-
-def _check_section(name: str, section: Any, cls: type) -> None:
-    """Check (and normalise in place, see :func:`_typed`) every field of the config section ``name``."""
-    if not isinstance(section, cls):
-        raise ValueError(f"config section {name!r} must be a {cls.__name__}, got {type(section).__name__}")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(section):
-        setattr(section, f.name, _typed(f"{name}.{f.name}", getattr(section, f.name), hints[f.name]))
-
-
-def raise_first(checks: list[tuple[bool, str]]) -> None:
-    """ValueError with the message of the first failed ``(ok, message)`` check (every config's validation)."""
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(f"invalid config: {message}")
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, int):
-        return str(v)
-    return json.dumps(str(v))
 
 
 def load_config(path: str | Path, cls: type = TrainConfig) -> Any:

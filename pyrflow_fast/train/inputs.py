@@ -26,6 +26,7 @@ __all__ = [
     "check_item",
     "load_backbone",
     "load_sharded_weights",
+    "local_rows",
     "meta_backbone",
     "resolve_model_config",
 ]
@@ -96,6 +97,21 @@ def _weight_files(path: Path) -> list[Path]:
     )
 
 
+def local_rows(target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(local tensor, first row)`` of ``target``: a DTensor's local shard of FSDP2's dim-0 split (torch.chunk's
+    rows), or a plain tensor and 0."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(target, DTensor):
+        return target, 0
+    mesh = target.device_mesh
+    if mesh.ndim != 1 or target.placements != (Shard(0),):
+        raise ValueError(
+            f"sharded loading reads FSDP2's dim-0 shards (fully_shard on a 1-d mesh), not {target.placements}"
+        )
+    return target.to_local(), mesh.get_coordinate()[0] * -(-target.shape[0] // mesh.size())
+
+
 @torch.no_grad()
 def load_sharded_weights(module: torch.nn.Module, path: str | Path, prefix: str = "") -> None:
     """Fill the (materialised, possibly FSDP2-sharded) WanDiT ``module`` from the checkpoint at ``path``,
@@ -108,7 +124,6 @@ def load_sharded_weights(module: torch.nn.Module, path: str | Path, prefix: str 
     non-finite values. ``prefix``: the WanDiT's name inside ``module`` (e.g. ``"backbone.model."``).
     """
     from safetensors import safe_open
-    from torch.distributed.tensor import DTensor, Shard
 
     from ..wan.keys import is_diffusers_layout, to_original_key
 
@@ -127,19 +142,10 @@ def load_sharded_weights(module: torch.nn.Module, path: str | Path, prefix: str 
         shape = tuple(view.get_shape())
         if shape != tuple(target.shape):
             raise ConfigMismatchError(f"{file}: {name} has shape {shape}, the model expects {tuple(target.shape)}")
-        if isinstance(target, DTensor):
-            if target.device_mesh.ndim != 1 or target.placements != (Shard(0),):
-                raise ValueError(
-                    f"{key}: sharded loading reads FSDP2's dim-0 shards (fully_shard on a 1-d mesh), "
-                    f"not {target.placements}"
-                )
-            local = target.to_local()
-            start = target.device_mesh.get_coordinate()[0] * -(-shape[0] // target.device_mesh.size())  # torch.chunk
-            part = view[start : start + local.shape[0]] if local.numel() else None
-        else:
-            local, part = target, view[:]
-        if part is None:
+        local, start = local_rows(target)
+        if not local.numel():
             continue
+        part = view[:] if local is target else view[start : start + local.shape[0]]
         if part.is_floating_point() and not torch.isfinite(part).all():
             raise ConfigMismatchError(f"{file}: {name} holds NaN or Inf values")
         local.copy_(part.reshape(local.shape))

@@ -66,13 +66,30 @@ def adapter_names(num_sets: int) -> tuple[str, ...]:
     return ("default",) if num_sets == 1 else tuple(f"stage{i}" for i in range(num_sets))
 
 
+@functools.cache
+def _adapter_class() -> type:
+    """peft's ``lora.Linear`` whose forward is the adapter's term alone (its base layer is the model's)."""
+    from peft.tuners.lora import Linear as PeftLinear
+
+    class Adapter(PeftLinear):
+        def forward(self, x: torch.Tensor, name: str | None) -> torch.Tensor | None:
+            """peft's ``lora.Linear`` forward for adapter ``name`` less the base term (no dropout), in the
+            adapters' dtype: ``scaling * B A x``; ``None`` for ``name = None`` (adapters off). The LoRA hook calls
+            the module (not its submodules) so that FSDP gathers its group around the call."""
+            if name is None:
+                return None
+            lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+            return lora_b(lora_a(x.to(lora_a.weight.dtype))) * self.scaling[name]
+
+    return Adapter
+
+
 def _peft_layer(linear: nn.Linear, names: Sequence[str], rank: int, alpha: float) -> nn.Module:
     """A peft ``lora.Linear`` with adapters ``names`` on ``linear``, its base layer detached (the hook runs it)."""
     from peft import LoraConfig
-    from peft.tuners.lora import Linear as PeftLinear
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=True)
-    layer = PeftLinear(linear, names[0], config, r=rank, lora_alpha=alpha)
+    layer = _adapter_class()(linear, names[0], config, r=rank, lora_alpha=alpha)
     for name in names[1:]:
         layer.update_layer(name, rank, lora_alpha=alpha, config=config)
     # not a submodule: the base weights stay the model's (keys, sharding, dtype), not this module's
@@ -119,16 +136,26 @@ class LoRA(nn.Module):
 
     def _hook(self, index: int):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            if not self.enabled:
-                return output
-            layer = self.layers[index]
-            name = self.adapter_names[self.active]
-            lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
-            # peft's lora.Linear forward for one adapter (no dropout), in the adapters' dtype: W x + scaling * B A x
-            delta = lora_b(lora_a(inputs[0].to(lora_a.weight.dtype))) * layer.scaling[name]
-            return output + delta.to(output.dtype)
+            # called also with the adapters off: an FSDP group of a block and its adapters reshards when all ran
+            delta = self.layers[index](inputs[0], self.adapter_names[self.active] if self.enabled else None)
+            return output if delta is None else output + delta.to(output.dtype)
 
         return hook
+
+    def block_layers(self, block: int) -> list[nn.Module]:
+        """The adapter layers of block ``block`` (FSDP shards them in the block's group)."""
+        return [layer for layer, name in zip(self.layers, self.names) if name.startswith(f"blocks.{block}.")]
+
+    @torch.no_grad()
+    def reset_adapters(self) -> None:
+        """Initialise every adapter as peft's construction does, drawing the same numbers from the global RNG in the
+        same order: ``lora_A`` and ``lora_B`` as new ``nn.Linear`` s, then peft's ``reset_lora_parameters``
+        (kaiming-uniform ``A``, zero ``B``). For adapters built on the meta device and materialised later."""
+        for layer in self.layers:
+            for name in self.adapter_names:
+                layer.lora_A[name].reset_parameters()
+                layer.lora_B[name].reset_parameters()
+                layer.reset_lora_parameters(name, True)
 
     def select(self, stage: int) -> None:
         """Make the adapter of ``stage`` active (always ``default`` for a shared LoRA)."""

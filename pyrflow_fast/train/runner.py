@@ -8,7 +8,8 @@ it updates; the runner averages replicated gradients (methods without a DDP wrap
 global norm to ``optim.grad_clip``, steps the optimizer and its LR schedule and updates the EMA.
 Every ``checkpoint.every`` steps (and at the end) it writes a checkpoint
 (:class:`~pyrflow_fast.train.checkpoint.CheckpointManager`), rank 0 appends the metrics to
-``<output_dir>/metrics.jsonl`` every ``train.log_every`` steps, and at the end the method
+``<output_dir>/metrics.jsonl`` every ``train.log_every`` steps, every ``samples.every`` steps the current
+model samples a few prompts (:class:`~pyrflow_fast.train.samples.PeriodicSamples`), and at the end the method
 exports ``<output_dir>/export`` (written to ``.tmp-export`` and moved into place).
 
 The LR schedule of a role that makes :math:`N` updates, with :math:`W` = ``optim.warmup_steps``,
@@ -53,6 +54,7 @@ from .checkpoint import (
 )
 from .distributed import Distributed, clip_grad_norm, full_tensor
 from .methods import build_method
+from .samples import PeriodicSamples
 
 __all__ = ["Runner", "lr_lambda"]
 
@@ -100,6 +102,7 @@ class Runner:
         self.out = Path(config.train.output_dir)
         ck = config.checkpoint
         self.checkpoints = CheckpointManager(self.out / "checkpoints", self.dist, ck.keep_last, ck.async_save)
+        self.samples = PeriodicSamples(self)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
@@ -167,6 +170,7 @@ class Runner:
                     if "loss" in m:
                         bar.set_postfix(loss=f"{m['loss']:.4f}", steps_per_s=f"{m['steps_per_s']:.2f}")
                     bar.update()
+                self.samples(self.step)
                 if self.step % self.config.checkpoint.every == 0 or self.step == train.steps:
                     self.save_checkpoint()
             self.checkpoints.finish()

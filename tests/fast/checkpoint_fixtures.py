@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from pyrflow_fast.train.checkpoint import MANIFEST
 from pyrflow_fast.train.config import synthetic_run
+from pyrflow_fast.wan.checkpoint import load_wan
 
 __all__ = ["losses", "reseal", "resume_run", "weights"]
 
@@ -38,8 +37,8 @@ def losses(out: str | Path, key: str = "loss") -> list[float]:
 
 
 def weights(out: str | Path) -> dict:
-    """The exported transformer weights of run ``out``."""
-    return load_file(str(Path(out) / "export" / "diffusion_pytorch_model.safetensors"))
+    """The exported transformer weights of run ``out`` (either export layout) under Wan's keys, as stored."""
+    return load_wan(Path(out) / "export").state_dict()
 
 
 def reseal(path: Path) -> None:

@@ -117,7 +117,7 @@ def test_write_model_dir_without_source_writes_the_transformer_only(tmp_path):
     model = random_wan("tiny", seed=4)
     bf16 = {k: v.bfloat16() for k, v in model.state_dict().items()}
     write_model_dir(tmp_path / "a", bf16, ModelCard(), model.config, layout="diffusers")
-    write_model_dir(tmp_path / "b", bf16, ModelCard(), model.config, str(tmp_path / "missing"))
+    write_model_dir(tmp_path / "b", bf16, ModelCard(), model.config, str(tmp_path / "missing"), layout="original")
     # diffusers layout: also what WanPipeline.from_pretrained needs (test_exports_diffusers.py)
     listed = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert listed == sorted([CARD_FILE, "model_index.json", "scheduler", "transformer"])

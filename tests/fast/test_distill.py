@@ -14,9 +14,9 @@ from pyrflow_fast.distill.adversarial import (
     reconstruction_loss,
 )
 from pyrflow_fast.distill.adversarial import generator_loss as adv_generator_loss
+from pyrflow_fast.distill.config import DistillConfig, DistillSection
 from pyrflow_fast.distill.dmd import (
     DMD,
-    DMDConfig,
     DMDVariant,
     critic_loss,
     dmd_gradient,
@@ -49,36 +49,29 @@ def dense_projection(transition, shape):
 
 
 # ----------------------------------------------------------------------------- config and draws
-def test_variant_parsing_and_config_validation():
+def test_variant_parsing_and_the_distill_section_as_dmd_options():
     assert DMDVariant.parse("OT") is DMDVariant.OT
     assert DMDVariant.parse(" pt ") is DMDVariant.PT
     assert DMDVariant.parse("ptstar") is DMDVariant.PT_STAR
-    assert DMDConfig(variant="pt_star").variant is DMDVariant.PT_STAR
     with pytest.raises(ValueError, match="unknown DMD variant 'dmd2'"):
         DMDVariant.parse("dmd2")
-    with pytest.raises(ValueError, match="unknown DMD variant"):
-        DMDConfig(variant="ppt")
-    c = DMDConfig()
-    assert (c.critic_ratio, c.regression_weight, c.sigma_min, c.sigma_max) == (5, 0.01, 0.02, 0.98)
+    fn = constant_model(0.0)
+    default = DMD(fn, fn)
+    assert default.variant is DMDVariant.PT_STAR and default.config == DistillSection()
+    c = default.config
+    assert (c.guidance, c.critic_ratio, c.regression_weight, c.sigma_min, c.sigma_max) == (4.5, 5, 0.01, 0.02, 0.98)
+    section = DistillConfig.from_dict({"distill": {"score_shift": 3.0, "sigma_min": 0.1, "band_norm": "none"}}).distill
+    dmd = DMD(fn, fn, "pt_star", section)
+    assert dmd.variant is DMDVariant.PT_STAR and dmd.config is section
     for bad in (
         {"sigma_min": 0.5, "sigma_max": 0.4},
         {"score_shift": 0.0},
         {"critic_ratio": 0},
         {"regression_weight": -1.0},
         {"band_norm": "high"},
-    ):
-        with pytest.raises(ValueError):
-            DMDConfig(**bad)
-    assert [s for s in range(12) if c.is_generator_step(s)] == [0, 5, 10]
-
-
-def test_dmd_config_from_the_distill_section():
-    from pyrflow_fast.distill.config import DistillConfig
-
-    section = DistillConfig.from_dict({"distill": {"score_shift": 3.0, "sigma_min": 0.1, "band_norm": "none"}}).distill
-    c = DMDConfig.from_section(section, "pt")
-    assert (c.variant, c.score_shift, c.sigma_min, c.band_norm) == (DMDVariant.PT, 3.0, 0.1, "none")
-    assert (c.guidance, c.critic_ratio, c.regression_weight) == (section.guidance, section.critic_ratio, 0.01)
+    ):  # the one place that checks them
+        with pytest.raises(ValueError, match="distill."):
+            DistillConfig.from_dict({"distill": bad})
 
 
 def test_score_sigmas_are_shifted_uniform_and_clamped():
@@ -140,7 +133,7 @@ def constant_model(value):
 def test_critic_flow_matching_loss_plain_hand_computed():
     x0 = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64).reshape(1, 1, 1, 2, 2)
     gen = torch.Generator().manual_seed(7)
-    dmd = DMD(constant_model(0.25), constant_model(0.25), DMDConfig(variant="ot", score_shift=1.0))
+    dmd = DMD(constant_model(0.25), constant_model(0.25), "ot", DistillSection(score_shift=1.0))
     loss = dmd.critic_loss(x0, StageProcess.plain(), rng=gen)
     gen = torch.Generator().manual_seed(7)  # same draws: sigma first, then eps
     score_sigmas(1, shift=1.0, rng=gen)
@@ -216,7 +209,7 @@ def test_pt_star_equals_pt_without_the_weights(stage):
     x_gen = torch.randn(SHAPES[stage], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     outs = {}
     for v in ("pt", "pt*"):
-        dmd = DMD(real, fake, DMDConfig(variant=v, guidance=3.0), uncond=torch.tensor(0.0))
+        dmd = DMD(real, fake, v, DistillSection(guidance=3.0), uncond=torch.tensor(0.0))
         outs[v] = dmd.generator_loss(
             x_gen.clone().requires_grad_(), proc, torch.tensor(2.0), rng=torch.Generator().manual_seed(9)
         )
@@ -236,7 +229,7 @@ def test_teacher_cfg_and_x0_decoding():
         ("ot", variant_process("ot", HAAR, WINDOWS, 1, SHAPE[2])),
         ("pt", variant_process("pt", HAAR, WINDOWS, 1, SHAPE[2])),
     ):
-        dmd = DMD(real, fake, DMDConfig(variant=variant, guidance=w), uncond=uncond)
+        dmd = DMD(real, fake, variant, DistillSection(guidance=w), uncond=uncond)
         out = dmd.generator_loss(x_gen.clone().requires_grad_(), proc, cond, rng=torch.Generator().manual_seed(4))
         gen = torch.Generator().manual_seed(4)
         sigma = dmd.sigmas(proc, SHAPE[0], gen)
@@ -261,7 +254,7 @@ def test_regression_term_weight():
     proc = StageProcess.plain()
     x_gen = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64).requires_grad_()
     target = torch.zeros(SHAPE, dtype=torch.float64)
-    dmd = DMD(real, fake, DMDConfig(variant="ot", guidance=1.0))
+    dmd = DMD(real, fake, "ot", DistillSection(guidance=1.0))
     out = dmd.generator_loss(x_gen, proc, x_teacher=target, rng=torch.Generator().manual_seed(1))
     assert out.regression.item() == pytest.approx(float((x_gen.detach() ** 2).mean()))
     assert out.total.item() == pytest.approx(out.dmd.item() + 0.01 * out.regression.item())
@@ -337,7 +330,7 @@ def test_dmd_moves_a_gaussian_generator_to_the_teacher(variant):
     opt = torch.optim.Adam([a, b], lr=0.02)
     gen = torch.Generator().manual_seed(1)
     real = GaussianScore(mu, sigma_data, proc, pmat)
-    config = DMDConfig(variant=variant, guidance=1.0, score_shift=1.0)
+    config = DistillSection(guidance=1.0, score_shift=1.0)
 
     def distance():
         return w2_squared(b.detach().numpy(), (a @ a.T).detach().numpy(), mu.numpy(), sigma_data.numpy())
@@ -347,7 +340,7 @@ def test_dmd_moves_a_gaussian_generator_to_the_teacher(variant):
         fake = GaussianScore(b.detach().clone(), (a @ a.T).detach().clone(), proc, pmat)
         z = torch.randn(64, D, generator=gen, dtype=torch.float64)
         x_gen = (z @ a.T + b).reshape(64, D, 1, 1, 1)
-        loss = DMD(real, fake, config).generator_loss(x_gen, proc, rng=gen).total
+        loss = DMD(real, fake, variant, config).generator_loss(x_gen, proc, rng=gen).total
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -475,10 +468,10 @@ def test_dmd_on_wan_backbones_at_a_pyramid_stage():
         v = proc.velocity(teacher, x, sigma, ctx)
         expected = bridge_velocity(x, *per_frame(sigma, gain), teacher(x_nat, t, ctx))
     torch.testing.assert_close(v, expected)
-    same = DMD(teacher, teacher, DMDConfig(variant="pt", guidance=1.0))
+    same = DMD(teacher, teacher, "pt", DistillSection(guidance=1.0))
     out = same.generator_loss(x_gen, proc, ctx, rng=torch.Generator().manual_seed(2))
     assert out.grad.abs().max() == 0  # fake = real: no DMD gradient
-    dmd = DMD(teacher, critic, DMDConfig(variant="pt", guidance=3.0), uncond=torch.zeros_like(ctx))
+    dmd = DMD(teacher, critic, "pt", DistillSection(guidance=3.0), uncond=torch.zeros_like(ctx))
     out = dmd.generator_loss(x_gen, proc, ctx, x_teacher=torch.zeros(shapes[1]), rng=torch.Generator().manual_seed(2))
     out.total.backward()
     assert x_gen.grad.shape == x_gen.shape and x_gen.grad.abs().sum() > 0

@@ -216,12 +216,13 @@ def test_sample_ppf_few_step(ppf):
 
 def test_ppf_as_dmd_teacher_and_critic(ppf):
     """PPF distils with the plain process: PPFDenoiser picks each sample's stage from its score level."""
-    from pyrflow_fast.distill.dmd import DMD, DMDConfig
+    from pyrflow_fast.distill.config import DistillSection
+    from pyrflow_fast.distill.dmd import DMD
     from pyrflow_fast.process import StageProcess
 
     x, _, ctx = inputs(ppf.config)
     model = PPFDenoiser(ppf, WINDOWS)
-    dmd = DMD(model, model, DMDConfig(variant="ot", guidance=1.0))
+    dmd = DMD(model, model, "ot", DistillSection(guidance=1.0))
     x_gen = x.clone().requires_grad_()
     out = dmd.generator_loss(x_gen, StageProcess.plain(), ctx, rng=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.x0_fake, out.x0_real)  # same model: zero DMD gradient

@@ -33,15 +33,15 @@ class AdversarialDistillation(FewStepDistillation):
     def __init__(self, config, dist: Distributed, dataset=None, *, original_features: bool) -> None:
         super().__init__(config, dist, dataset)
         d = config.distill
-        # PD: an unsharded run copies the student's base for the features below, a sharded one makes that
-        # copy the teacher here: the global RNG advances the same way, so it is not forked
-        self._pyramidal_teacher(fork_rng=original_features)
+        self._pyramidal_teacher()
         if original_features:
-            self.original = self._load(config.model.original_path or config.model.path)
-            self.original.requires_grad_(False).eval()
+            self.original = self._frozen(self._load(config.model.original_path or config.model.path, self.frozen_dtype))
             backbone = self.original
+        elif self.teacher_model is not None:
+            backbone = self.teacher_model
         else:
-            backbone = self.teacher_model if self.teacher_model is not None else self._load_state_copy(self.student)
+            backbone = self._frozen(self._copy(self.student, self.frozen_dtype))
+        # the blocks' FSDP hooks come before the feature hooks, which stop the forward after the deepest block
         backbone.set_gradient_checkpointing(config.train.gradient_checkpointing)
         n = len(backbone.blocks)
         blocks = list(d.feature_blocks) or sorted({n // 2, n - 1})
@@ -49,10 +49,8 @@ class AdversarialDistillation(FewStepDistillation):
         self._finish(self.disc.head)
 
     def _shard(self) -> None:
-        from torch.distributed.fsdp import fully_shard
-
-        self._shard_student()
-        fully_shard(self.disc.head)
+        super()._shard()
+        self.shard_root(self.disc.head)
 
     def _disc_inputs(self, x0: torch.Tensor, process: StageProcess, dr: dict[str, Any]):
         """Natural-scale re-noised input (and score levels) for the discriminator."""

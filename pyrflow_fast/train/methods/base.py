@@ -17,7 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...wan import WanDiT
 from ..distributed import Distributed
+from ..inputs import load_backbone
+from ..sharding import mp_policy, prime, sharded_wan
 
 __all__ = ["Method", "Role", "Update"]
 
@@ -88,6 +91,55 @@ class Method(abc.ABC):
         """The autocast context of the forward passes (bf16 when :attr:`bf16`, else a no-op)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        """The weights' dtype of frozen models: bf16 when the run computes in bf16 (autocast would cast them
+        anyway: half the memory), else float32."""
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+    def wan(
+        self,
+        path: str,
+        *,
+        dtype: torch.dtype = torch.float32,
+        lora: Callable[[WanDiT], nn.Module] | None = None,
+        copy_from: WanDiT | None = None,
+    ) -> tuple[WanDiT, Any]:
+        """A WanDiT of ``model.config`` on this rank's device and the adapters ``lora(model)`` attaches (or ``None``).
+
+        Its weights: ``copy_from``'s (a copy without its hooks, drawing nothing from the RNG), else the checkpoint
+        at ``path``, else a random initialisation. Under FSDP it is built on meta with its blocks sharded (each
+        with its adapters) and loaded shard by shard (:func:`~pyrflow_fast.train.sharding.sharded_wan`; the
+        caller shards the root with :meth:`shard_root`); otherwise loaded whole.
+        """
+        if self.dist.fsdp or copy_from is not None:
+            arch = self.config.model.config if copy_from is None else copy_from.config
+            return sharded_wan(
+                arch,
+                path if copy_from is None else "",
+                self.device,
+                bf16=self.bf16,
+                dtype=dtype,
+                lora=lora,
+                copy_from=copy_from,
+                shard=self.dist.fsdp,
+            )
+        model = load_backbone(self.config.model.config, path).to(self.device, dtype)
+        return model, (lora(model).to(self.device) if lora is not None else None)
+
+    def shard_root(self, module: nn.Module, frozen: bool = False) -> None:
+        """Under FSDP, ``fully_shard`` the root ``module`` (the one whose forward the run calls; its blocks are
+        sharded already) unless it is sharded. ``frozen``: also gather each group once outside inference mode
+        (:func:`~pyrflow_fast.train.sharding.prime`), for models called under ``torch.inference_mode``."""
+        if not self.dist.fsdp:
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if not isinstance(module, FSDPModule):
+            fully_shard(module, mp_policy=mp_policy(self.bf16))
+        if frozen:
+            prime(module)
+
     def adamw(self, params: list[torch.Tensor], lr: float) -> torch.optim.AdamW:
         """AdamW over ``params`` with the ``[optim]`` betas, epsilon and weight decay."""
         o = self.config.optim
@@ -105,6 +157,12 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+    @abc.abstractmethod
+    def sampling(self) -> dict[str, Any]:
+        """The current model as :func:`pyrflow_fast.sample.generate` samples it: ``transformer`` (the WanDiT),
+        ``card``, ``lora`` and ``ppf`` (or ``None``), and ``gather``: an FSDP root whose group the sampler's calls
+        bypass (gathered around sampling), if any."""
 
     @abc.abstractmethod
     def export(self, folder: Path, ema: dict[str, dict[str, torch.Tensor]]) -> None:

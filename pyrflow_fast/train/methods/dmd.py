@@ -13,7 +13,6 @@ regression target is the teacher's plain multi-step sample.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from torch import nn
 from pyrflow_ref.windows import parse_schedule
 
 from ...contract import BackboneDenoiser, FrozenDenoiser, WanBackbone
-from ...distill.dmd import DMD, DMDConfig, DMDVariant, critic_loss
+from ...distill.dmd import DMD, DMDVariant, critic_loss
 from ...process import StageProcess, clean_pyramid_latent
 from ...resample import Pyramid
 from ...samplers import guided, sample_plain
@@ -112,34 +111,40 @@ class DMDDistillation(FewStepDistillation):
         super().__init__(config, dist, dataset)
         self.variant = DMDVariant.parse(variant)
         self.real_fn, self.critic_model, self.critic_fn = self._scores()
-        self.dmd = DMD(self.real_fn, self.critic_fn, DMDConfig.from_section(config.distill, self.variant), uncond=None)
+        self.dmd = DMD(self.real_fn, self.critic_fn, self.variant, config.distill)
         self._finish(self.critic_model)
 
     def _scores(self):
-        """``(real score, critic module, critic score)`` in the samplers' contract; the critic starts as the teacher."""
+        """``(real score, critic module, critic score)`` in the samplers' contract; the critic starts as the teacher
+        (float32, trained; the frozen teachers are in :attr:`frozen_dtype`)."""
         config, ckpt = self.config, self.config.train.gradient_checkpointing
         rope = config.model.rope
         if self.variant.pyramidal:
-            self._pyramidal_teacher(fork_rng=True)
-            source, real = self.teacher_model or self.student, self.pyr_teacher
+            self._pyramidal_teacher()
+            path = config.model.teacher_path
+            critic = self._load(path) if path else self._copy(self.student)
+            real = self.pyr_teacher
         else:
             d = config.distill
-            self.original = self._load(config.model.original_path or config.model.path)
-            if d.teacher_finetune_steps > 0:
-                self.original.requires_grad_(True).train()
+            finetune = d.teacher_finetune_steps > 0
+            path = config.model.original_path or config.model.path
+            self.original = self._load(path, torch.float32 if finetune else self.frozen_dtype)
+            self.shard_root(self.original)
             self._finetune_teacher(self.original, multires_finetune, self.pyramid, rope=rope)
-            source = self.original
+            critic = self._copy(self.original) if finetune else self._load(path)
+            self.original.to(self.frozen_dtype)
+            self._frozen(self.original)
             real = FrozenDenoiser(BackboneDenoiser(WanBackbone(self.original, rope=rope)))
-        # a state copy of the student's base: a deep copy would carry the adapter hooks
-        critic = self._load_state_copy(source) if source is self.student else copy.deepcopy(source)
         critic.requires_grad_(True).train().set_gradient_checkpointing(ckpt)
         return real, critic, BackboneDenoiser(WanBackbone(critic, rope=rope))
 
     def _finetune_teacher(self, model: nn.Module, finetune: Callable, *args: Any, **kwargs: Any) -> None:
         """Run the config's teacher finetune ``finetune(model, batches, *args, steps, lr, ...)`` when it has
-        steps (rank 0's result broadcast), then freeze ``model``: the finetuned teacher, checkpointed with the run."""
+        steps (every rank trains on the same global batch; replicated weights take rank 0's result, FSDP
+        averages the shards' gradients), then freeze ``model``: the finetuned teacher, checkpointed with the run."""
         config, d = self.config, self.config.distill
         if d.teacher_finetune_steps > 0:
+            model.requires_grad_(True).train()
             self.teacher_losses = finetune(
                 model,
                 self._finetune_batch,
@@ -150,17 +155,14 @@ class DMDDistillation(FewStepDistillation):
                 grad_clip=config.optim.grad_clip,
                 **kwargs,
             )
-            self.dist.broadcast(model)
+            if not self.dist.fsdp:
+                self.dist.broadcast(model)
+            self.finetuned_teacher = model
         model.requires_grad_(False).eval()
-        self.finetuned_teacher = model
 
     def _shard(self) -> None:
-        from torch.distributed.fsdp import fully_shard
-
-        self._shard_student()
-        for block in self.critic_model.blocks:
-            fully_shard(block)
-        fully_shard(self.critic_model)
+        super()._shard()
+        self.shard_root(self.critic_model)
 
     def _score_process(self, process: StageProcess) -> StageProcess:
         """The process the scores re-noise with at the rolled-out stage (OT: plain with the stage's gain)."""

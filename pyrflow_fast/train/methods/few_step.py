@@ -61,8 +61,6 @@ method adds its critic (:meth:`FewStepDistillation.critic_loss`) and generator l
 from __future__ import annotations
 
 import abc
-import contextlib
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +77,7 @@ from ...samplers import Prediction, guided, sample_euler, sample_few_step
 from ...wan import WanDiT
 from ..checkpoint import ConfigMismatchError
 from ..distributed import Distributed, full_tensor
-from ..inputs import build_dataset, check_dataset, load_backbone, resolve_model_config
+from ..inputs import build_dataset, check_dataset, resolve_model_config
 from ..loss import sample_seed
 from .base import Method, Role, Update
 
@@ -115,9 +113,9 @@ class FewStepDistillation(Method):
             else build_dataset(config.data, self.pyramid, self.model_config.in_dim, self.model_config.text_dim)
         )
         check_dataset(self.dataset, self.pyramid, self.model_config, config.data)
-        self.student = self._load(config.model.path)
+        lora = (lambda model: student_lora(model, d.lora_rank, d.lora_alpha)) if d.lora_rank > 0 else None
+        self.student, self.lora = self.wan(config.model.path, lora=lora)
         self.student.set_gradient_checkpointing(config.train.gradient_checkpointing)
-        self.lora = student_lora(self.student, d.lora_rank, d.lora_alpha).to(self.device) if d.lora_rank > 0 else None
         self.student_fn = BackboneDenoiser(WanBackbone(self.student, rope=config.model.rope))
         self.gen_module: nn.Module = self.student
         self.card_patches: tuple = ()
@@ -136,62 +134,48 @@ class FewStepDistillation(Method):
                     f"pyramid.num_stages = {self.S} and distill.schedule {self.config.distill.schedule!r} do not fit it"
                 )
 
-    def _load(self, path: str) -> WanDiT:
-        return load_backbone(self.config.model.config, path).to(self.device).float()
+    def _load(self, path: str, dtype: torch.dtype = torch.float32) -> WanDiT:
+        """The WanDiT at ``path`` (see :meth:`~pyrflow_fast.train.methods.base.Method.wan`)."""
+        return self.wan(path, dtype=dtype)[0]
 
-    def _load_state_copy(self, model: WanDiT) -> WanDiT:
-        """A hook-free copy of ``model``'s base weights (LoRA hooks are not copied)."""
-        clone = WanDiT(self.model_config).to(self.device)
-        clone.load_state_dict(model.state_dict())
-        return clone
+    def _copy(self, model: WanDiT, dtype: torch.dtype = torch.float32) -> WanDiT:
+        """A hook-free copy of ``model``'s base weights (LoRA hooks are not copied; under FSDP its shards)."""
+        return self.wan("", dtype=dtype, copy_from=model)[0]
 
-    def _pyramidal_teacher(self, *, fork_rng: bool) -> None:
+    def _frozen(self, model: WanDiT) -> WanDiT:
+        """``model`` frozen, in eval mode, and under FSDP root-sharded (gathered once outside inference mode)."""
+        self.shard_root(model, frozen=True)
+        return model.requires_grad_(False).eval()
+
+    def _pyramidal_teacher(self) -> None:
         """The frozen pyramidal teacher ``pyr_teacher`` (samplers' contract, inference mode).
 
-        ``model.teacher_path``, else a copy of the initial student; with LoRA the student's base with
-        the adapters off, except under FSDP, where the sharded base cannot serve it and a plain
-        replicated copy does. ``fork_rng``: make that copy without touching the global RNG, so the
-        later draws match an unsharded run (a method whose unsharded run makes the same copy later
-        passes ``False``).
+        ``model.teacher_path``, else a copy of the initial student; with LoRA the student's base with the
+        adapters off, except under FSDP, where a sharded copy serves (the student is also called with
+        gradients, and FSDP cannot gather it for inference mode and for autograd alike). Its weights are
+        in :attr:`frozen_dtype`.
         """
         config = self.config
         self.teacher_model: WanDiT | None = None
         if config.model.teacher_path:
-            self.teacher_model = self._load(config.model.teacher_path)
-        elif self.lora is None:
-            self.teacher_model = copy.deepcopy(self.student)
-        elif self.dist.fsdp:
-            with torch.random.fork_rng(devices=[]) if fork_rng else contextlib.nullcontext():
-                self.teacher_model = self._load_state_copy(self.student)
+            self.teacher_model = self._load(config.model.teacher_path, self.frozen_dtype)
+        elif self.lora is None or self.dist.fsdp:
+            self.teacher_model = self._copy(self.student, self.frozen_dtype)
         if self.teacher_model is not None:
-            self.teacher_model.requires_grad_(False).eval()
+            self._frozen(self.teacher_model)
             self.pyr_teacher = FrozenDenoiser(BackboneDenoiser(WanBackbone(self.teacher_model, rope=config.model.rope)))
         else:
             self.pyr_teacher = FrozenDenoiser(AdaptersOff(self.lora, self.student_fn))
 
-    def _shard_student(self) -> None:
-        """FSDP2 ``fully_shard`` of the student (per block without LoRA, whose adapters act inside the blocks)."""
-        from torch.distributed.fsdp import fully_shard
-
-        if self.lora is None:
-            for block in self.student.blocks:
-                fully_shard(block)
-        fully_shard(self.student)
-
-    @abc.abstractmethod
     def _shard(self) -> None:
-        """FSDP2 ``fully_shard`` of the trained modules; frozen teachers stay replicated."""
+        """Under FSDP, ``fully_shard`` the roots of the trained modules (their blocks are sharded already)."""
+        self.shard_root(self.student)
 
     def _finish(self, critic: nn.Module) -> None:
-        """Shard (FSDP) and declare the roles: the generator (LoRA adapters and the generator module's
-        trained parameters) and ``critic``."""
+        """Shard the trained roots (FSDP) and declare the roles: the generator (LoRA adapters and the generator
+        module's trained parameters) and ``critic``."""
         config, d = self.config, self.config.distill
-        if self.bf16:  # frozen teachers compute in bf16 under autocast anyway: store them so, half the memory
-            for frozen in (getattr(self, "teacher_model", None), getattr(self, "original", None)):
-                if frozen is not None:
-                    frozen.to(torch.bfloat16)
-        if self.dist.fsdp:
-            self._shard()
+        self._shard()
         parts = {"lora": self.lora, "module": self.gen_module} if self.lora is not None else {"module": self.gen_module}
         generator = nn.ModuleDict(parts)
         gen_params = [p for p in generator.parameters() if p.requires_grad]
@@ -360,12 +344,14 @@ class FewStepDistillation(Method):
     def student_state_dict(self) -> dict[str, torch.Tensor]:
         """The student's WanDiT weights (LoRA merged; a collective under FSDP)."""
         base = {k: full_tensor(v) for k, v in self.student.state_dict().items()}
-        return self.lora.merged_state_dict(base, 0) if self.lora is not None else base
+        if self.lora is None:
+            return base
+        return self.lora.merged_state_dict(base, 0, {k: full_tensor(v) for k, v in self.lora.state_dict().items()})
 
-    def export(self, folder: Path, ema: dict[str, dict[str, torch.Tensor]]) -> None:
-        """The distilled transformer and ``pyrflow.json`` (kind ``distilled``, the student's schedule)."""
+    def card(self) -> ModelCard:
+        """The card of the distilled student (kind ``distilled``, its few-step schedule, PPF's patches)."""
         config = self.config
-        card = ModelCard(
+        return ModelCard(
             kind="distilled",
             num_stages=self.S,
             boundaries=tuple(config.pyramid.boundaries),
@@ -375,6 +361,17 @@ class FewStepDistillation(Method):
             schedule=config.distill.schedule,
             ppf_patches=self.card_patches,
         )
+
+    def sampling(self) -> dict[str, Any]:
+        """The student with its LoRA (a PPF student: its PPFWan as ``ppf``, its adapters acting through their hooks)."""
+        if self.card_patches:
+            return {"transformer": self.student, "card": self.card(), "ppf": self.gen_module}
+        return {"transformer": self.student, "lora": self.lora, "card": self.card()}
+
+    def export(self, folder: Path, ema: dict[str, dict[str, torch.Tensor]]) -> None:
+        """The distilled transformer and ``pyrflow.json`` (kind ``distilled``, the student's schedule)."""
+        config = self.config
+        card = self.card()
         sd = self.student_state_dict()
         if self.rank == 0:
             ck = config.checkpoint

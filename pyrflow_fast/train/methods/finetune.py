@@ -18,7 +18,6 @@ the wrapped net (a :class:`~pyrflow_fast.contract.BackboneDenoiser` under DDP / 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,10 @@ from ...card import ModelCard, write_model_dir
 from ...contract import BackboneDenoiser, WanBackbone
 from ...wan import WanDiT
 from ..distributed import Distributed, sync_gradients
-from ..inputs import (
-    build_dataset,
-    check_dataset,
-    load_backbone,
-    load_sharded_weights,
-    meta_backbone,
-    resolve_model_config,
-)
+from ..inputs import build_dataset, check_dataset, resolve_model_config
 from ..lora import LoRA, write_lora_export
 from ..loss import PyramidalLoss, collate, draw, stage_of_slot
+from ..sharding import shard_blocks
 from .base import Method, Role, Update
 
 __all__ = ["PyramidalFinetune"]
@@ -78,13 +71,8 @@ class PyramidalFinetune(Method):
         )
         check_dataset(self.dataset, self.pyramid, self.model_config, config.data)
 
-        base = self._base(backbone)
+        base, self.lora = self._base(backbone)
         base.set_gradient_checkpointing(train.gradient_checkpointing)
-        self.lora = None
-        if config.lora.rank > 0:
-            base.requires_grad_(False)
-            sets = self.S if config.lora.per_stage else 1
-            self.lora = LoRA(base, config.lora.rank, config.lora.alpha, sets).to(self.device)
         self.teacher_model = None
         self.teacher = self._build_teacher(base) if config.loss.distill_weight > 0 else None
         self.net = BackboneDenoiser(WanBackbone(base, rope=config.model.rope), lora=self.lora)
@@ -99,41 +87,24 @@ class PyramidalFinetune(Method):
         """Names of the trained parameters in :attr:`net`."""
         return self.roles["model"].names
 
-    def _mp_policy(self):
-        from torch.distributed.fsdp import MixedPrecisionPolicy
+    def _adapters(self, base: WanDiT) -> LoRA:
+        """The LoRA of ``[lora]`` on ``base`` (its base weights frozen)."""
+        base.requires_grad_(False)
+        sets = self.S if self.config.lora.per_stage else 1
+        return LoRA(base, self.config.lora.rank, self.config.lora.alpha, sets)
 
-        if self.bf16:
-            return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        return MixedPrecisionPolicy()
-
-    def _shard_blocks(self, model: WanDiT) -> None:
-        """FSDP2 ``fully_shard`` of every transformer block (one all-gather per block in the forward pass)."""
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.blocks:
-            fully_shard(block, mp_policy=self._mp_policy())
-
-    def _sharded_load(self, path: str, dtype: torch.dtype) -> WanDiT:
-        """The WanDiT at ``path`` built on the meta device, sharded per block (FSDP2), materialised and
-        filled shard by shard (:func:`~pyrflow_fast.train.inputs.load_sharded_weights`): no rank holds
-        more than its shards of the blocks plus the small unsharded embeddings and head."""
-        model = meta_backbone(self.config.model.config, path).to(dtype)
-        self._shard_blocks(model)
-        model.to_empty(device=self.device)
-        load_sharded_weights(model, path)
-        return model
-
-    def _base(self, backbone: WanDiT | None) -> WanDiT:
-        """The float32 base model: sharded per block under FSDP (loaded shard by shard from ``model.path``;
-        a given ``backbone`` or a random initialisation is built whole first), else whole on the device."""
-        path = self.config.model.path
-        if self.dist.fsdp and backbone is None and path:
-            return self._sharded_load(path, torch.float32)
-        base = backbone if backbone is not None else load_backbone(self.config.model.config, path)
-        base = base.to(self.device).float()
+    def _base(self, backbone: WanDiT | None) -> tuple[WanDiT, LoRA | None]:
+        """The float32 base model and its LoRA (``None`` without): a given ``backbone``, else
+        :meth:`~pyrflow_fast.train.methods.base.Method.wan` of ``model.path`` (under FSDP: built on meta, blocks
+        sharded with their adapters, loaded or initialised shard by shard)."""
+        lora = self._adapters if self.config.lora.rank > 0 else None
+        if backbone is None:
+            return self.wan(self.config.model.path, lora=lora)
+        base = backbone.to(self.device).float()
+        adapters = lora(base).to(self.device) if lora is not None else None
         if self.dist.fsdp:
-            self._shard_blocks(base)
-        return base
+            shard_blocks(base, self.bf16, adapters)
+        return base, adapters
 
     def _build_teacher(self, base: WanDiT):
         """The frozen teacher of the distillation term: ``model.teacher_path``, else the initial model (with
@@ -141,27 +112,11 @@ class PyramidalFinetune(Method):
         the run computes in bf16 (autocast would cast them anyway), float32 otherwise; under FSDP it is
         sharded per block and at its root, loaded shard by shard."""
         config = self.config
-        dtype = torch.bfloat16 if self.bf16 else torch.float32
-        source = config.model.teacher_path or config.model.path
         teacher = None
-        if self.dist.fsdp and (config.model.teacher_path or (self.lora is None and source)):
-            from torch.distributed.fsdp import fully_shard
-
-            teacher = self._sharded_load(source, dtype)
-            fully_shard(teacher, mp_policy=self._mp_policy())
-        elif config.model.teacher_path:
-            teacher = load_backbone(config.model.config, config.model.teacher_path).to(self.device, dtype)
-        elif self.lora is None and self.dist.fsdp:  # a random initial model: a copy of this rank's shards
-            with torch.device("meta"):
-                teacher = WanDiT(self.model_config).to(dtype)
-            self._shard_blocks(teacher)
-            teacher.to_empty(device=self.device)
-            with torch.no_grad():
-                for t, b in zip(teacher.state_dict(keep_vars=True).values(), base.state_dict(keep_vars=True).values()):
-                    local = t.to_local() if hasattr(t, "to_local") else t
-                    local.copy_(b.to_local() if hasattr(b, "to_local") else b)
-        elif self.lora is None:
-            teacher = copy.deepcopy(base).to(dtype)
+        if config.model.teacher_path or self.lora is None:  # else the base with the adapters off
+            path = config.model.teacher_path
+            teacher = self.wan(path, dtype=self.frozen_dtype, copy_from=None if path else base)[0]
+            self.shard_root(teacher, frozen=True)
         if teacher is not None:
             teacher = WanBackbone(teacher.eval().requires_grad_(False), rope=config.model.rope)
         self.teacher_model = teacher
@@ -185,11 +140,8 @@ class PyramidalFinetune(Method):
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             return DDP(net, device_ids=ids)
-        from torch.distributed.fsdp import fully_shard
-
-        # the blocks are sharded already (before the LoRA adapters were attached); the root group holds the
-        # embeddings, the head and the adapters, which act through hooks inside the blocks while it is unsharded
-        fully_shard(net, mp_policy=self._mp_policy())
+        # the blocks are sharded already, each with its LoRA adapters; the root group holds the embeddings and head
+        self.shard_root(net)
         return net
 
     # ------------------------------------------------------------------------------ data
@@ -270,6 +222,23 @@ class PyramidalFinetune(Method):
         self.data_pos = int(state["data_pos"])
 
     # ---------------------------------------------------------------------------- export
+    def card(self) -> ModelCard:
+        """The card of the finetuned model (``pyramidal``, or ``base`` for one stage)."""
+        config = self.config
+        return ModelCard(
+            kind="pyramidal" if self.S > 1 else "base",
+            num_stages=self.S,
+            boundaries=tuple(config.pyramid.boundaries),
+            resampler=config.pyramid.resampler,
+            factors=tuple(config.pyramid.factors),
+            rope=config.model.rope,
+            uncond="zeros" if config.data.text_dropout > 0 else "prompt",
+        )
+
+    def sampling(self) -> dict[str, Any]:
+        """The base and its LoRA; under FSDP the wrapper's root group (embeddings, head) is gathered around it."""
+        return {"transformer": self.net.backbone.model, "lora": self.lora, "card": self.card(), "gather": self.net}
+
     def export(self, folder: Path, ema: dict[str, dict[str, torch.Tensor]]) -> None:
         """The finetuned transformer and ``pyrflow.json``.
 
@@ -287,15 +256,7 @@ class PyramidalFinetune(Method):
         config = self.config
         prefix = "backbone.model."
         base_sd = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
-        card = ModelCard(
-            kind="pyramidal" if self.S > 1 else "base",
-            num_stages=self.S,
-            boundaries=tuple(config.pyramid.boundaries),
-            resampler=config.pyramid.resampler,
-            factors=tuple(config.pyramid.factors),
-            rope=config.model.rope,
-            uncond="zeros" if config.data.text_dropout > 0 else "prompt",
-        )
+        card = self.card()
         ck = config.checkpoint
         where = dict(
             source_path=config.model.path,

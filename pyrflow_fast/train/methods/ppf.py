@@ -10,7 +10,6 @@ export adds the per-stage layers (``ppf_stages.safetensors``) and ``ppf_patches`
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from ...distill.dmd import DMDVariant, critic_loss
 from ...ppf import PPFWan, ppf_stages, sample_ppf
 from ...samplers import Prediction
 from ..distributed import Distributed, full_tensor
+from ..sharding import copy_shards
 from .dmd import DMDDistillation, teacher_finetune
 
 __all__ = ["PPFDistillation", "ppf_finetune"]
@@ -69,26 +69,31 @@ class PPFDistillation(DMDDistillation):
         super().__init__(config, dist, dataset, variant=DMDVariant.OT)
 
     def _scores(self):
+        """The finetuned PPF teacher (real score), the critic (a float32 copy of it) and the student (a PPFWan on
+        the student holding the teacher's weights). Under FSDP each PPFWan is a root over its sharded blocks."""
         config, d = self.config, self.config.distill
         patches = tuple(tuple(int(v) for v in p) for p in d.ppf_patches)
         base = self._load(config.model.teacher_path or config.model.path)
         base.set_gradient_checkpointing(config.train.gradient_checkpointing)
         self.ppf_teacher = PPFWan(base, patches).to(self.device)
+        self.shard_root(self.ppf_teacher)
         self._finetune_teacher(self.ppf_teacher, ppf_finetune, self.windows)
         self.ppf_student = PPFWan(self.student, patches).to(self.device)  # per-stage layers trainable (also with LoRA)
-        self.ppf_student.load_state_dict(self.ppf_teacher.state_dict())
+        self.shard_root(self.ppf_student)
+        copy_shards(self.ppf_student, self.ppf_teacher)
         self.gen_module = self.ppf_student
         self.card_patches = self.ppf_student.patches
-        critic = copy.deepcopy(self.ppf_teacher).requires_grad_(True).train()
+        critic_base = self._copy(base)
+        critic_base.set_gradient_checkpointing(config.train.gradient_checkpointing)
+        critic = PPFWan(critic_base, patches).to(self.device)
+        self.shard_root(critic)
+        copy_shards(critic, self.ppf_teacher)
+        critic.requires_grad_(True).train()
+        self._frozen(self.ppf_teacher)
         return FrozenDenoiser(PPFDenoiser(self.ppf_teacher, self.windows)), critic, PPFDenoiser(critic, self.windows)
 
     def _shard(self) -> None:
-        """PPFWan runs the wrapped model's pieces and only the current stage's layers: the transformer blocks
-        (used at every stage, the bulk of the weights) are sharded; the rest stays replicated, averaged by hand."""
-        from torch.distributed.fsdp import fully_shard
-
-        for block in list(self.student.blocks) + list(self.critic_model.model.blocks):
-            fully_shard(block)
+        """The PPF models are sharded in :meth:`_scores`: their roots are the PPFWan wrappers, whose forward runs."""
 
     def rollout(self, dr: dict[str, Any], grad: bool) -> Prediction:
         """The PPF student's ``k``-th clean prediction at full resolution, its stage and the plain process:
