@@ -1,11 +1,12 @@
-"""What a generation asks for, checked before any weights load: :func:`prepare` and :class:`Request`.
+"""What a generation asks for, checked before any weights load: :class:`Options`, :func:`prepare`, :class:`Request`.
 
-:func:`prepare` resolves a request against the checkpoint's :class:`~pyrflow_fast.card.ModelCard` and
-the model's :class:`~pyrflow_fast.pipeline.geometry.Geometry` (read from the configuration files):
-sampler and guidance, solver, schedule (one :class:`~pyrflow_ref.plan.Plan`), seed, size (padded to
-the pyramid's multiple when it does not divide, see :mod:`pyrflow_fast.sample`), negative prompt and
-attention backend. The CLI calls it before loading, :func:`~pyrflow_fast.sample.generate` again
-with the loaded components; both name the valid choices when one cannot run.
+:func:`prepare` resolves the :class:`Options` of a request against the checkpoint's
+:class:`~pyrflow_fast.card.ModelCard` and the model's :class:`~pyrflow_fast.pipeline.geometry.Geometry`
+(read from the configuration files): sampler and guidance, solver, schedule (one
+:class:`~pyrflow_ref.plan.Plan`), seed, size (padded to the pyramid's multiple when it does not divide,
+see :mod:`pyrflow_fast.sample`), negative prompt and attention backend. The CLI calls it before
+loading, :func:`~pyrflow_fast.sample.generate` again with the loaded components; both name the valid
+choices when one cannot run.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import math
 import os
 import secrets
 import warnings
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,6 +61,31 @@ WAN_NEGATIVE_PROMPT = (
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 """Wan2.1's default negative prompt (``sample_neg_prompt`` of ``wan/configs/shared_config.py``)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """The request options as the caller gave them, before :func:`prepare` checks and resolves them: the one list
+    of them, which :func:`~pyrflow_fast.sample.generate` documents (with its defaults; ``None``: the card's or
+    Wan's) and the CLI and :class:`~pyrflow_fast.pipeline.pyramidal.PyramidalWanPipeline` pass on by name."""
+
+    negative_prompt: str | None
+    schedule: str | Plan | None
+    sampler: str
+    solver: str
+    guidance_scale: float | None
+    shift: float | None
+    seed: int | None
+    frames: int | None
+    height: int | None
+    width: int | None
+    resampler: str | None
+    attention: str
+
+    @classmethod
+    def pick(cls, values: Mapping[str, Any]) -> Options:
+        """The options among ``values`` (a function's ``locals()``, an argparse namespace's ``vars()``)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -187,37 +215,23 @@ def check_prompts(prompts: list[str] | str | None, embeds: torch.Tensor | None) 
 
 
 def prepare(
-    card: ModelCard | None,
-    geometry: Geometry,
-    *,
-    scheduler_config: dict | None = None,
-    schedule: str | Plan | None = None,
-    sampler: str = "auto",
-    solver: str = "auto",
-    guidance_scale: float | None = None,
-    shift: float | None = None,
-    seed: int | None = None,
-    frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    resampler: str | None = None,
-    negative_prompt: str | None = None,
-    attention: str = "auto",
+    card: ModelCard | None, geometry: Geometry, options: Options, *, scheduler_config: dict | None = None
 ) -> Request:
     """Check a generation request against ``card`` and ``geometry`` without touching any weights.
 
-    Arguments as in :func:`~pyrflow_fast.sample.generate`. ValueError naming the valid choices for a size, schedule,
-    sampler, solver, guidance, shift, seed or attention backend that cannot run.
+    ``options`` as :func:`~pyrflow_fast.sample.generate` takes them. ValueError naming the valid choices for a size,
+    schedule, sampler, solver, guidance, shift, seed or attention backend that cannot run.
     """
     card = card or ModelCard()
-    if resampler is not None:
-        card = replace(card, resampler=resampler)
+    schedule, shift, seed, attention = options.schedule, options.shift, options.seed, options.attention
+    if options.resampler is not None:
+        card = replace(card, resampler=options.resampler)
     if shift is not None and not (math.isfinite(shift) and shift > 0):
         raise ValueError(f"the timestep shift must be a positive finite number, got {shift}")
-    sampler, scale = resolve_sampler(card, sampler, guidance_scale)
+    sampler, scale = resolve_sampler(card, options.sampler, options.guidance_scale)
     grid_shift = shift if shift is not None else (schedule.shift if isinstance(schedule, Plan) else PYRAMID_SHIFT)
     plan = card.plan(schedule, grid_shift)
-    solver = resolve_solver(solver, sampler, plan, scheduler_config, ppf=bool(card.ppf_patches))
+    solver = resolve_solver(options.solver, sampler, plan, scheduler_config, ppf=bool(card.ppf_patches))
     if solver != "pyramid":
         make_scheduler(solver, scheduler_config, shift)  # the config is usable
     if seed is None:
@@ -225,14 +239,14 @@ def prepare(
     if not 0 <= int(seed) < 2**63:
         raise ValueError(f"the seed must be in [0, 2**63), got {seed}")
     default = card.size or WAN_SIZE
-    size = tuple(int(d if v is None else v) for v, d in zip((frames, height, width), default, strict=True))
+    asked = (options.frames, options.height, options.width)
+    size = tuple(int(d if v is None else v) for v, d in zip(asked, default, strict=True))
     latent, padded = fit_size(geometry, card, plan, *size)
     if attention not in BACKENDS:
         raise ValueError(f"unknown attention backend {attention!r}; expected one of {BACKENDS}")
     if attention not in available_attention():
         raise ValueError(f"attention backend {attention!r} is not available here; available: {available_attention()}")
-    if negative_prompt is None:
-        negative_prompt = WAN_NEGATIVE_PROMPT
+    negative_prompt = WAN_NEGATIVE_PROMPT if options.negative_prompt is None else options.negative_prompt
     start = padded
     if not card.ppf_patches and plan.top > 0:
         start = card.pyramid().shapes((1, 1, *padded))[plan.top][2:]

@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from .card import CARD_FILE, ModelCard, load_ppf
 from .cli_help import DefaultsFormatter
 from .contract import BackboneDenoiser, backbone_for
 from .pipeline import WanComponents, check_device, load_components
+from .pipeline.components import run_device, running
 from .pipeline.geometry import Geometry, read_geometry, read_scheduler_config
 from .request import (
     CONTEXT_PARALLEL,
@@ -56,6 +57,7 @@ from .request import (
     SAMPLERS,
     SOLVERS,
     WAN_SIZE,
+    Options,
     check_output,
     check_prompts,
     prepare,
@@ -141,6 +143,8 @@ def generate(
     lora: torch.nn.Module | None = None,
     context_parallel: str | None = None,
     cfg_parallel: bool = False,
+    offload: bool = False,
+    device: torch.device | str | None = None,
 ) -> Generation:
     """Generate videos for ``prompts`` with the components' transformer.
 
@@ -177,17 +181,21 @@ def generate(
     :param context_parallel: ``"ulysses"`` or ``"ring"``: split the large stages' tokens over the ranks of
         the process group torchrun started (:mod:`pyrflow_fast.parallel`); every rank returns the same result.
     :param cfg_parallel: with ``context_parallel``, the two CFG branches run on the two halves of the ranks.
+    :param offload: keep every component on the CPU and move each to ``device`` only while it runs (the text
+        encoder while it encodes, the transformer with its LoRA or PPF layers while it samples, the VAE while it
+        decodes), then back: Wan's ``--offload_model``, diffusers' ``enable_model_cpu_offload``.
+    :param device: where the models run: default the transformer's device (without ``offload`` it must be that),
+        with ``offload`` CUDA when there is one, else the CPU.
     """
     if components.transformer is None:
         raise ValueError("the components were loaded without a transformer (load_components(..., transformer=True))")
     prompts = check_prompts(prompts, prompt_embeds)
-    arguments = locals()  # the request's options under their own names, as the CLI passes them
-    options = {name: arguments[name] for name in _GENERATE_ARGS}
-    request = prepare(card, Geometry.of(components), scheduler_config=components.scheduler_config, **options)
+    options = Options.pick(locals())
+    request = prepare(card, Geometry.of(components), options, scheduler_config=components.scheduler_config)
     card, plan = request.card, request.plan
     batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
     weights = next(components.transformer.parameters())
-    device, dtype = weights.device, dtype or weights.dtype
+    device, dtype = run_device(device, weights.device, offload), dtype or weights.dtype
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
     start = (batch, components.z_dim, *request.start)
@@ -200,10 +208,12 @@ def generate(
 
         if context_parallel not in CONTEXT_PARALLEL:
             raise ValueError(f"context_parallel must be one of {CONTEXT_PARALLEL}, got {context_parallel!r}")
-        if compile or card.ppf_patches or lora is not None:
-            raise ValueError("context_parallel runs neither with compile=True, LoRA files nor PPF checkpoints")
+        if compile or lora is not None or offload:
+            raise ValueError("context_parallel runs neither with compile=True, offload=True nor LoRA files")
         cp_plan, groups = setup(context_parallel, cfg_parallel)
         transformer = ContextParallelWan(transformer, cp_plan, groups)
+        if ppf is not None:  # a PPF checkpoint samples through its PPFWan, split the same way
+            ppf = ContextParallelWan(ppf, cp_plan, groups)
         seed = shared_seed(request.seed, device)  # every rank draws the same noise
     if lora is not None and card.ppf_patches:
         raise ValueError("LoRA files are not supported with PPF checkpoints")
@@ -214,15 +224,15 @@ def generate(
         else backbone
     )
     model = stage_models(BackboneDenoiser(net, full_size=request.padded, lora=lora), card.num_stages)
-    cond = _embeds(prompt_embeds, lambda: components.encode_prompt(prompts), batch, "prompt_embeds", device)
-    uncond = None  # without CFG the unconditional branch is never encoded
-    if request.guidance_scale != 1.0:
-        if card.uncond == "zeros":
-            uncond = torch.zeros_like(cond)
-        else:
-            negative = [request.negative_prompt] * batch
+    negative = request.guidance_scale != 1.0 and card.uncond != "zeros"  # without CFG it is never encoded
+    encodes = prompt_embeds is None or (negative and negative_prompt_embeds is None)
+    with running(device, offload and encodes, components.text_encoder):
+        cond = _embeds(prompt_embeds, lambda: components.encode_prompt(prompts), batch, "prompt_embeds", device)
+        uncond = torch.zeros_like(cond) if request.guidance_scale != 1.0 and not negative else None
+        if negative:
+            negatives = [request.negative_prompt] * batch
             uncond = _embeds(
-                negative_prompt_embeds, lambda: components.encode_prompt(negative), batch, "negative_prompt_embeds",
+                negative_prompt_embeds, lambda: components.encode_prompt(negatives), batch, "negative_prompt_embeds",
                 device,
             )  # fmt: skip
     if uncond is None:
@@ -237,10 +247,11 @@ def generate(
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     start_time = time.perf_counter()
     try:
-        # the text keys and values once per generation (not with FSDP-sharded blocks: see pyrflow_fast.parallel)
-        cache = getattr(components.transformer, "text_cache", None) if context_parallel is None else None
+        # the text keys and values once per generation (WanDiT.text_cache: not with FSDP-sharded blocks)
+        cache = getattr(components.transformer, "text_cache", None)
         text_cache = cache() if cache is not None else contextlib.nullcontext()
-        with use_attention(request.attention), autocast, text_cache:
+        placed = running(device, offload, ppf if card.ppf_patches else components.transformer, lora)
+        with placed, use_attention(request.attention), autocast, text_cache:
             if request.solver != "pyramid":
                 if latents is None:  # as diffusers' randn_tensor with a CPU generator
                     cpu = torch.Generator().manual_seed(seed)
@@ -280,7 +291,8 @@ def generate(
     seconds = time.perf_counter() - start_time
     f, h, w = request.latent
     out = out[:, :, :f, :h, :w].float()  # the padded rows, columns and frames are dropped once, here
-    video = components.decode_latents(out)
+    with running(device, offload, components.vae):
+        video = components.decode_latents(out)
     info = {
         "guidance_scale": request.guidance_scale,
         "shift": used_shift,
@@ -315,11 +327,6 @@ def save(result: Generation, out: str | Path, *, fps: int = 16, latents: str | P
 
 
 _DTYPE_CHOICES = ("auto", *DTYPES)
-_GENERATE_ARGS = (
-    "negative_prompt", "schedule", "sampler", "solver", "guidance_scale", "shift", "seed", "frames", "height", "width",
-    "resampler", "attention",
-)  # fmt: skip
-"""The CLI options passed to :func:`~pyrflow_fast.request.prepare` and :func:`generate` under their own names."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--text-encoder-dtype", default="auto", choices=_DTYPE_CHOICES, help="auto: as --dtype")
     ap.add_argument("--t5-cpu", action="store_true", help="run the text encoder on the CPU (as Wan's --t5_cpu)")
     ap.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep every component on the CPU and move each to --device only while it runs (Wan's --offload_model)",
+    )
+    ap.add_argument(
         "--vae-tiling", action="store_true", help="decode in overlapping tiles (diffusers' AutoencoderKLWan tiling)"
     )
     ap.add_argument("--vae-dtype", default="float32", choices=tuple(DTYPES), help="VAE weights dtype")
@@ -426,16 +438,22 @@ def _sample(args: argparse.Namespace) -> str:
         check_output(args.save_latents, (".safetensors",), "--save-latents")
     if args.fps < 1:
         raise ValueError(f"--fps must be positive, got {args.fps}")
-    options = {name: getattr(args, name) for name in _GENERATE_ARGS}
+    if args.offload and args.t5_cpu:
+        raise ValueError(
+            "--offload and --t5-cpu: pick one (--offload keeps the text encoder on the CPU but while it runs)"
+        )
+    if args.offload and args.context_parallel is not None:
+        raise ValueError("--offload runs on one process: it does not combine with --context-parallel")
+    options = Options.pick(vars(args))
     prompts = check_prompts(args.prompts, None)
     card = ModelCard.load(args.model_dir)
     scheduler_config = read_scheduler_config(args.model_dir)
     # every choice is checked against the card and the configuration files before anything loads
-    request = prepare(card, read_geometry(args.model_dir), scheduler_config=scheduler_config, **options)
-    options.update(seed=request.seed, schedule=request.plan)
+    request = prepare(card, read_geometry(args.model_dir), options, scheduler_config=scheduler_config)
+    options = replace(options, seed=request.seed, schedule=request.plan)
     components = load_components(
-        args.model_dir, device=device, dtype=dtype, text_encoder_dtype=text_dtype, vae_dtype=DTYPES[args.vae_dtype],
-        text_encoder_device="cpu" if args.t5_cpu else None,
+        args.model_dir, device="cpu" if args.offload else device, dtype=dtype, text_encoder_dtype=text_dtype,
+        vae_dtype=DTYPES[args.vae_dtype], text_encoder_device="cpu" if args.t5_cpu else None,
     )  # fmt: skip
     if args.vae_tiling:
         if not hasattr(components.vae, "enable_tiling"):
@@ -446,7 +464,8 @@ def _sample(args: argparse.Namespace) -> str:
     lora = load_card_lora(args.model_dir, components.transformer, card)
     result = generate(
         components, prompts, card=card, compile=args.compile, progress=not args.no_progress, ppf=ppf, lora=lora,
-        context_parallel=args.context_parallel, cfg_parallel=args.cfg_parallel, **options,
+        context_parallel=args.context_parallel, cfg_parallel=args.cfg_parallel, offload=args.offload, device=device,
+        **vars(options),
     )  # fmt: skip
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     written = save(result, args.out, fps=args.fps, latents=args.save_latents) if rank0 else []

@@ -23,9 +23,11 @@ when needed.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,8 @@ __all__ = [
     "load_vae",
     "clean_prompt",
     "check_device",
+    "run_device",
+    "running",
     "write_original_vae",
     "write_original_text_encoder",
 ]
@@ -79,6 +83,37 @@ def check_device(device: torch.device | str) -> torch.device:
     except Exception as err:  # RuntimeError, AssertionError, AcceleratorError ... depending on backend
         raise ValueError(f"device {device!r} is not usable: {err}") from None
     return dev
+
+
+def run_device(device: torch.device | str | None, weights: torch.device, offload: bool) -> torch.device:
+    """Where :func:`~pyrflow_fast.sample.generate` runs the models: ``device`` (checked), by default the
+    ``weights``' device without ``offload`` and CUDA (else the CPU) with it; ValueError for a ``device`` other
+    than the weights' without ``offload``."""
+    if device is None:
+        return check_device("cuda" if torch.cuda.is_available() else "cpu") if offload else weights
+    device = check_device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if not offload and device != weights:
+        raise ValueError(
+            f"device={device} but the transformer's weights are on {weights}: load the components there, or "
+            "pass offload=True to move each one there only while it runs"
+        )
+    return device
+
+
+@contextlib.contextmanager
+def running(device: torch.device, offload: bool, *modules: torch.nn.Module | None) -> Iterator[None]:
+    """With ``offload``: ``modules`` (``None`` entries skipped) on ``device`` inside the block and on the CPU after
+    it; without it they stay where they are."""
+    modules = [m for m in modules if m is not None] if offload else []
+    for m in modules:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.to("cpu")
 
 
 def clean_prompt(text: str) -> str:

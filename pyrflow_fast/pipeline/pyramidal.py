@@ -33,17 +33,18 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.video_processor import VideoProcessor
 
 from ..card import ModelCard, load_ppf
+from ..request import Options
 from .components import WanComponents, load_components
 
 __all__ = ["PyramidalWanPipeline"]
 
 
-_SAME_NAMES = (
-    "negative_prompt", "schedule", "sampler", "solver", "guidance_scale", "shift", "seed", "height", "width",
-    "resampler", "progress", "latents", "prompt_embeds", "negative_prompt_embeds", "context_parallel", "cfg_parallel",
+_PASSED = (
+    "progress", "latents", "prompt_embeds", "negative_prompt_embeds", "context_parallel", "cfg_parallel", "offload",
+    "device",
 )  # fmt: skip
-"""The arguments of :meth:`PyramidalWanPipeline.__call__` that :func:`~pyrflow_fast.sample.generate` takes
-under the same name (``num_frames`` is its ``frames``)."""
+"""The arguments of :meth:`PyramidalWanPipeline.__call__` besides the request's
+:class:`~pyrflow_fast.request.Options` that :func:`~pyrflow_fast.sample.generate` takes under the same name."""
 
 
 class PyramidalWanPipeline(DiffusionPipeline):
@@ -147,11 +148,16 @@ class PyramidalWanPipeline(DiffusionPipeline):
         progress: bool = True,
         context_parallel: str | None = None,
         cfg_parallel: bool = False,
+        attention: str = "auto",
+        offload: bool = False,
+        device: torch.device | str | None = None,
     ) -> WanPipelineOutput | tuple:
         """Generate videos; ``frames`` as ``WanPipeline`` returns them for ``output_type`` (``np``: ``(B, F, H, W, 3)``
         in ``[0, 1]``; ``pt``: ``(B, F, 3, H, W)``; ``pil``: lists of images; ``latent``: the normalised
         latents ``(B, C, F', H', W')``). ``seed`` overrides ``generator``; ``context_parallel`` and
-        ``cfg_parallel`` split the sampling over torchrun's ranks as in :func:`~pyrflow_fast.sample.generate`."""
+        ``cfg_parallel`` split the sampling over torchrun's ranks, ``attention`` picks the attention backend and
+        ``offload`` keeps each component on the CPU but while it runs on ``device``, as in
+        :func:`~pyrflow_fast.sample.generate`."""
         from ..sample import generate
 
         if isinstance(generator, list):
@@ -169,11 +175,11 @@ class PyramidalWanPipeline(DiffusionPipeline):
             if prompts is not None:
                 listed = [prompts] if isinstance(prompts, str) else prompts
                 prompts = [p for p in listed for _ in range(num_videos_per_prompt)]
-        arguments = locals()
-        options = {name: arguments[name] for name in _SAME_NAMES}
+        arguments = {**locals(), "frames": num_frames}
+        options = vars(Options.pick(arguments))
         result = generate(
-            self.components_for_pyrflow(), prompts, card=self.card, frames=num_frames, ppf=self.ppf, lora=self.lora,
-            **options,
+            self.components_for_pyrflow(), prompts, card=self.card, ppf=self.ppf, lora=self.lora, **options,
+            **{name: arguments[name] for name in _PASSED},
         )  # fmt: skip
         frames = (
             result.latents

@@ -6,6 +6,8 @@ r"""The shipped default model: a small Wan-architecture text-to-video model trai
 - :mod:`~pyrflow_fast.shapes.recipe`: reproduces the shipped checkpoints through the project's CLIs;
 - :mod:`~pyrflow_fast.shapes.results`: the quality / speed table;
 - :mod:`~pyrflow_fast.shapes.sampling`: a shipped checkpoint loaded and sampled at the dataset's size;
+- :mod:`~pyrflow_fast.shapes.probe`: how well a checkpoint follows its prompts (analyzer scores on the
+  prompt grid, and how much a wrong word raises the denoising error): the quick check while training;
 - ``python -m pyrflow_fast.shapes``: generate a video with a shipped checkpoint (``make sample``).
 
 The checkpoints live in ``pyrflow_fast/shapes/models/<name>`` (complete model directories that

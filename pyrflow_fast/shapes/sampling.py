@@ -18,9 +18,17 @@ def load(name: str, root: str | Path = SHIPPED) -> tuple[ModelCard, WanComponent
 
 
 def sample(
-    components: WanComponents, card: ModelCard, prompts: list[str] | str, schedule: str | None, seed: int
+    components: WanComponents,
+    card: ModelCard,
+    prompts: list[str] | str,
+    schedule: str | None,
+    seed: int,
+    *,
+    shift: float | None = None,
+    frames: int = FRAMES,
 ) -> Generation:
-    """:func:`~pyrflow_fast.sample.generate` of ``FRAMES`` x ``SIZE`` x ``SIZE`` videos, without a progress bar.
+    """:func:`~pyrflow_fast.sample.generate` of ``frames`` x ``SIZE`` x ``SIZE`` videos, without a progress bar
+    (``shift``: as ``generate``'s).
 
     Every schedule runs pyrflow's samplers (``solver="pyramid"``): the shipped results table was
     measured with them, plain schedules included.
@@ -31,8 +39,9 @@ def sample(
         card=card,
         schedule=schedule,
         solver="pyramid",
+        shift=shift,
         seed=seed,
-        frames=FRAMES,
+        frames=frames,
         height=SIZE,
         width=SIZE,
         progress=False,

@@ -1,4 +1,7 @@
-"""pyrflow-sample checks every argument before it loads a model; defaults as a Wan user runs it; dtypes."""
+"""pyrflow-sample checks every argument before it loads a model; defaults as a Wan user runs it; dtypes; offload."""
+
+import inspect
+from dataclasses import fields
 
 import av
 import pytest
@@ -9,7 +12,8 @@ from safetensors.torch import load_file
 import pyrflow_fast.sample as sample_mod
 from pyrflow_fast.card import ModelCard
 from pyrflow_fast.pipeline import load_components
-from pyrflow_fast.request import WAN_NEGATIVE_PROMPT
+from pyrflow_fast.pipeline.pyramidal import PyramidalWanPipeline
+from pyrflow_fast.request import WAN_NEGATIVE_PROMPT, Options
 from pyrflow_fast.sample import generate, main
 from pyrflow_fast.shapes import model_dir
 from pyrflow_fast.shapes.data import FRAMES, SIZE
@@ -263,3 +267,115 @@ def test_the_folders_scheduler_config_picks_the_solver(tiny_dir, tmp_path, capsy
         for f in folder.iterdir():
             f.unlink()
         folder.rmdir()
+
+
+# --offload: each component on the run device only while it runs, the same result bit for bit
+NAMES = ("text_encoder", "transformer", "vae")
+OFFLOAD_KW = dict(schedule="2-2-1", sampler="euler", frames=17, height=64, width=64, seed=5, progress=False)
+
+
+def test_the_request_options_are_generates_and_the_clis_with_the_same_defaults():
+    generate_defaults = {n: p.default for n, p in inspect.signature(generate).parameters.items()}
+    cli_defaults = vars(sample_mod.build_parser().parse_args(["--model-dir", "m", "--prompt", "p"]))
+    for f in fields(Options):
+        assert generate_defaults[f.name] == cli_defaults[f.name], f.name
+
+
+def record(monkeypatch, components) -> tuple[list[tuple], object]:
+    """(events, the hook's handle: remove it after the run). Events in order: ``("to", name, device)`` for every
+    ``.to()`` of a component, ``("run", name)`` for every forward of one of its submodules."""
+    events, owner = [], {}
+    for name in NAMES:
+        module = getattr(components, name)
+        owner.update({id(m): name for m in module.modules()})
+
+        def to(*args, _module=module, _name=name, **kwargs):
+            events.append(("to", _name, torch.device(args[0] if args else kwargs["device"])))
+            return type(_module).to(_module, *args, **kwargs)
+
+        monkeypatch.setattr(module, "to", to)
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, _: events.append(("run", owner[id(m)])) if id(m) in owner else None
+    )
+    return events, hook
+
+
+def test_offload_moves_each_component_only_while_it_runs_and_changes_nothing(components, monkeypatch):
+    plain = generate(components, "a red car", **OFFLOAD_KW)
+    events, hook = record(monkeypatch, components)
+    try:
+        offloaded = generate(components, "a red car", offload=True, device="cpu", **OFFLOAD_KW)
+    finally:
+        hook.remove()
+    assert torch.equal(plain.latents, offloaded.latents) and torch.equal(plain.video, offloaded.video)
+    cpu = torch.device("cpu")
+    moves = [e[1:] for e in events if e[0] == "to"]
+    assert moves == [(name, cpu) for name in NAMES for _ in range(2)]  # in, out; one component at a time
+    placed = None
+    for event in events:
+        if event[0] == "to":
+            placed = event[1] if placed is None else None  # the first move brings it, the second takes it back
+        else:
+            assert event[1] == placed, f"{event[1]} ran while {placed} was the one on the run device"
+    assert {e[1] for e in events if e[0] == "run"} == set(NAMES)  # CFG: prompt and negative prompt, one move
+    assert all(p.device == cpu for name in NAMES for p in getattr(components, name).parameters())
+
+
+def test_given_embeddings_do_not_move_the_text_encoder(components, monkeypatch):
+    embeds = components.encode_prompt(["a red car"])
+    events, hook = record(monkeypatch, components)
+    try:
+        generate(
+            components, prompt_embeds=embeds, negative_prompt_embeds=embeds, offload=True, device="cpu", **OFFLOAD_KW
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    assert [e[1] for e in events if e[0] == "to"] == ["transformer", "transformer", "vae", "vae"]
+
+
+def test_a_device_other_than_the_weights_needs_offload(components):
+    with pytest.raises(ValueError, match="device=meta but the transformer's weights are on cpu.*offload=True"):
+        generate(components, "a red car", device="meta", **OFFLOAD_KW)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--t5-cpu"], "--offload and --t5-cpu: pick one"),
+        (
+            ["--context-parallel", "ulysses"],
+            "--offload runs on one process: it does not combine with --context-parallel",
+        ),
+    ],
+)
+def test_cli_offload_combinations_fail_before_loading(tiny_dir, tmp_path, capsys, no_loading, extra, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["--model-dir", str(tiny_dir), "--prompt", "a red car", "--out", str(tmp_path / "v.mp4"), "--offload",
+              *extra])  # fmt: skip
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_offload_loads_on_the_cpu_and_writes_the_same_latents(tiny_dir, tmp_path, monkeypatch):
+    seen = []
+    real = sample_mod.load_components
+
+    def load(*args, **kwargs):
+        seen.append(kwargs["device"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sample_mod, "load_components", load)
+    base = ["--model-dir", str(tiny_dir), "--prompt", "a red car", "--frames", "17", "--height", "64", "--width", "64",
+            "--schedule", "1-1-1", "--seed", "2", "--no-progress", "--device", "cpu"]  # fmt: skip
+    for name, extra in (("plain", []), ("offload", ["--offload"])):
+        out = ["--out", str(tmp_path / f"{name}.mp4"), "--save-latents", str(tmp_path / f"{name}.safetensors")]
+        assert main([*base, *out, *extra]) == 0
+    a, b = (load_file(str(tmp_path / f"{name}.safetensors"))["latents"] for name in ("plain", "offload"))
+    assert torch.equal(a, b) and seen == [torch.device("cpu"), "cpu"]
+
+
+def test_pipeline_offload_equals_the_plain_call(tiny_dir):
+    with pytest.warns(UserWarning, match="no scheduler"):  # the tiny folder has none: Wan's default
+        pipe = PyramidalWanPipeline.from_pretrained(tiny_dir)
+    kw = dict(num_frames=17, height=64, width=64, schedule="1-1-1", seed=1, progress=False, output_type="latent")
+    plain = pipe("a red car", **kw).frames
+    assert torch.equal(plain, pipe("a red car", offload=True, device="cpu", **kw).frames)
