@@ -155,8 +155,8 @@ def shard_blocks(model: nn.Module, group: dist.ProcessGroup | None = None) -> nn
     Each rank then stores ``1/N`` of the blocks' weights (over 99% of a Wan2.1's: the 14B's 28.6 GB of bf16
     become 3.6 GB per rank on 8 ranks) and a block's forward all-gathers its weights and frees them after.
     The embeddings and the head stay whole on every rank. Every rank must run the same sequence of
-    block forwards, which :class:`ContextParallelWan` does (every rank runs the same sampler), and
-    ``WanDiT.text_cache`` cannot be used (it runs the blocks' text projections outside their forward).
+    block forwards, which :class:`ContextParallelWan` does (every rank runs the same sampler);
+    ``WanDiT.text_cache`` then caches nothing (it would run the blocks' text projections outside their forward).
     Call it after the weights are loaded and moved to the device. Returns ``model``.
     """
     from torch.distributed.device_mesh import DeviceMesh
