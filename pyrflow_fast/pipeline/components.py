@@ -27,7 +27,7 @@ import contextlib
 import html
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,29 +297,41 @@ def write_original_text_encoder(
 class WanComponents:
     """The non-sampler parts of Wan2.1 text-to-video.
 
-    :param tokenizer: a transformers tokenizer (umT5's).
-    :param text_encoder: a ``transformers.UMT5EncoderModel``.
+    :param tokenizer: a transformers tokenizer (umT5's), or ``None`` when not loaded.
+    :param text_encoder: a ``transformers.UMT5EncoderModel``, or ``None`` when not loaded (then only the
+        ``prompt_embeddings`` can be encoded).
     :param vae: a ``diffusers.AutoencoderKLWan``.
     :param transformer: a :class:`pyrflow_fast.wan.WanDiT`, or ``None`` when not loaded.
     :param layout: ``"diffusers"`` or ``"original"``: the layout it was loaded from.
     :param text_len: prompt embeddings are padded (and prompts truncated) to this many tokens.
     :param scheduler_config: the folder's diffusers scheduler config (``scheduler/scheduler_config.json``),
         or ``None`` (:mod:`pyrflow_fast.solvers` then uses Wan's).
+    :param prompt_embeddings: precomputed :meth:`encode_prompt` rows, ``{cleaned prompt: (text_len, text_dim)
+        float32}`` on the CPU, made with this text encoder and tokenizer (a closed vocabulary, as the
+        :mod:`~pyrflow_fast.shapes` models'); :meth:`encode_prompt` returns them instead of running the encoder.
     """
 
-    tokenizer: Any
-    text_encoder: torch.nn.Module
+    tokenizer: Any | None
+    text_encoder: torch.nn.Module | None
     vae: torch.nn.Module
     transformer: WanDiT | None
     layout: str
     text_len: int = 512
     scheduler_config: dict[str, Any] | None = None
+    prompt_embeddings: Mapping[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------ properties
     @property
     def text_dim(self) -> int:
-        """Width of the prompt embeddings (umT5-XXL: 4096)."""
-        return int(self.text_encoder.config.d_model)
+        """Width of the prompt embeddings (umT5-XXL: 4096): the text encoder's, else the transformer's, else
+        the precomputed embeddings'."""
+        if self.text_encoder is not None:
+            return int(self.text_encoder.config.d_model)
+        if self.transformer is not None:
+            return int(self.transformer.config.text_dim)
+        if self.prompt_embeddings:
+            return int(next(iter(self.prompt_embeddings.values())).shape[-1])
+        raise ValueError("the components hold no text encoder, transformer or prompt embeddings: no text width")
 
     @property
     def z_dim(self) -> int:
@@ -373,9 +385,19 @@ class WanComponents:
             prompts = [prompts]
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a non-empty list of strings")
+        cleaned = [clean_prompt(p) for p in prompts]
+        table = self.prompt_embeddings or {}
+        if all(p in table for p in cleaned):
+            return torch.stack([table[p] for p in cleaned])
+        if self.text_encoder is None:
+            unknown = ", ".join(repr(p) for p in cleaned if p not in table)
+            raise ValueError(
+                f"no precomputed embedding for {unknown} and no text encoder: load the components with "
+                "load_components(..., text_encoder=True)"
+            )
         device, _ = self._module_place(self.text_encoder)
         tokens = self.tokenizer(
-            [clean_prompt(p) for p in prompts],
+            cleaned,
             padding="max_length",
             padding_side="right",
             max_length=self.text_len,
@@ -430,6 +452,8 @@ def load_components(
     text_encoder_dtype: torch.dtype | None = None,
     vae_dtype: torch.dtype | None = None,
     text_encoder_device: torch.device | str | None = None,
+    text_encoder: bool = True,
+    prompt_embeddings: Mapping[str, torch.Tensor] | None = None,
 ) -> WanComponents:
     """Load tokenizer, text encoder, VAE and (optionally) the transformer from ``model_dir``.
 
@@ -445,6 +469,10 @@ def load_components(
     :param vae_dtype: dtype of the VAE instead of ``dtype``.
     :param text_encoder_device: where the text encoder runs instead of ``device`` (``"cpu"``: Wan's
         ``--t5_cpu``, umT5-XXL off the GPU; the embeddings move to the transformer's device).
+    :param text_encoder: also load the tokenizer and the text encoder (``False``: neither, nor ``transformers``,
+        which takes seconds to import; only ``prompt_embeddings`` can then be encoded).
+    :param prompt_embeddings: :attr:`WanComponents.prompt_embeddings`, each ``(text_len, text_dim)`` float32 at
+        the final ``text_len`` (checked; the caller vouches that they come from this folder's text encoder).
     :raises ValueError: for an invalid or unavailable device, or components that do not fit together.
     :raises MissingFilesError: (a ``FileNotFoundError``) when files are missing.
     :raises CheckpointError: (a ``ValueError``) when weights do not fit their configuration.
@@ -456,20 +484,39 @@ def load_components(
         files = (root / "tokenizer", root / "text_encoder", root / "vae")
     else:
         files = (root / ORIGINAL_TOKENIZER, root / ORIGINAL_T5, root / ORIGINAL_VAE)
-    tokenizer = load_tokenizer(files[0])
-    text_dev = dev if text_encoder_device is None else check_device(text_encoder_device)
-    text_encoder = load_text_encoder(files[1], layout=layout, device=text_dev, dtype=text_encoder_dtype or dtype)
+    tokenizer = encoder = None
+    if text_encoder:
+        tokenizer = load_tokenizer(files[0])
+        text_dev = dev if text_encoder_device is None else check_device(text_encoder_device)
+        encoder = load_text_encoder(files[1], layout=layout, device=text_dev, dtype=text_encoder_dtype or dtype)
     vae = load_vae(files[2], layout=layout, device=dev, dtype=vae_dtype or dtype)
     dit = None
     if transformer:
         dit = load_wan(root, dtype=dtype, device=dev, text_len=text_len).eval().requires_grad_(False)
         problems = []
-        width = text_encoder.config.d_model
-        if dit.config.text_dim != width:
-            problems.append(f"transformer text_dim {dit.config.text_dim} != text encoder width {width}")
+        if encoder is not None and dit.config.text_dim != encoder.config.d_model:
+            problems.append(
+                f"transformer text_dim {dit.config.text_dim} != text encoder width {encoder.config.d_model}"
+            )
         if dit.config.in_dim != vae.config.z_dim:
             problems.append(f"transformer in_dim {dit.config.in_dim} != VAE z_dim {vae.config.z_dim}")
         if problems:
             raise ValueError(f"{root}: components do not fit together: " + "; ".join(problems))
         text_len = min(text_len, dit.config.text_len)  # the transformer zero-pads to its own length
-    return WanComponents(tokenizer, text_encoder, vae, dit, layout, text_len, read_scheduler_config(root))
+    components = WanComponents(
+        tokenizer, encoder, vae, dit, layout, text_len, read_scheduler_config(root), prompt_embeddings
+    )
+    if prompt_embeddings:
+        want = (text_len, components.text_dim)
+        wrong = {
+            p: f"{tuple(e.shape)} {e.dtype}"
+            for p, e in prompt_embeddings.items()
+            if tuple(e.shape) != want or e.dtype != torch.float32
+        }
+        if wrong:
+            prompt, got = next(iter(wrong.items()))
+            raise ValueError(
+                f"{root}: {len(wrong)} prompt embeddings are not (text_len, text_dim) = {want} float32, e.g. "
+                f"{prompt!r}: {got}; recompute them with this folder's text encoder"
+            )
+    return components

@@ -8,13 +8,20 @@ from ..card import ModelCard
 from ..pipeline import WanComponents, load_components
 from ..sample import Generation, generate
 from . import SHIPPED, model_dir
+from .components import load_embeddings
 from .data import FRAMES, SIZE
 
 
 def load(name: str, root: str | Path = SHIPPED) -> tuple[ModelCard, WanComponents]:
-    """The card and components of shapes model ``name`` under ``root``."""
+    """The card and components of shapes model ``name`` under ``root``.
+
+    With a prompt-embedding table for its text encoder beside the model directories
+    (:func:`~pyrflow_fast.shapes.components.load_embeddings`), the components carry the table instead of the
+    tokenizer and text encoder (and ``transformers`` is not imported); without one, they carry the encoder.
+    """
     path = model_dir(name, root)
-    return ModelCard.load(path), load_components(path)
+    table = load_embeddings(path)
+    return ModelCard.load(path), load_components(path, text_encoder=table is None, prompt_embeddings=table)
 
 
 def sample(
