@@ -7,8 +7,9 @@ variants (torch twin on the GPU and the Triton kernels) are skipped without a CU
 Inputs are float32 ``(1, 16, 21, 56, 104)``: Wan2.1's 81-frame 832x480 latent at stage 0.
 
 The memcpy ratios (``test_*_vs_memcpy``, also ``python benchmarks/bench_ops.py [ROUNDS]``) alternate
-the op with ``dst.copy_(src)`` of a buffer whose read + written bytes equal the op's inputs + output,
-the time a perfectly fused op would take at copy bandwidth, and record the median per-round ratio.
+the op with ``torch.empty_like(src).copy_(src)`` of a buffer whose read + written bytes equal the op's
+inputs + output (the copy allocates its destination as the op allocates its output): the time a
+perfectly fused op would take at copy bandwidth. They record the median per-round ratio.
 """
 
 import importlib.util
@@ -127,10 +128,10 @@ def memcpy_ratio(op: str, rounds: int = 20, device: str | None = None) -> float:
     """Median per-round time ratio of ``op`` to a copy moving the same bytes, alternated in one run."""
     device = device or _device()
     fn, nbytes = memcpy_cases(device)[op]
+    # half the bytes read, half written, into a fresh buffer as the op allocates its output
     src = torch.empty(nbytes // 8, dtype=torch.float32, device=device).normal_()
-    dst = torch.empty_like(src)
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
-    times = alternate({"op": fn, "memcpy": lambda: dst.copy_(src)}, sync, rounds)
+    times = alternate({"op": fn, "memcpy": lambda: torch.empty_like(src).copy_(src)}, sync, rounds)
     return ratio(times, "op", "memcpy")
 
 

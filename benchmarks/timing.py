@@ -30,13 +30,17 @@ from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, StageWindows
 def build_model(config: WanConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> WanDiT:
     """A random-weight WanDiT made directly on ``device`` in ``dtype``: parameters are created on the
     meta device, cast there (bf16 via :meth:`~pyrflow_fast.wan.WanDiT.to_mixed_precision`), then
-    allocated on ``device`` and initialised in place, so no float32 copy is ever materialised."""
+    allocated on ``device`` and initialised in place, so no float32 copy is ever materialised. Biases that
+    ``init_weights`` leaves to the constructors (patch embedding, ``norm3``) are zero."""
     with torch.device("meta"):
         model = WanDiT(config)
     if dtype != torch.float32:
         model.to_mixed_precision(dtype)
     model.to_empty(device=device)
     torch.manual_seed(seed)
+    with torch.no_grad():  # to_empty leaves garbage where init_weights relies on the constructors' defaults
+        for p in model.parameters():
+            p.zero_()
     model.init_weights()
     with torch.no_grad():  # random values where Wan's init leaves constants; the head gives the output signal
         for name, p in model.named_parameters():

@@ -33,43 +33,54 @@ def fine_shape(shape, factors, first_frame: bool) -> tuple[int, ...]:
     return Resampler("haar", tuple(factors), first_frame).fine_shape(tuple(shape))
 
 
-def _pieces(first_frame: bool, ft: int) -> list[tuple[slice, int]]:
-    """(frame slice, time factor) of each independently resampled run of frames (fine and coarse alike)."""
-    return [(slice(0, 1), 1), (slice(1, None), ft)] if first_frame else [(slice(None), ft)]
+def _taps(frames: int, ft: int, first_frame: bool) -> list[tuple[slice, tuple[slice, ...]]]:
+    """``(coarse frames, fine frames of each time tap)`` of every run of frames resampled alike.
 
-
-def _pair_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sums of adjacent pairs along a negative ``dim``: one pass over ``x``, writing half of it."""
-    v = x.unflatten(dim, (-1, 2))
-    return v.select(dim, 0) + v.select(dim, 1)
-
-
-def _block_sum(x: torch.Tensor, ft: int) -> torch.Tensor:
-    """Sums over ``(ft, 2, 2)`` blocks of ``(..., f, H, W)``.
-
-    Pair sums, frames first: the frame and row pairs add contiguous rows (vectorised), and the
-    one strided pass (column pairs) runs on a quarter of the data. A single 6-d reduction is ~50x
-    slower on the CPU (``benchmarks/bench_ops.py``).
+    Coarse frame ``k`` of a run gathers fine frame ``k`` of each tap slice: with ``ft = 2`` and the
+    first-frame rule, frame 0 alone, then the pairs ``(1, 2), (3, 4), ...`` as taps ``1::2`` and ``2::2``.
     """
-    x = _pair_sum(x, -3) if ft == 2 else x
-    return _pair_sum(_pair_sum(x, -2), -1)
+    if ft == 1:
+        return [(slice(None), (slice(None),))]
+    start = 1 if first_frame else 0
+    runs = [(slice(0, 1), (slice(0, 1),))] if first_frame else []
+    return runs + [(slice(start, None), (slice(start, frames, 2), slice(start + 1, frames, 2)))]
 
 
-def _rows(x: torch.Tensor, ft: int) -> torch.Tensor:
-    """View ``(..., f, H, W)`` as ``(..., f/ft, ft, H/2, 2, W)``: whole rows, the fine pass's inner loop."""
+def _row_sums(x: torch.Tensor, ft: int, first_frame: bool) -> torch.Tensor:
+    """Sums over the frame and row taps of each ``(ft, 2, 2)`` block: ``(..., F, H, W)`` to ``(..., Fc, H/2, W)``.
+
+    Only contiguous rows are added (vectorised adds); the strided column pairs are left for the
+    quarter-sized result. A ``sum`` over the tap dimensions of a 7-d view is 50-130x slower on the CPU.
+    """
+    *lead, frames, h, w = x.shape
+    runs = _taps(frames, ft, first_frame)
+    coarse_frames = sum(len(range(frames)[taps[0]]) for _, taps in runs)
+    out = x.new_empty((*lead, coarse_frames, h // 2, w))
+    for cs, taps in runs:
+        src = x[..., taps[0], :, :] if len(taps) == 1 else x[..., taps[0], :, :] + x[..., taps[1], :, :]
+        torch.add(src[..., 0::2, :], src[..., 1::2, :], out=out[..., cs, :, :])
+    return out
+
+
+def _frame_scale(coarse_frames: int, ft: int, first_frame: bool, dtype, device, power: float) -> torch.Tensor:
+    """``r ** power`` per coarse frame as ``(Fc, 1, 1)``: ``r = 4 ft``, and 4 for frame 0 under the first-frame rule."""
+    scale = torch.full((coarse_frames, 1, 1), float(4 * ft) ** power, dtype=dtype, device=device)
+    if first_frame:
+        scale[0] = 4.0**power
+    return scale
+
+
+def _blocks(x: torch.Tensor, ft: int) -> torch.Tensor:
+    """View ``(..., f, H, W)`` as ``(..., f/ft, ft, H/2, 2, W)``: the time and row taps of each block."""
     return x.unflatten(-2, (-1, 2)).unflatten(-4, (-1, ft))
 
 
 # twin: pyrflow_fast.kernels.haar_down, pyrflow_fast.kernels.triton_ops.haar_down
 def haar_down(x: torch.Tensor, factors, first_frame: bool, gain: torch.Tensor | None = None) -> torch.Tensor:
     """Orthonormal Haar ``L x`` of ``(..., F, H, W)``; coarse frame ``f`` is multiplied by ``gain[f]`` if given."""
-    xc = x.to(compute_dtype(x.dtype))
-    pieces = _pieces(first_frame, factors[0])
-    out = torch.cat([_block_sum(xc[..., fs, :, :], ft) for fs, ft in pieces], -3)
-    # 1 / sqrt(r) per coarse frame (r = 4 for frame 0 under the first-frame rule), times the gain: one pass
-    scale = torch.full((out.shape[-3], 1, 1), (4 * factors[0]) ** -0.5, dtype=out.dtype, device=out.device)
-    if first_frame:
-        scale[0] = 0.5
+    sums = _row_sums(x.to(compute_dtype(x.dtype)), factors[0], first_frame)
+    out = torch.add(sums[..., 0::2], sums[..., 1::2])  # the one strided pass, on a quarter of x
+    scale = _frame_scale(out.shape[-3], factors[0], first_frame, out.dtype, out.device, -0.5)
     if gain is not None:
         scale = scale * gain.to(out).reshape(-1, 1, 1)
     return out.mul_(scale).to(x.dtype)
@@ -79,27 +90,41 @@ def haar_down(x: torch.Tensor, factors, first_frame: bool, gain: torch.Tensor | 
 def haar_up_noisy(
     y: torch.Tensor, s, w: torch.Tensor | None, factors, first_frame: bool, seed: int | None = None
 ) -> torch.Tensor:
-    r"""``L^T y + s (w - blockmean(w))``; without ``w``, white noise from ``torch.Generator().manual_seed(seed)``."""
+    r"""``L^T y + s (w - blockmean(w))``; without ``w``, white noise from ``torch.Generator().manual_seed(seed)``.
+
+    As ``spread(y / sqrt(r) - s blocksum(w) / r) + s w``: the coarse part is computed on the
+    coarse grid and spread along W (a quarter of the fine size), then one pass per run of frames
+    writes the output from ``w`` and that spread broadcast over the time and row taps. Generated
+    noise is drawn straight into the output buffer, which that pass then updates in place.
+    """
     ct = compute_dtype(y.dtype)
+    ft = factors[0]
     shape = fine_shape(y.shape, factors, first_frame)
-    if w is None:
-        w = torch.randn(shape, generator=torch.Generator(device=y.device).manual_seed(seed), device=y.device, dtype=ct)
-    yc, wc = y.to(ct), w.to(ct)
-    scalar = isinstance(s, (int, float))
-    s_b = None if scalar else per_sample(s, y, ct).reshape((-1,) + (1,) * (y.ndim - 1))
     out = torch.empty(shape, dtype=ct, device=y.device)
-    for fs, ft in _pieces(first_frame, factors[0]):
-        # spread(y / sqrt(r) - s blockmean(w)) + s w: the coarse part is small; spread along W first so
-        # the one pass over w and out runs on whole rows, broadcast over the frame and row taps only
-        wp, r = wc[..., fs, :, :], 4 * ft
-        block_mean = _block_sum(wp, ft).div_(r)
-        coarse = yc[..., fs, :, :] / r**0.5 - (s * block_mean if scalar else s_b * block_mean)
-        spread = coarse.repeat_interleave(2, dim=-1)[..., :, None, :, None, :]
-        target = _rows(out[..., fs, :, :], ft)
+    if w is None:
+        w = out.normal_(generator=torch.Generator(device=y.device).manual_seed(seed))
+    wc = w.to(ct)
+    scalar = isinstance(s, (int, float))
+    sums = _row_sums(wc, ft, first_frame)
+    coarse = torch.add(sums[..., 0::2], sums[..., 1::2])
+    inv_r = _frame_scale(coarse.shape[-3], ft, first_frame, ct, y.device, -1.0)
+    if scalar:
+        coarse.mul_(inv_r * -s)
+    else:
+        s_b = per_sample(s, y, ct).reshape((-1,) + (1,) * (y.ndim - 1))
+        coarse.mul_(inv_r * -s_b)
+    coarse.addcmul_(y.to(ct), inv_r.sqrt())
+    spread = coarse.unsqueeze(-1).expand(*coarse.shape, 2).flatten(-2)  # (..., Fc, H/2, W): a quarter of out
+    for cs, taps in _taps(shape[-3], ft, first_frame):
+        # one pass per run of frames over whole rows of w and out, the spread broadcast over the
+        # time and row taps of its blocks (the taps of a run interleave: (Fc, ft) frames)
+        fs = slice(taps[0].start, None) if len(taps) == 2 else taps[0]
+        target, noise = _blocks(out[..., fs, :, :], len(taps)), _blocks(wc[..., fs, :, :], len(taps))
+        coarse_rows = spread[..., cs, None, :, None, :]
         if scalar:
-            torch.add(spread, _rows(wp, ft), alpha=s, out=target)
+            torch.add(coarse_rows, noise, alpha=s, out=target)
         else:
-            torch.addcmul(spread, s_b.reshape(s_b.shape + (1, 1)), _rows(wp, ft), out=target)
+            torch.addcmul(coarse_rows, s_b.reshape(s_b.shape + (1, 1)), noise, out=target)
     return out.to(y.dtype)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from .attention import attend, attend_self
 from .precision import WanRMSNorm, linear, projections
-from .rope import apply_rope
+from .rope import apply_rope, rope_rotation
 
 __all__ = ["WanCrossAttention", "WanSelfAttention"]
 
@@ -44,8 +44,9 @@ class WanSelfAttention(_Attention):
         b, f, s, dim = x.shape
         heads = (self.num_heads, dim // self.num_heads)
         q, k, v = projections(x.reshape(b, f * s, dim), (self.q, self.k, self.v))
-        q = apply_rope(self.norm_q(q).unflatten(-1, heads), cos, sin)
-        k = apply_rope(self.norm_k(k).unflatten(-1, heads), cos, sin)
+        rotation = rope_rotation(cos, sin)
+        q = apply_rope(self.norm_q(q).unflatten(-1, heads), cos, sin, rotation)
+        k = apply_rope(self.norm_k(k).unflatten(-1, heads), cos, sin, rotation)
         return self._out(q, k, v.unflatten(-1, heads), attend_self).reshape(b, f, s, dim)
 
 

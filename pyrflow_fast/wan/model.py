@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from ..contract import frame_timesteps
 from .config import WanConfig, get_config
 from .layers import WanCrossAttention, WanSelfAttention
-from .precision import WanRMSNorm, autocast_enabled, hi_dtype, layer_norm32, linear, linear32
+from .precision import WanRMSNorm, autocast_enabled, gelu_tanh, hi_dtype, layer_norm32, linear, linear32
 from .rope import RopeTableCache, full_patch_grid
 from .text_cache import TextKVCache
 
@@ -118,7 +118,7 @@ class WanBlock(nn.Module):
         x = torch.addcmul(x.to(hi), y.to(hi), gate_sa)
         x = x + self.cross_attn(layer_norm32(x, self.norm3), context, text_kv).to(hi)
         h = torch.addcmul(shift_ff, layer_norm32(x, self.norm2), 1 + scale_ff)
-        y = linear(self.ffn[2], self.ffn[1](linear(self.ffn[0], h)))
+        y = linear(self.ffn[2], gelu_tanh(linear(self.ffn[0], h)))  # ffn[1]: Wan's GELU module, kept for its name
         return torch.addcmul(x, y.to(hi), gate_ff)
 
 
@@ -313,8 +313,8 @@ class WanDiT(nn.Module):
             raise ValueError(f"context has {length} tokens, more than text_len={self.config.text_len}")
         if length < self.config.text_len:
             context = F.pad(context, (0, 0, 0, self.config.text_len - length))
-        first, act, second = self.text_embedding
-        return linear(second, act(linear(first, context)))
+        first, _, second = self.text_embedding  # the middle module is Wan's tanh GELU
+        return linear(second, gelu_tanh(linear(first, context)))
 
     def text_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Every block's cross-attention keys and values of ``context`` ``(B, L, text_dim)`` from the
@@ -421,7 +421,9 @@ class WanDiT(nn.Module):
         """Patch tokens ``(B, F', S, dim)`` of latents ``x`` ``(B, in_dim, F, H, W)``, ordered ``(f, h, w)``."""
         embed = self.patch_embedding if embed is None else embed
         tokens = embed(x if autocast_enabled(x) else x.to(embed.weight.dtype))  # (B, dim, F', H', W')
-        return tokens.flatten(3).permute(0, 2, 3, 1)
+        # one copy to token-major: the residual stream keeps its input's layout, and a channel-major
+        # stream would make every norm and Linear of every block copy it
+        return tokens.flatten(3).permute(0, 2, 3, 1).contiguous()
 
     def run_blocks(
         self, tokens: torch.Tensor, context: torch.Tensor, e0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
