@@ -143,6 +143,8 @@ def generate(
     lora: torch.nn.Module | None = None,
     context_parallel: str | None = None,
     cfg_parallel: bool = False,
+    min_split_tokens: int | None = None,
+    shard_blocks: bool = False,
     offload: bool = False,
     device: torch.device | str | None = None,
 ) -> Generation:
@@ -181,6 +183,12 @@ def generate(
     :param context_parallel: ``"ulysses"`` or ``"ring"``: split the large stages' tokens over the ranks of
         the process group torchrun started (:mod:`pyrflow_fast.parallel`); every rank returns the same result.
     :param cfg_parallel: with ``context_parallel``, the two CFG branches run on the two halves of the ranks.
+    :param min_split_tokens: with ``context_parallel``, forwards with fewer video tokens per sample run replicated
+        (default: :data:`~pyrflow_fast.parallel.plan.DEFAULT_MIN_TOKENS`; 0 splits every forward it can).
+    :param shard_blocks: with ``context_parallel`` on more than one rank, shard the transformer's blocks over the
+        ranks with FSDP2 (:func:`~pyrflow_fast.parallel.wan.shard_blocks`, in place: ``components.transformer``
+        stays sharded; already sharded blocks, e.g. from :func:`~pyrflow_fast.parallel.wan.load_sharded_wan`, are
+        kept), so each rank stores ``1/N`` of their weights: the 14B on GPUs that cannot hold it whole.
     :param offload: keep every component on the CPU and move each to ``device`` only while it runs (the text
         encoder while it encodes, the transformer with its LoRA or PPF layers while it samples, the VAE while it
         decodes), then back: Wan's ``--offload_model``, diffusers' ``enable_model_cpu_offload``.
@@ -190,6 +198,11 @@ def generate(
     if components.transformer is None:
         raise ValueError("the components were loaded without a transformer (load_components(..., transformer=True))")
     prompts = check_prompts(prompts, prompt_embeds)
+    if context_parallel is None and (shard_blocks or min_split_tokens is not None):
+        raise ValueError(
+            "shard_blocks and min_split_tokens act on the ranks that split the tokens: pass context_parallel="
+            f"{' or '.join(map(repr, CONTEXT_PARALLEL))} too (under torchrun)"
+        )
     options = Options.pick(locals())
     request = prepare(card, Geometry.of(components), options, scheduler_config=components.scheduler_config)
     card, plan = request.card, request.plan
@@ -204,13 +217,22 @@ def generate(
 
     transformer, seed = components.transformer, request.seed
     if context_parallel is not None:
-        from .parallel import ContextParallelWan, setup, shared_seed
+        from .parallel import DEFAULT_MIN_TOKENS, ContextParallelWan, blocks_sharded, setup, shared_seed
+        from .parallel import shard_blocks as shard
 
         if context_parallel not in CONTEXT_PARALLEL:
             raise ValueError(f"context_parallel must be one of {CONTEXT_PARALLEL}, got {context_parallel!r}")
         if compile or lora is not None or offload:
             raise ValueError("context_parallel runs neither with compile=True, offload=True nor LoRA files")
-        cp_plan, groups = setup(context_parallel, cfg_parallel)
+        min_tokens = DEFAULT_MIN_TOKENS if min_split_tokens is None else min_split_tokens
+        cp_plan, groups = setup(context_parallel, cfg_parallel, min_tokens=min_tokens)
+        if shard_blocks and not blocks_sharded(transformer):
+            if torch.distributed.get_world_size() == 1:
+                raise ValueError(
+                    "shard_blocks=True on a single process has nothing to shard over: run under torchrun "
+                    "--nproc-per-node N with N > 1"
+                )
+            shard(transformer)
         transformer = ContextParallelWan(transformer, cp_plan, groups)
         if ppf is not None:  # a PPF checkpoint samples through its PPFWan, split the same way
             ppf = ContextParallelWan(ppf, cp_plan, groups)
@@ -406,6 +428,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --context-parallel: the CFG branches on two halves of the ranks",
     )
+    ap.add_argument(
+        "--min-split-tokens",
+        type=int,
+        default=None,
+        help="with --context-parallel: forwards with fewer video tokens per sample run replicated (default: "
+        "pyrflow_fast.parallel.DEFAULT_MIN_TOKENS; 0 splits every forward it can)",
+    )
+    ap.add_argument(
+        "--shard-blocks",
+        action="store_true",
+        help="with --context-parallel: shard the transformer's blocks over the ranks with FSDP2, read shard by "
+        "shard, so each rank stores 1/N of their weights (the 14B on GPUs that cannot hold it whole)",
+    )
     ap.add_argument("--out", type=Path, default=Path("outputs/sample.mp4"), help=".mp4 or .gif")
     ap.add_argument("--save-latents", type=Path, default=None, help="also write the final latents (.safetensors)")
     ap.add_argument("--fps", type=int, default=16, help="frame rate of the written video")
@@ -425,6 +460,25 @@ def run_cli(ap: argparse.ArgumentParser, argv: list[str] | None, work: Callable[
     return 0
 
 
+def _with_sharded_transformer(
+    components: WanComponents, model_dir: Path, device: torch.device, dtype: torch.dtype
+) -> WanComponents:
+    """``components`` (loaded without a transformer) with ``model_dir``'s transformer read shard by shard, its
+    blocks sharded over torchrun's ranks (:func:`~pyrflow_fast.parallel.wan.load_sharded_wan`): no rank ever
+    holds all of it."""
+    from .parallel import join, load_sharded_wan
+
+    join()
+    dit = load_sharded_wan(model_dir, device=device, dtype=dtype, text_len=components.text_len)
+    if (dit.config.text_dim, dit.config.in_dim) != (components.text_dim, components.z_dim):
+        raise ValueError(
+            f"{model_dir}: components do not fit together: transformer (text_dim, in_dim) "
+            f"{(dit.config.text_dim, dit.config.in_dim)} != (text encoder width, VAE z_dim) "
+            f"{(components.text_dim, components.z_dim)}"
+        )
+    return replace(components, transformer=dit, text_len=min(components.text_len, dit.config.text_len))
+
+
 def _sample(args: argparse.Namespace) -> str:
     device = check_device(args.device)
     if args.context_parallel is not None and device.type == "cuda":  # one GPU per torchrun rank
@@ -442,8 +496,23 @@ def _sample(args: argparse.Namespace) -> str:
         raise ValueError(
             "--offload and --t5-cpu: pick one (--offload keeps the text encoder on the CPU but while it runs)"
         )
+    if args.shard_blocks and args.offload:
+        raise ValueError(
+            "--offload and --shard-blocks: pick one (--offload moves the whole transformer to --device while it "
+            "runs; --shard-blocks spreads its blocks over torchrun's ranks)"
+        )
     if args.offload and args.context_parallel is not None:
         raise ValueError("--offload runs on one process: it does not combine with --context-parallel")
+    if args.min_split_tokens is not None and args.min_split_tokens < 0:
+        raise ValueError(f"--min-split-tokens must be >= 0, got {args.min_split_tokens}")
+    if (args.shard_blocks or args.min_split_tokens is not None) and args.context_parallel is None:
+        flag = "--shard-blocks" if args.shard_blocks else "--min-split-tokens"
+        raise ValueError(f"{flag} acts on the ranks that split the tokens: add --context-parallel ulysses or ring")
+    if args.shard_blocks and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise ValueError(
+            "--shard-blocks spreads the transformer's blocks over torchrun's ranks, but this is a single process: "
+            "run torchrun --nproc-per-node N -m pyrflow_fast.sample ... with N > 1"
+        )
     options = Options.pick(vars(args))
     prompts = check_prompts(args.prompts, None)
     card = ModelCard.load(args.model_dir)
@@ -454,7 +523,10 @@ def _sample(args: argparse.Namespace) -> str:
     components = load_components(
         args.model_dir, device="cpu" if args.offload else device, dtype=dtype, text_encoder_dtype=text_dtype,
         vae_dtype=DTYPES[args.vae_dtype], text_encoder_device="cpu" if args.t5_cpu else None,
+        transformer=not args.shard_blocks,
     )  # fmt: skip
+    if args.shard_blocks:
+        components = _with_sharded_transformer(components, args.model_dir, device, dtype)
     if args.vae_tiling:
         if not hasattr(components.vae, "enable_tiling"):
             kind = type(components.vae).__name__
@@ -464,8 +536,8 @@ def _sample(args: argparse.Namespace) -> str:
     lora = load_card_lora(args.model_dir, components.transformer, card)
     result = generate(
         components, prompts, card=card, compile=args.compile, progress=not args.no_progress, ppf=ppf, lora=lora,
-        context_parallel=args.context_parallel, cfg_parallel=args.cfg_parallel, offload=args.offload, device=device,
-        **vars(options),
+        context_parallel=args.context_parallel, cfg_parallel=args.cfg_parallel, min_split_tokens=args.min_split_tokens,
+        shard_blocks=args.shard_blocks, offload=args.offload, device=device, **vars(options),
     )  # fmt: skip
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     written = save(result, args.out, fps=args.fps, latents=args.save_latents) if rank0 else []

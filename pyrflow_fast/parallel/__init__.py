@@ -11,8 +11,8 @@ See ``docs/multi_gpu_generation.md``.
 """
 
 from .context import METHODS, TokenShards, attend_lse, context_attention, ring_attention, shard_sizes, ulysses_attention
-from .plan import DEFAULT_MIN_TOKENS, ParallelGroups, ParallelPlan, make_groups, setup, shared_seed
-from .wan import ContextParallelWan, shard_blocks
+from .plan import DEFAULT_MIN_TOKENS, ParallelGroups, ParallelPlan, join, make_groups, setup, shared_seed
+from .wan import ContextParallelWan, blocks_sharded, load_sharded_wan, shard_blocks
 
 __all__ = [
     "DEFAULT_MIN_TOKENS",
@@ -22,7 +22,10 @@ __all__ = [
     "ParallelPlan",
     "TokenShards",
     "attend_lse",
+    "blocks_sharded",
     "context_attention",
+    "join",
+    "load_sharded_wan",
     "make_groups",
     "ring_attention",
     "setup",

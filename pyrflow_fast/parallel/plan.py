@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from .context import METHODS
 
-__all__ = ["DEFAULT_MIN_TOKENS", "ParallelGroups", "ParallelPlan", "make_groups", "setup", "shared_seed"]
+__all__ = ["DEFAULT_MIN_TOKENS", "ParallelGroups", "ParallelPlan", "join", "make_groups", "setup", "shared_seed"]
 
 DEFAULT_MIN_TOKENS = 2048
 """Forwards with fewer video tokens per sample run replicated by default.
@@ -126,14 +126,23 @@ def setup(
     :returns: ``(plan, groups)`` for :class:`~pyrflow_fast.parallel.wan.ContextParallelWan`.
     """
     plan = ParallelPlan(method=method, min_tokens=min_tokens, cfg_parallel=cfg_parallel)
-    if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            raise RuntimeError("context parallelism runs under torchrun (RANK, WORLD_SIZE, MASTER_ADDR unset)")
-        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
+    join(backend)
     return plan, make_groups(cfg_parallel)
+
+
+def join(backend: str | None = None) -> None:
+    """Join the ``torchrun`` process group unless joined: ``backend`` as in :func:`setup`.
+
+    :raises RuntimeError: outside ``torchrun`` (``RANK`` unset).
+    """
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        raise RuntimeError("context parallelism runs under torchrun (RANK, WORLD_SIZE, MASTER_ADDR unset)")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
 
 
 def shared_seed(seed: int | None, device: torch.device | str = "cpu") -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -15,7 +16,7 @@ from ..wan import WanDiT, attention
 from .context import TokenShards, context_attention, global_rank, per_frame_slice
 from .plan import ParallelGroups, ParallelPlan
 
-__all__ = ["ContextParallelWan", "shard_blocks"]
+__all__ = ["ContextParallelWan", "blocks_sharded", "load_sharded_wan", "shard_blocks"]
 
 
 class ContextParallelWan(nn.Module):
@@ -149,20 +150,83 @@ def _gather_tokens(local: torch.Tensor, shards: TokenShards, group: dist.Process
     return torch.cat([p[:, :, :n] for p, n in zip(parts, shards.per_rank, strict=True)], dim=2)
 
 
-def shard_blocks(model: nn.Module, group: dist.ProcessGroup | None = None) -> nn.Module:
-    """Shard each transformer block's weights over the ranks of ``group`` with FSDP2 ``fully_shard``, in place.
+def shard_blocks(model: WanDiT, *, group: dist.ProcessGroup | None = None, mp_policy=None, lora=None) -> WanDiT:
+    """Shard each transformer block's weights over the ranks of ``group`` (default: all) with FSDP2
+    ``fully_shard``, in place; the one sharding of inference (:class:`ContextParallelWan`) and training
+    (:func:`~pyrflow_fast.train.sharding.sharded_wan`).
 
     Each rank then stores ``1/N`` of the blocks' weights (over 99% of a Wan2.1's: the 14B's 28.6 GB of bf16
     become 3.6 GB per rank on 8 ranks) and a block's forward all-gathers its weights and frees them after.
     The embeddings and the head stay whole on every rank. Every rank must run the same sequence of
     block forwards, which :class:`ContextParallelWan` does (every rank runs the same sampler);
     ``WanDiT.text_cache`` then caches nothing (it would run the blocks' text projections outside their forward).
-    Call it after the weights are loaded and moved to the device. Returns ``model``.
+    The model may be on the meta device (shard first, then ``to_empty`` and load shard by shard, as
+    :func:`load_sharded_wan` does) or already loaded on its device (its whole weights are then freed).
+
+    :param group: the ranks the weights are spread over; the mesh runs on the CPU for a gloo group, else
+        on the accelerator.
+    :param mp_policy: FSDP2's ``MixedPrecisionPolicy`` (training's bf16 all-gathers,
+        :func:`~pyrflow_fast.train.sharding.mp_policy`); default: compute in the weights' dtype.
+    :param lora: adapters whose ``block_layers(i)`` (:class:`~pyrflow_fast.train.lora.LoRA`) are sharded in block
+        ``i``'s FSDP group (one all-gather per block); such a group of several modules needs an FSDP root above
+        it that runs forward first (training's ``shard_root``).
+    :returns: ``model``.
     """
     from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    device = next(model.parameters()).device.type
-    mesh = DeviceMesh.from_group(group if group is not None else dist.group.WORLD, device)
-    for block in model.blocks:
-        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    group = group if group is not None else dist.group.WORLD
+    mesh = DeviceMesh.from_group(group, _mesh_device(group))
+    for i, block in enumerate(model.blocks):
+        modules = [block, *lora.block_layers(i)] if lora is not None else block
+        fully_shard(modules, mesh=mesh, reshard_after_forward=True, mp_policy=mp_policy or MixedPrecisionPolicy())
     return model
+
+
+def _mesh_device(group: dist.ProcessGroup) -> str:
+    """The device type of ``group``'s collectives: the CPU for gloo, else the accelerator (CUDA under NCCL)."""
+    accelerator = torch.accelerator.current_accelerator()
+    if dist.get_backend(group) == "gloo" or accelerator is None:
+        return "cpu"
+    return accelerator.type
+
+
+def blocks_sharded(model: WanDiT) -> bool:
+    """Whether :func:`shard_blocks` has sharded ``model``'s blocks."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return all(isinstance(block, FSDPModule) for block in model.blocks)
+
+
+@torch.no_grad()
+def load_sharded_wan(
+    model_dir: str | Path,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    text_len: int = 512,
+    group: dist.ProcessGroup | None = None,
+) -> WanDiT:
+    """The transformer of the Wan2.1 folder ``model_dir`` (either layout, safetensors weights) with its blocks
+    sharded over ``group``, read shard by shard: built on the meta device, sharded (:func:`shard_blocks`),
+    allocated on ``device`` and filled with only this rank's rows of each tensor
+    (:func:`~pyrflow_fast.train.inputs.load_sharded_weights`). No rank ever holds more than its shards, the
+    embeddings and the head plus one tensor slice: the 14B loads on ranks that could not hold it whole.
+
+    :param dtype: of the weights (cast while reading); ``text_len``: for a diffusers config, which does not
+        store it (as :func:`~pyrflow_fast.wan.checkpoint.load_wan`).
+    :raises CheckpointError: without a ``config.json``; ConfigMismatchError (a ``ValueError``) naming the file
+        for missing, unexpected, misshapen or non-finite weights.
+    """
+    from ..train.inputs import load_sharded_weights
+    from ..wan.checkpoint import CheckpointError, read_config
+
+    config = read_config(model_dir, text_len=text_len)
+    if config is None:
+        raise CheckpointError(f"{model_dir}: no transformer config.json next to the weights")
+    with torch.device("meta"):
+        model = WanDiT(config).to(dtype)
+    shard_blocks(model, group=group)
+    model.to_empty(device=device)
+    load_sharded_weights(model, model_dir)
+    return model.eval().requires_grad_(False)

@@ -40,8 +40,8 @@ __all__ = ["PyramidalWanPipeline"]
 
 
 _PASSED = (
-    "progress", "latents", "prompt_embeds", "negative_prompt_embeds", "context_parallel", "cfg_parallel", "offload",
-    "device",
+    "progress", "latents", "prompt_embeds", "negative_prompt_embeds", "context_parallel", "cfg_parallel",
+    "min_split_tokens", "shard_blocks", "offload", "device",
 )  # fmt: skip
 """The arguments of :meth:`PyramidalWanPipeline.__call__` besides the request's
 :class:`~pyrflow_fast.request.Options` that :func:`~pyrflow_fast.sample.generate` takes under the same name."""
@@ -148,14 +148,17 @@ class PyramidalWanPipeline(DiffusionPipeline):
         progress: bool = True,
         context_parallel: str | None = None,
         cfg_parallel: bool = False,
+        min_split_tokens: int | None = None,
+        shard_blocks: bool = False,
         attention: str = "auto",
         offload: bool = False,
         device: torch.device | str | None = None,
     ) -> WanPipelineOutput | tuple:
         """Generate videos; ``frames`` as ``WanPipeline`` returns them for ``output_type`` (``np``: ``(B, F, H, W, 3)``
         in ``[0, 1]``; ``pt``: ``(B, F, 3, H, W)``; ``pil``: lists of images; ``latent``: the normalised
-        latents ``(B, C, F', H', W')``). ``seed`` overrides ``generator``; ``context_parallel`` and
-        ``cfg_parallel`` split the sampling over torchrun's ranks, ``attention`` picks the attention backend and
+        latents ``(B, C, F', H', W')``). ``seed`` overrides ``generator``; ``context_parallel``, ``cfg_parallel`` and
+        ``min_split_tokens`` split the sampling over torchrun's ranks, ``shard_blocks`` shards the transformer's
+        blocks over them (in place, on the first call), ``attention`` picks the attention backend and
         ``offload`` keeps each component on the CPU but while it runs on ``device``, as in
         :func:`~pyrflow_fast.sample.generate`."""
         from ..sample import generate

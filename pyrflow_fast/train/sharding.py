@@ -3,7 +3,8 @@
 :func:`sharded_wan` is the one path of the finetune and the distillation methods (student, critic,
 teachers): the :class:`~pyrflow_fast.wan.WanDiT` of ``model.config`` / a checkpoint is built on
 ``meta`` (no memory), its LoRA adapters are attached there too, every block is sharded with FSDP2
-``fully_shard`` together with its adapters (one FSDP group per block), and only then are the
+``fully_shard`` together with its adapters (one FSDP group per block,
+:func:`~pyrflow_fast.parallel.wan.shard_blocks`), and only then are the
 shards allocated (``to_empty``) and filled: read from the checkpoint shard by shard
 (:func:`~pyrflow_fast.train.inputs.load_sharded_weights`), copied from another model's shards of
 the same layout (:func:`copy_shards`), or initialised as a new ``WanDiT`` would be
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..parallel.wan import shard_blocks
 from ..wan import WanDiT
 from .inputs import load_sharded_weights, local_rows, meta_backbone
 
@@ -34,7 +36,6 @@ __all__ = [
     "init_like_new",
     "mp_policy",
     "prime",
-    "shard_blocks",
     "sharded_wan",
 ]
 
@@ -46,17 +47,6 @@ def mp_policy(bf16: bool):
     if bf16:
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
-
-
-def shard_blocks(model: WanDiT, bf16: bool, lora=None) -> None:
-    """FSDP2 ``fully_shard`` of every transformer block of ``model``, each with its LoRA adapters
-    (``lora.block_layers(i)``) in the same group: one all-gather per block in the forward pass.
-    A group of several modules needs an FSDP root above it that runs forward first (the caller's)."""
-    from torch.distributed.fsdp import fully_shard
-
-    for i, block in enumerate(model.blocks):
-        modules = [block, *lora.block_layers(i)] if lora is not None else block
-        fully_shard(modules, mp_policy=mp_policy(bf16))
 
 
 @torch.no_grad()
@@ -172,7 +162,7 @@ def sharded_wan(
         with torch.device("meta"):
             adapters = lora(model)
     if shard:
-        shard_blocks(model, bf16, adapters)
+        shard_blocks(model, mp_policy=mp_policy(bf16), lora=adapters)
     model.to_empty(device=device)
     if adapters is not None:
         adapters.to_empty(device=device)

@@ -377,27 +377,3 @@ def test_bench_parallel_prints_the_plan_table():
 
 if __name__ == "__main__":
     _worker(sys.argv[1])
-
-
-def test_sample_cli_context_parallel_on_two_ranks_equals_one_process(tmp_path):
-    """``torchrun --nproc-per-node 2 -m pyrflow_fast.sample --context-parallel ulysses --cfg-parallel`` writes
-    (on rank 0 only) the latents one process writes, for a pyramidal schedule with CFG."""
-    from launch_fixtures import run_torchrun, sample_args
-    from pipeline_fixtures import write_tiny_wan_dir
-    from safetensors.torch import load_file
-
-    from pyrflow_fast.sample import main as sample_main
-
-    model = write_tiny_wan_dir(tmp_path / "wan")
-
-    def args(name):
-        out = ("--save-latents", str(tmp_path / f"{name}.safetensors"), "--schedule", "2-1-2", "--seed", "3")
-        return sample_args(model, "a red car", tmp_path / f"{name}.gif", *out, "--guidance-scale", "4")
-
-    assert sample_main(args("one")) == 0
-    run_torchrun(
-        "-m", "pyrflow_fast.sample", *args("two"), "--context-parallel", "ulysses", "--cfg-parallel", timeout=240
-    )
-    one, two = (load_file(str(tmp_path / f"{n}.safetensors"))["latents"] for n in ("one", "two"))
-    assert float((one - two).norm() / one.norm()) <= 1e-5
-    assert not (tmp_path / "two_1.gif").exists() and (tmp_path / "two.gif").is_file()

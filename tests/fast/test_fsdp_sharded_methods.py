@@ -21,9 +21,10 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 from wan_fixtures import random_wan
 
 from pyrflow_fast.distill.config import DistillConfig
+from pyrflow_fast.parallel import shard_blocks
 from pyrflow_fast.train.lora import LoRA
 from pyrflow_fast.train.runner import Runner
-from pyrflow_fast.train.sharding import full_random, init_like_new, shard_blocks
+from pyrflow_fast.train.sharding import full_random, init_like_new
 from pyrflow_fast.wan import WanDiT
 from pyrflow_fast.wan.checkpoint import save_wan
 
@@ -37,7 +38,7 @@ def replayed(sharded: bool):
         model = WanDiT("tiny")
         lora = LoRA(model, 2, 0.0, 3)
     if sharded:
-        shard_blocks(model, False, lora)
+        shard_blocks(model, lora=lora)
     model.to_empty(device="cpu")
     lora.to_empty(device="cpu")
     init_like_new(model)

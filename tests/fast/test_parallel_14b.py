@@ -103,16 +103,24 @@ def _worker(model_dir: str, path: str) -> None:
     report.write(path)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A diffusers directory of the tiny text encoder and VAE with the scaled 14B transformer."""
+def write_scaled_14b_dir(path, max_shard_size: str | None = None):
+    """A diffusers directory at ``path`` of the tiny text encoder and VAE with the scaled 14B transformer, its
+    weights in files of at most ``max_shard_size`` with an index, as the 14B's; returns ``path``."""
+    import shutil
+
     from pipeline_fixtures import write_tiny_wan_dir
 
     from pyrflow_fast.wan.checkpoint import save_wan
 
-    path = write_tiny_wan_dir(tmp_path_factory.mktemp("wan14b") / "wan")
-    save_wan(_scaled_model(), path, layout="diffusers")  # replaces the tiny transformer
+    write_tiny_wan_dir(path)
+    shutil.rmtree(path / "transformer")  # the tiny one
+    save_wan(_scaled_model(), path, layout="diffusers", max_shard_size=max_shard_size)
     return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_scaled_14b_dir(tmp_path_factory.mktemp("wan14b") / "wan")
 
 
 def test_scaled_config_keeps_the_14b_shape_family():
