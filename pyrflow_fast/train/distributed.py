@@ -15,12 +15,20 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Distributed", "clip_grad_norm", "collective_timeout_message", "full_tensor", "sync_gradients"]
+__all__ = [
+    "Distributed",
+    "clip_grad_norm",
+    "collective_timeout_message",
+    "full_state",
+    "full_tensor",
+    "sync_gradients",
+]
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -28,6 +36,20 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     if hasattr(t, "full_tensor"):
         t = t.full_tensor()
     return t.detach().cpu().clone()
+
+
+def full_state(named: Iterable[tuple[str, torch.Tensor]], keep: bool) -> dict[str, torch.Tensor]:
+    """``{name: full_tensor(t)}`` of ``named`` where ``keep`` (the rank that writes them), else ``{}``.
+
+    Every rank calls it with the same names (each sharded tensor is a collective); the ranks that do not
+    keep the copies drop each one as it is gathered, so they never hold more than one whole tensor
+    (gathering everywhere would put a whole model on every rank at export)."""
+    out = {}
+    for name, t in named:
+        full = full_tensor(t)
+        if keep:
+            out[name] = full
+    return out
 
 
 class Distributed:

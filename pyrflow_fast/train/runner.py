@@ -52,7 +52,7 @@ from .checkpoint import (
     optimizer_state,
     trim_metrics,
 )
-from .distributed import Distributed, clip_grad_norm, full_tensor
+from .distributed import Distributed, clip_grad_norm, full_state
 from .methods import build_method
 from .samples import PeriodicSamples
 
@@ -214,9 +214,10 @@ class Runner:
         self.dist.barrier()
 
     def _full_ema(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The EMA of every role as full CPU tensors by parameter name (a collective under FSDP)."""
+        """The EMA of every role as full CPU tensors by parameter name on rank 0, which writes the export (a
+        collective under FSDP; the other ranks get empty dicts and never hold a whole copy)."""
         return {
-            name: {n: full_tensor(e) for n, e in zip(self.method.roles[name].names, shadow)}
+            name: full_state(zip(self.method.roles[name].names, shadow), keep=self.rank == 0)
             for name, shadow in self.ema.items()
         }
 

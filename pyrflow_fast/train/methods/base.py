@@ -130,13 +130,18 @@ class Method(abc.ABC):
     def shard_root(self, module: nn.Module, frozen: bool = False) -> None:
         """Under FSDP, ``fully_shard`` the root ``module`` (the one whose forward the run calls; its blocks are
         sharded already) unless it is sharded. ``frozen``: also gather each group once outside inference mode
-        (:func:`~pyrflow_fast.train.sharding.prime`), for models called under ``torch.inference_mode``."""
+        (:func:`~pyrflow_fast.train.sharding.prime`), for models called under ``torch.inference_mode``.
+
+        The root group (embeddings, time projection, head) is resharded after every forward: FSDP2's default
+        keeps a root gathered until its backward, and a model called without gradients (a frozen teacher, a
+        roll-out, a score) has none, so every rank would hold that group whole for the rest of the run
+        (14B: 232M parameters per model). A trained root is gathered once more at its backward."""
         if not self.dist.fsdp:
             return
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
         if not isinstance(module, FSDPModule):
-            fully_shard(module, mp_policy=mp_policy(self.bf16))
+            fully_shard(module, mp_policy=mp_policy(self.bf16), reshard_after_forward=True)
         if frozen:
             prime(module)
 

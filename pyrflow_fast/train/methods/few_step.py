@@ -76,7 +76,7 @@ from ...process import StageProcess, clean_pyramid_latent
 from ...samplers import Prediction, guided, sample_euler, sample_few_step
 from ...wan import WanDiT
 from ..checkpoint import ConfigMismatchError
-from ..distributed import Distributed, full_tensor
+from ..distributed import Distributed, full_state
 from ..inputs import build_dataset, check_dataset, resolve_model_config
 from ..loss import sample_seed
 from .base import Method, Role, Update
@@ -342,11 +342,14 @@ class FewStepDistillation(Method):
 
     # ---------------------------------------------------------------------------- export
     def student_state_dict(self) -> dict[str, torch.Tensor]:
-        """The student's WanDiT weights (LoRA merged; a collective under FSDP)."""
-        base = {k: full_tensor(v) for k, v in self.student.state_dict().items()}
-        if self.lora is None:
+        """The student's WanDiT weights (LoRA merged) on rank 0, which writes the export; ``{}`` on the other
+        ranks (a collective under FSDP: they take part in the gathers and keep nothing)."""
+        keep = self.rank == 0
+        base = full_state(self.student.state_dict().items(), keep)
+        adapters = full_state(self.lora.state_dict().items(), keep) if self.lora is not None else {}
+        if self.lora is None or not keep:
             return base
-        return self.lora.merged_state_dict(base, 0, {k: full_tensor(v) for k, v in self.lora.state_dict().items()})
+        return self.lora.merged_state_dict(base, 0, adapters)
 
     def card(self) -> ModelCard:
         """The card of the distilled student (kind ``distilled``, its few-step schedule, PPF's patches)."""

@@ -27,12 +27,13 @@ from torch.utils.data import Dataset
 
 from ...card import ModelCard, write_model_dir
 from ...contract import BackboneDenoiser, WanBackbone
+from ...parallel.wan import shard_blocks
 from ...wan import WanDiT
-from ..distributed import Distributed, sync_gradients
+from ..distributed import Distributed, full_state, sync_gradients
 from ..inputs import build_dataset, check_dataset, resolve_model_config
 from ..lora import LoRA, write_lora_export
 from ..loss import PyramidalLoss, collate, draw, stage_of_slot
-from ..sharding import shard_blocks
+from ..sharding import mp_policy
 from .base import Method, Role, Update
 
 __all__ = ["PyramidalFinetune"]
@@ -57,7 +58,9 @@ class PyramidalFinetune(Method):
         super().__init__(config, dist)
         train = config.train
         self.pyramid, self.windows = config.pyramid.build()
-        self.loss_fn = PyramidalLoss(self.pyramid, self.windows, config.loss.weighting)
+        self.loss_fn = PyramidalLoss(
+            self.pyramid, self.windows, config.loss.weighting, sigma_shift=config.loss.sigma_shift
+        )
         self.S = config.pyramid.num_stages
 
         # architecture and data are checked before any weights are read
@@ -103,7 +106,7 @@ class PyramidalFinetune(Method):
         base = backbone.to(self.device).float()
         adapters = lora(base).to(self.device) if lora is not None else None
         if self.dist.fsdp:
-            shard_blocks(base, self.bf16, adapters)
+            shard_blocks(base, mp_policy=mp_policy(self.bf16), lora=adapters)
         return base, adapters
 
     def _build_teacher(self, base: WanDiT):
@@ -246,10 +249,11 @@ class PyramidalFinetune(Method):
         merged checkpoint plus ``lora/pytorch_lora_weights.safetensors``; per-stage: the base with one diffusers
         LoRA file per stage in its card, and ``stage{i}`` with set ``i`` merged, exact at stage ``i`` only).
         """
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(self.net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if "model" in ema and self.config.ema.export:
+        # rank 0 writes: it gathers the EMA (when exported) and the parameters it does not replace, nothing twice
+        averaged = set(self.param_names) if "model" in ema and self.config.ema.export else set()
+        raw = ((k, v) for k, v in self.net.state_dict().items() if k not in averaged)
+        full = full_state(raw, keep=self.rank == 0)
+        if averaged:
             full.update(ema["model"])
         if self.rank != 0:
             return

@@ -24,7 +24,7 @@ from ...contract import FrozenDenoiser, PPFDenoiser, check_ppf_windows
 from ...distill.dmd import DMDVariant, critic_loss
 from ...ppf import PPFWan, ppf_stages, sample_ppf
 from ...samplers import Prediction
-from ..distributed import Distributed, full_tensor
+from ..distributed import Distributed, full_state
 from ..sharding import copy_shards
 from .dmd import DMDDistillation, teacher_finetune
 
@@ -121,9 +121,9 @@ class PPFDistillation(DMDDistillation):
         """The distilled export plus the per-stage layers (``ppf_stages.safetensors``, read by
         :func:`pyrflow_fast.card.load_ppf`)."""
         state = self.ppf_student.state_dict()
-        stages = {k: full_tensor(v).contiguous() for k, v in state.items() if not k.startswith("model.")}
+        stages = full_state(((k, v) for k, v in state.items() if not k.startswith("model.")), self.rank == 0)
         super().export(folder, ema)
         if self.rank == 0:
             from safetensors.torch import save_file
 
-            save_file(stages, str(folder / PPF_FILE))
+            save_file({k: v.contiguous() for k, v in stages.items()}, str(folder / PPF_FILE))
