@@ -38,6 +38,7 @@ __all__ = [
     "SHAPES",
     "SIZE",
     "Video",
+    "check_ranges",
     "draw",
     "main",
     "prompt",
@@ -155,18 +156,18 @@ def _coverage(shape: str, cx: float, cy: float, size: float) -> np.ndarray:
     return inside.reshape(SIZE, _SUPER, SIZE, _SUPER).mean(axis=(1, 3))
 
 
-def render(video: Video) -> np.ndarray:
-    """The video as float32 ``(3, F, SIZE, SIZE)`` in ``[-1, 1]``."""
+def render(video: Video, frames: int = FRAMES) -> np.ndarray:
+    """The first ``frames`` frames of the video as float32 ``(3, frames, SIZE, SIZE)`` in ``[-1, 1]``."""
     bg = _background(video.background, video.crop)
     color = np.array(COLORS[video.color])
     dx, dy = DIRECTIONS[video.direction]
-    frames = []
-    for f in range(FRAMES):
+    out = []
+    for f in range(frames):
         cx = video.start[0] + dx * video.speed * f
         cy = video.start[1] + dy * video.speed * f
         alpha = _coverage(video.shape, cx, cy, video.size)[..., None]
-        frames.append(bg * (1 - alpha) + color * alpha)
-    return (np.stack(frames).transpose(3, 0, 1, 2) * 2 - 1).astype(np.float32)
+        out.append(bg * (1 - alpha) + color * alpha)
+    return (np.stack(out).transpose(3, 0, 1, 2) * 2 - 1).astype(np.float32)
 
 
 def _place(rng: np.random.Generator, size: float, travel: float, sign: int) -> float:
@@ -174,6 +175,21 @@ def _place(rng: np.random.Generator, size: float, travel: float, sign: int) -> f
     lo, hi = size / 2 + 0.5, SIZE - size / 2 - 0.5
     first = rng.uniform(lo, hi - travel)
     return first if sign > 0 else first + travel
+
+
+def check_ranges(size_range: tuple[float, float], speed_range: tuple[float, float]) -> None:
+    """Raise ValueError unless every object of ``size_range`` moving at ``speed_range`` for ``FRAMES`` frames
+    stays inside the frame (the largest object at the largest speed needs ``hi + 1 + 8 * speed <= SIZE``)."""
+    if not 1.0 <= size_range[0] <= size_range[1]:
+        raise ValueError(f"size_range must be (lo, hi) with 1 <= lo <= hi pixels, got {size_range}")
+    if not 0.0 <= speed_range[0] <= speed_range[1]:
+        raise ValueError(f"speed_range must be (lo, hi) with 0 <= lo <= hi pixels per frame, got {speed_range}")
+    need = size_range[1] + 1 + speed_range[1] * (FRAMES - 1)
+    if need > SIZE:
+        raise ValueError(
+            f"a {size_range[1]:g}-pixel object moving {speed_range[1]:g} pixels per frame for {FRAMES} frames needs "
+            f"{need:g} pixels, the frame has {SIZE}: lower size_range or speed_range"
+        )
 
 
 def draw(
@@ -184,15 +200,20 @@ def draw(
     shape: str | None = None,
     direction: str | None = None,
     background: str | None = None,
+    size_range: tuple[float, float] = SIZE_RANGE,
+    speed_range: tuple[float, float] = SPEED_RANGE,
 ) -> Video:
-    """Video ``index`` of split ``seed``; the named attributes are fixed, the others drawn."""
+    """Video ``index`` of split ``seed``; the named attributes are fixed, the others drawn (object side or
+    diameter uniform in ``size_range`` pixels, speed in ``speed_range`` pixels per frame; the defaults are the
+    shipped models' data)."""
+    check_ranges(size_range, speed_range)
     rng = np.random.default_rng([seed, index])
     color = color or str(rng.choice(list(COLORS)))
     shape = shape or str(rng.choice(SHAPES))
     direction = direction or str(rng.choice(list(DIRECTIONS)))
     background = background or str(rng.choice(list(BACKGROUNDS)))
-    size = rng.uniform(*SIZE_RANGE)
-    speed = rng.uniform(*SPEED_RANGE)
+    size = rng.uniform(*size_range)
+    speed = rng.uniform(*speed_range)
     travel = speed * (FRAMES - 1)
     dx, dy = DIRECTIONS[direction]
     along = _place(rng, size, travel, dx + dy)
@@ -235,9 +256,18 @@ def write_video_file(video: np.ndarray, path: Path) -> None:
         container.mux(stream.encode())
 
 
-def write_dataset(out: str | Path, num: int, seed: int = 0, progress: bool = True) -> Path:
-    """Write ``num`` videos of split ``seed`` as ``out/videos/NNNNNN.mkv`` and ``out/captions.csv``
-    (columns ``video, caption, color, shape, direction, background``); returns the caption file."""
+def write_dataset(
+    out: str | Path,
+    num: int,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    size_range: tuple[float, float] = SIZE_RANGE,
+    speed_range: tuple[float, float] = SPEED_RANGE,
+) -> Path:
+    """Write ``num`` videos of split ``seed`` (object sizes and speeds as :func:`draw`'s) as
+    ``out/videos/NNNNNN.mkv`` and ``out/captions.csv`` (columns ``video, caption, color, shape,
+    direction, background``); returns the caption file."""
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -247,7 +277,7 @@ def write_dataset(out: str | Path, num: int, seed: int = 0, progress: bool = Tru
 
         indices = tqdm(indices, desc=f"shapes split {seed}", unit="video")
     for i in indices:
-        v = draw(seed, i)
+        v = draw(seed, i, size_range=size_range, speed_range=speed_range)
         name = f"videos/{i:06d}.mkv"
         write_video_file(render(v), out / name)
         rows.append(
@@ -278,11 +308,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--seed", type=int, default=0, help="split seed (0: training; the results use 1 and 2 as held-out splits)"
     )
+    ap.add_argument(
+        "--size-range",
+        type=float,
+        nargs=2,
+        default=list(SIZE_RANGE),
+        metavar=("LO", "HI"),
+        help="object side / diameter in pixels (default: the shipped models' data)",
+    )
+    ap.add_argument(
+        "--speed-range",
+        type=float,
+        nargs=2,
+        default=list(SPEED_RANGE),
+        metavar=("LO", "HI"),
+        help="object speed in pixels per frame (default: the shipped models' data)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.num < 1:
         ap.error(f"--num must be >= 1, got {args.num}")
-    path = write_dataset(args.out, args.num, args.seed, progress=not args.no_progress)
+    try:
+        check_ranges(tuple(args.size_range), tuple(args.speed_range))
+    except ValueError as err:
+        ap.error(str(err))
+    path = write_dataset(
+        args.out,
+        args.num,
+        args.seed,
+        progress=not args.no_progress,
+        size_range=tuple(args.size_range),
+        speed_range=tuple(args.speed_range),
+    )
     print(f"wrote {args.num} videos and {path}", file=sys.stderr)
     return 0
 

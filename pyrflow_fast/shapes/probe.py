@@ -31,7 +31,7 @@ from ..pipeline import WanComponents, load_components
 from ..wan.checkpoint import load_wan
 from .analyze import analyze_batch
 from .components import TEXT_LEN
-from .data import COLORS, DIRECTIONS, FRAMES, SHAPES, Video, draw, prompt, prompt_grid, render
+from .data import COLORS, DIRECTIONS, FRAMES, SHAPES, SIZE_RANGE, SPEED_RANGE, Video, draw, prompt, prompt_grid, render
 from .sampling import sample
 
 __all__ = ["ATTRIBUTES", "adherence", "load_run", "main", "swapped", "text_sensitivity"]
@@ -87,6 +87,8 @@ def text_sensitivity(
     frames: int = FRAMES,
     split: int = 1,
     seed: int = 0,
+    size_range: tuple[float, float] = SIZE_RANGE,
+    speed_range: tuple[float, float] = SPEED_RANGE,
 ) -> dict:
     """Relative increase of the velocity MSE when one word is swapped, per noise level.
 
@@ -95,9 +97,11 @@ def text_sensitivity(
     and the model's velocity is compared with ``eps - x0`` under the true prompt, a prompt with the
     colour, shape or direction swapped (:func:`swapped`) and an all-zero context. Returns
     ``{"sigma0.5": {"true": mse, "color": rel, ...}}`` where ``rel = mse / mse_true - 1``.
+    ``size_range`` and ``speed_range`` (:func:`~pyrflow_fast.shapes.data.draw`'s) should be those the model
+    was trained on.
     """
-    videos = [draw(split, i) for i in range(clips)]
-    x0 = components.encode_video(torch.from_numpy(np.stack([render(v)[:, :frames] for v in videos])))
+    videos = [draw(split, i, size_range=size_range, speed_range=speed_range) for i in range(clips)]
+    x0 = components.encode_video(torch.from_numpy(np.stack([render(v, frames) for v in videos])))
     rng = np.random.default_rng(seed)
     contexts = {"true": components.encode_prompt([v.prompt for v in videos])}
     for attribute in ATTRIBUTES:
@@ -127,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shift", type=float, nargs="+", default=[1.0], help="timestep shifts to sample at")
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--clips", type=int, default=32, help="held-out clips of the text sensitivity (0: skip it)")
+    ap.add_argument(
+        "--size-range", type=float, nargs=2, default=list(SIZE_RANGE), help="object sizes of the held-out clips"
+    )
+    ap.add_argument(
+        "--speed-range", type=float, nargs=2, default=list(SPEED_RANGE), help="object speeds of the held-out clips"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # a small model on few tokens: threads cost more than they give (see __main__)
@@ -140,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         report["adherence"].append(found)
         print(f"shift {shift:g}: " + ", ".join(f"{k} {found[k]:.3f}" for k in SCORES), file=sys.stderr)
     if args.clips:
-        report["sensitivity"] = text_sensitivity(components, clips=args.clips, frames=args.frames)
+        report["sensitivity"] = text_sensitivity(
+            components,
+            clips=args.clips,
+            frames=args.frames,
+            size_range=tuple(args.size_range),
+            speed_range=tuple(args.speed_range),
+        )
         for level, rel in report["sensitivity"].items():
             print(f"{level}: " + ", ".join(f"{k} {v:+.4f}" for k, v in rel.items() if k != "true"), file=sys.stderr)
     if args.json is not None:

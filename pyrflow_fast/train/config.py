@@ -164,6 +164,12 @@ class LossConfig:
         "Weight of the distillation term: MSE between the student's and the frozen teacher's dx/dsigma on the same "
         "input (0: off).",
     )
+    sigma_shift: float = _f(
+        1.0,
+        "Shift s of each sample's uniform noise level rho -> s rho / (1 + (s - 1) rho) before its stage window "
+        "(1: uniform, as before). s > 1 trains more at high noise, like the sampler's timestep shift (the shapes "
+        "cards sample at shift 5). Must be > 0.",
+    )
 
 
 @dataclass

@@ -1,7 +1,10 @@
 r"""The pyramidal flow-matching loss (theory §3) and its per-sample random draws.
 
 For a sample assigned to stage :math:`i` with window :math:`[\sigma_c, \sigma_n]`:
-:math:`\rho \sim U(0, 1)`, :math:`\sigma = \sigma_c + \rho(\sigma_n - \sigma_c)`, white noise
+:math:`\rho \sim U(0, 1)`, optionally shifted to :math:`\rho_s = s\rho / (1 + (s - 1)\rho)`
+(``[loss] sigma_shift`` :math:`s`; :math:`s = 1` is the identity and :math:`s > 1` moves the draws
+towards the noisy end exactly as a sampler's timestep shift moves its grid, so training sees the
+noise levels the sampler spends its steps on), :math:`\sigma = \sigma_c + \rho_s(\sigma_n - \sigma_c)`, white noise
 :math:`\epsilon` at the stage's resolution, and ``(x, target)`` from the stage's
 :class:`~pyrflow_fast.process.StageProcess` (:math:`y_n` uses :math:`\mathrm{up}(x_0^{(i+1)})`; a
 Definition-2 pyramid simply carries its own stage signals in ``x0s``). The backbone sees the
@@ -44,7 +47,7 @@ from ..natural import scale_c, varsigma
 from ..process import StageProcess, coarse_signal_up
 from ..resample import Pyramid
 
-__all__ = ["Draw", "GroupLoss", "PyramidalLoss", "draw", "sample_seed", "stage_of_slot"]
+__all__ = ["Draw", "GroupLoss", "PyramidalLoss", "draw", "sample_seed", "shift_level", "stage_of_slot"]
 
 VelocityModel = Callable[..., torch.Tensor]
 """``model(x_nat, t, context, full_size=..., stage=...) -> v_hat`` (the trainer's wrapped backbone)."""
@@ -80,6 +83,20 @@ def draw(seed: int, step: int, slot: int, shape: Sequence[int], text_dropout: fl
     return Draw(rho, coin < text_dropout, eps)
 
 
+def shift_level(rho: torch.Tensor, shift: float) -> torch.Tensor:
+    r"""The shifted level :math:`s\rho / (1 + (s - 1)\rho)` of ``rho`` in ``[0, 1]`` (same shape and dtype).
+
+    A monotone bijection of ``[0, 1]`` fixing 0 and 1; for ``rho ~ U(0, 1)`` its CDF is
+    :math:`P(\rho_s \le u) = u / (s - (s - 1) u)`. ``shift = 1`` returns ``rho`` itself.
+
+    >>> shift_level(torch.tensor([0.0, 0.2, 1.0], dtype=torch.float64), 5.0).tolist()
+    [0.0, 0.5555555555555556, 1.0]
+    """
+    if shift == 1.0:
+        return rho
+    return shift * rho / (1 + (shift - 1) * rho)
+
+
 @dataclass
 class GroupLoss:
     """Per-sample losses of one stage group (float32, shape ``(B,)``)."""
@@ -99,16 +116,23 @@ class PyramidalLoss:
         :math:`(1 - \varsigma) + g\varsigma`, i.e. the MSE of the natural velocity (Pyramid
         Flow's natural-unit convention), which keeps coarse stages (gain up to 8) from dominating
         the gradient. Both are Wan's loss at ``S = 1``.
+    :param sigma_shift: :math:`s` of the level shift :func:`shift_level` applied to every sample's
+        ``rho`` before its stage window (1: none, the uniform draw).
     """
 
-    def __init__(self, pyramid: Pyramid, windows: StageWindows, weighting: str = "sigma") -> None:
+    def __init__(
+        self, pyramid: Pyramid, windows: StageWindows, weighting: str = "sigma", sigma_shift: float = 1.0
+    ) -> None:
         if pyramid.num_stages != windows.num_stages:
             raise ValueError(f"pyramid has {pyramid.num_stages} stages, windows {windows.num_stages}")
         if weighting not in ("sigma", "natural"):
             raise ValueError(f"weighting must be 'sigma' or 'natural', got {weighting!r}")
+        if not (isinstance(sigma_shift, (int, float)) and 0 < sigma_shift < float("inf")):
+            raise ValueError(f"loss.sigma_shift must be a positive finite number (1: no shift), got {sigma_shift!r}")
         self.pyramid = pyramid
         self.windows = windows
         self.weighting = weighting
+        self.sigma_shift = float(sigma_shift)
 
     @property
     def num_stages(self) -> int:
@@ -126,12 +150,12 @@ class PyramidalLoss:
         :param x0s: batched clean stage signals ``(B, C, F_i, H_i, W_i)``, finest first (at least
             up to ``stage + 1`` when ``stage`` is not the coarsest).
         :param eps: ``(B, C, F, H, W)`` noise at the stage's shape.
-        :param rho: ``(B,)`` local levels in ``[0, 1]``.
+        :param rho: ``(B,)`` local levels in ``[0, 1]`` (the uniform draws; :attr:`sigma_shift` is applied here).
         :returns: ``x``, ``target``, ``x_nat = x / c``, ``t`` ``(B, F)`` (float32) and the bridge
             coefficients ``(1 - g, (1 - vs) + g vs)`` shaped ``(B, 1, F, 1, 1)`` in ``x``'s dtype.
         """
         process = self.process(stage, x0s[stage].shape[-3])
-        sigma = process.sigma(torch.as_tensor(rho, dtype=torch.float64))
+        sigma = process.sigma(shift_level(torch.as_tensor(rho, dtype=torch.float64), self.sigma_shift))
         x, tgt = process.forward(x0s[stage], eps, sigma, coarse_signal_up(x0s, stage, self.pyramid))
         b, f = x.shape[0], x.shape[-3]
         # host-side float64 coefficients, cast once: with g = 1 they are exactly 1 and 0
