@@ -240,12 +240,14 @@ def instrument(meter: PhaseMeter) -> None:
     from torch import nn
 
     from pyrflow_fast.train import inputs, sharding
+    from pyrflow_fast.train.methods import finetune
     from pyrflow_fast.train.methods.base import Method
     from pyrflow_fast.train.runner import Runner
 
     meter.wrap(Runner, "__init__", "set-up (other)")
     meter.wrap(sharding, "meta_backbone", "build on meta")
-    meter.wrap(sharding, "shard_blocks", "shard")
+    for owner in (sharding, finetune):  # both call parallel.wan.shard_blocks by their own imported name
+        meter.wrap(owner, "shard_blocks", "shard")
     meter.wrap(Method, "shard_root", "shard")
     meter.wrap(nn.Module, "to_empty", "materialise")
     for name in ("load_sharded_weights", "copy_shards", "init_like_new"):
