@@ -421,9 +421,7 @@ class WanDiT(nn.Module):
         """Patch tokens ``(B, F', S, dim)`` of latents ``x`` ``(B, in_dim, F, H, W)``, ordered ``(f, h, w)``."""
         embed = self.patch_embedding if embed is None else embed
         tokens = embed(x if autocast_enabled(x) else x.to(embed.weight.dtype))  # (B, dim, F', H', W')
-        # one copy to token-major: the residual stream keeps its input's layout, and a channel-major
-        # stream would make every norm and Linear of every block copy it
-        return tokens.flatten(3).permute(0, 2, 3, 1).contiguous()
+        return tokens.flatten(3).permute(0, 2, 3, 1)
 
     def run_blocks(
         self, tokens: torch.Tensor, context: torch.Tensor, e0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
