@@ -54,10 +54,11 @@ def _row_sums(x: torch.Tensor, ft: int, first_frame: bool) -> torch.Tensor:
     """
     *lead, frames, h, w = x.shape
     runs = _taps(frames, ft, first_frame)
-    coarse_frames = sum(len(range(frames)[taps[0]]) for _, taps in runs)
-    out = x.new_empty((*lead, coarse_frames, h // 2, w))
-    for cs, taps in runs:
-        src = x[..., taps[0], :, :] if len(taps) == 1 else x[..., taps[0], :, :] + x[..., taps[1], :, :]
+    sources = [x[..., t[0], :, :] if len(t) == 1 else x[..., t[0], :, :] + x[..., t[1], :, :] for _, t in runs]
+    if torch.is_grad_enabled() and x.requires_grad:  # out= is not differentiable: concatenate instead
+        return torch.cat([src[..., 0::2, :] + src[..., 1::2, :] for src in sources], -3)
+    out = x.new_empty((*lead, sum(src.shape[-3] for src in sources), h // 2, w))
+    for (cs, _), src in zip(runs, sources):
         torch.add(src[..., 0::2, :], src[..., 1::2, :], out=out[..., cs, :, :])
     return out
 

@@ -70,6 +70,16 @@ def test_haar_down(factors, first_frame, frames, dtype):
     np.testing.assert_allclose(got, want, atol=1e-12)
 
 
+@pytest.mark.parametrize(("factors", "first_frame", "frames"), CASES)
+def test_haar_down_twin_is_differentiable(factors, first_frame, frames):
+    """Roll-outs backpropagate through the twin: the gradient of ``<c, L x>`` is ``L^T c``."""
+    transition = rr.Resampler("haar", factors, first_frame)
+    x = torch.randn((2, frames, *SHAPE_HW), dtype=torch.float64, requires_grad=True)
+    c = torch.randn(transition.coarse_shape(tuple(x.shape)), dtype=torch.float64)
+    (torch_ops.haar_down(x, factors, first_frame) * c).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), transition.up(c.numpy(), tuple(x.shape)), atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("factors", "first_frame", "frames"), CASES)
 def test_haar_up_noisy_given_noise(factors, first_frame, frames, dtype):

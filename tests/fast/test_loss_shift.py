@@ -69,6 +69,8 @@ def test_shift_is_applied_before_the_stage_window():
 def test_invalid_shift_is_refused_with_the_field_name(bad):
     with pytest.raises(ValueError, match="loss.sigma_shift"):
         PyramidalLoss(*PLAIN, sigma_shift=bad)
+    with pytest.raises(ValueError, match="loss.sigma_shift must be finite and > 0"):
+        TrainConfig.from_dict({"loss": {"sigma_shift": bad}})
 
 
 def test_config_field_reads_and_defaults_to_no_shift():
