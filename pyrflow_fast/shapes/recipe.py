@@ -37,7 +37,7 @@ from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, parse_schedule
 from ..card import ModelCard
 from ..wan.checkpoint import load_wan, save_wan
 from . import MODELS, SHIPPED
-from .components import TEXT_LEN, write_components
+from .components import TEXT_LEN, write_components, write_embeddings
 from .data import FPS, FRAMES, SIZE
 
 __all__ = ["STEPS", "Recipe", "main", "run"]
@@ -188,6 +188,7 @@ def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
         ):
             raise RuntimeError(f"{export}: unexpected card {exported}")
         replace(cards[name], size=(FRAMES, SIZE, SIZE)).save(target)  # the size it was trained at
+    write_embeddings(out / "distilled")  # every model has the same frozen text encoder
     (out / "recipe.json").write_text(json.dumps(info, indent=2) + "\n")
 
 

@@ -447,7 +447,10 @@ class TrainConfig(RunConfig):
                 (self.model.rope in ("integer", "scaled"), "model.rope must be 'integer' or 'scaled'"),
                 (self.loss.weighting in ("sigma", "natural"), "loss.weighting must be 'sigma' or 'natural'"),
                 (self.loss.distill_weight >= 0, "loss.distill_weight must be >= 0"),
-                (math.isfinite(self.loss.sigma_shift) and self.loss.sigma_shift > 0, "loss.sigma_shift must be finite and > 0"),
+                (
+                    math.isfinite(self.loss.sigma_shift) and self.loss.sigma_shift > 0,
+                    "loss.sigma_shift must be finite and > 0",
+                ),
                 (self.lora.rank >= 0, "lora.rank must be >= 0"),
                 (0.0 <= self.ema.decay < 1.0, "ema.decay must be in [0, 1)"),
                 (self.train.samples_per_stage >= 1, "train.samples_per_stage must be >= 1"),

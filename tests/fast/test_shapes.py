@@ -20,7 +20,7 @@ from pyrflow_fast.pipeline.pixel import PixelSpace
 from pyrflow_fast.sample import generate
 from pyrflow_fast.shapes import MODELS, SHIPPED, model_dir
 from pyrflow_fast.shapes.analyze import analyze, analyze_batch
-from pyrflow_fast.shapes.components import pixel_stats, write_components
+from pyrflow_fast.shapes.components import load_embeddings, pixel_stats, write_components
 from pyrflow_fast.shapes.data import (
     COLORS,
     DIRECTIONS,
@@ -197,6 +197,9 @@ def test_quick_recipe_writes_every_model(quick_models):
     )
     assert out.video.shape == (1, 3, FRAMES, SIZE, SIZE) and torch.isfinite(out.video).all()
     assert encoded == [["a red circle moving left over grass"]]  # no CFG: no unconditional prompt
+    table = load_embeddings(model_dir("distilled", models))  # written by the recipe, valid for every model
+    assert len(table) == 480 and all(load_embeddings(model_dir(n, models)) is not None for n in MODELS)
+    assert torch.equal(table["a red circle moving left over grass"], encode(["a red circle moving left over grass"])[0])
 
 
 @pytest.mark.slow
