@@ -22,6 +22,7 @@ from wan_fixtures import random_wan
 
 from pyrflow_fast.distill.config import DistillConfig
 from pyrflow_fast.parallel import shard_blocks
+from pyrflow_fast.train.distributed import full_state
 from pyrflow_fast.train.lora import LoRA
 from pyrflow_fast.train.runner import Runner
 from pyrflow_fast.train.sharding import full_random, init_like_new
@@ -86,6 +87,19 @@ def test_rank_1_holds_its_rows_of_the_unsharded_initialisation(rank1_of_2):
         else:
             assert torch.equal(t, full), key
     assert sharded > len(lora.state_dict())  # the blocks and every adapter
+
+
+def test_only_the_exporting_rank_keeps_the_gathered_state(rank1_of_2):
+    """Exports gather every sharded tensor on every rank (a collective) but only the writer keeps them; the
+    values a real group gathers are checked against one process by the 2-process export tests."""
+    model, _ = replayed(sharded=True)
+    assert any(hasattr(t, "device_mesh") for t in model.state_dict().values())
+    assert full_state(model.state_dict().items(), keep=False) == {}
+    kept = full_state(model.state_dict().items(), keep=True)
+    want = WanDiT("tiny").state_dict()
+    assert list(kept) == list(want)
+    for key, t in kept.items():
+        assert type(t) is torch.Tensor and t.device.type == "cpu" and t.shape == want[key].shape, key
 
 
 def distill_cfg(out, path, variant, **train):
