@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from .data import COLORS, DIRECTIONS, SHAPES, SIZE
 
@@ -124,16 +123,40 @@ def analyze(video: np.ndarray) -> Analysis:
     ious = []
     for k in range(f - 1):
         if present[k] and present[k + 1]:
-            moved = ndimage.shift(mask[k], (cy[k + 1] - cy[k], cx[k + 1] - cx[k]), order=1, mode="constant")
+            moved = shift_linear(mask[k], cy[k + 1] - cy[k], cx[k + 1] - cx[k])
             ious.append(_soft_iou(moved, mask[k + 1]))
         else:
             ious.append(0.0)
     return Analysis(color, shape, direction, float(np.mean(ious)), flicker, speed)
 
 
+def _interpolate(a: np.ndarray, d: float, axis: int) -> np.ndarray:
+    """``a`` moved by ``d`` along ``axis``: ``out[i] = a(i - d)``, linear between samples, 0 outside ``[0, n - 1]``."""
+    n = a.shape[axis]
+    c = np.arange(n) - d
+    i0 = np.clip(np.floor(c).astype(int), 0, n - 2)
+    t = np.expand_dims(c - i0, [k for k in range(a.ndim) if k != axis])
+    valid = np.expand_dims((c >= 0) & (c <= n - 1), [k for k in range(a.ndim) if k != axis])
+    return np.where(valid, (1 - t) * np.take(a, i0, axis) + t * np.take(a, i0 + 1, axis), 0.0)
+
+
+def shift_linear(a: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """``scipy.ndimage.shift(a, (dy, dx), order=1, mode="constant")`` of an ``(H, W)`` array, in NumPy
+    (importing ``scipy.ndimage`` costs ``make sample`` about a quarter of a second)."""
+    return _interpolate(_interpolate(a, dy, 0), dx, 1)
+
+
+def max_3x3(x: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.maximum_filter(x, size=(1, 3, 3))`` of ``(F, H, W)``: the maximum over each 3 x 3
+    neighbourhood, edges repeated (for a maximum, the same as scipy's default reflection)."""
+    h, w = x.shape[-2:]
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    return np.max([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
+
+
 def _flicker(frames: np.ndarray, mask: np.ndarray) -> float:
     """Mean |frame[k+1] - frame[k]| in 8-bit levels over pixels that are background in both."""
-    near = ndimage.maximum_filter(mask, size=(1, 3, 3)) < 0.05
+    near = max_3x3(mask) < 0.05
     both = near[1:] & near[:-1]
     if not both.any():
         return 255.0

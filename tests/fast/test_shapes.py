@@ -19,7 +19,7 @@ from pyrflow_fast.pipeline import find_layout, load_components
 from pyrflow_fast.pipeline.pixel import PixelSpace
 from pyrflow_fast.sample import generate
 from pyrflow_fast.shapes import MODELS, SHIPPED, model_dir
-from pyrflow_fast.shapes.analyze import analyze, analyze_batch
+from pyrflow_fast.shapes.analyze import analyze, analyze_batch, max_3x3, shift_linear
 from pyrflow_fast.shapes.components import load_embeddings, pixel_stats, write_components
 from pyrflow_fast.shapes.data import (
     COLORS,
@@ -128,6 +128,19 @@ def test_analyze_batch_checks_its_input():
 
 
 # --------------------------------------------------------------------- pixel components
+def test_numpy_filters_equal_scipy_ndimage():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(0)
+    for k in range(300):
+        a = rng.random((SIZE, SIZE)) * (rng.random((SIZE, SIZE)) > 0.5)
+        dy, dx = rng.uniform(-6, 6, 2)
+        dy, dx = (float(round(dy)) if k % 3 == 0 else dy), (0.0 if k % 5 == 0 else dx)
+        want = ndimage.shift(a, (dy, dx), order=1, mode="constant")
+        np.testing.assert_allclose(shift_linear(a, dy, dx), want, rtol=0, atol=1e-12)
+    m = rng.random((FRAMES, SIZE, SIZE)).astype(np.float32)
+    assert np.array_equal(max_3x3(m), ndimage.maximum_filter(m, size=(1, 3, 3)))
+
+
 def test_components_round_trip_pixels(tmp_path):
     write_components(tmp_path / "c")
     assert find_layout(tmp_path / "c", transformer=False) == "diffusers"
