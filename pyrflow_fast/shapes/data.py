@@ -308,22 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--seed", type=int, default=0, help="split seed (0: training; the results use 1 and 2 as held-out splits)"
     )
-    ap.add_argument(
-        "--size-range",
-        type=float,
-        nargs=2,
-        default=list(SIZE_RANGE),
-        metavar=("LO", "HI"),
-        help="object side / diameter in pixels (default: the shipped models' data)",
-    )
-    ap.add_argument(
-        "--speed-range",
-        type=float,
-        nargs=2,
-        default=list(SPEED_RANGE),
-        metavar=("LO", "HI"),
-        help="object speed in pixels per frame (default: the shipped models' data)",
-    )
+    for flag, default, what in (
+        ("--size-range", SIZE_RANGE, "object side / diameter in pixels"),
+        ("--speed-range", SPEED_RANGE, "object speed in pixels per frame"),
+    ):
+        ap.add_argument(
+            flag,
+            type=float,
+            nargs=2,
+            default=list(default),
+            metavar=("LO", "HI"),
+            help=f"{what} (default: {default[0]:g} {default[1]:g}, the shipped models' data)",
+        )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.num < 1:
