@@ -1,4 +1,9 @@
-"""The shipped prompt-embedding table of the shapes models: equal to the text encoder, never used stale."""
+"""The shipped prompt-embedding table of the shapes models: equal to the text encoder, never used stale.
+
+The table holds the encoder's float32 output on the machine that wrote it; on another CPU the same
+encoder rounds differently (its matmul kernels differ: AVX2 against AVX-512 measured 6.1e-7 of the
+largest entry), so the shipped table is compared within :data:`ROUNDING` and a table written here bit
+for bit."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from pyrflow_fast.shapes.sampling import load, sample
 
 # first, last, and prompts that differ from their neighbours in one word each
 SOME = (0, 1, 10, 40, 123, 479)
+ROUNDING = dict(rtol=1e-5, atol=1e-6)  # float32 kernels of another CPU
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +45,13 @@ def test_shipped_table_covers_every_prompt_and_every_model():
     assert (SHIPPED / EMBEDDINGS_FILE).stat().st_size < 2**20
 
 
-def test_shipped_table_equals_the_encoder_bit_for_bit(encoder):
+def test_shipped_table_equals_the_encoder(encoder):
     table = load_embeddings(model_dir("distilled"))
     texts = all_prompts()
     for k in SOME:  # one prompt per call, as python -m pyrflow_fast.shapes encoded before the table
-        assert torch.equal(table[texts[k]], encoder.encode_prompt([texts[k]])[0]), texts[k]
+        torch.testing.assert_close(table[texts[k]], encoder.encode_prompt([texts[k]])[0], **ROUNDING, msg=texts[k])
     picked = [texts[k] for k in SOME]
-    assert torch.equal(torch.stack([table[t] for t in picked]), encoder.encode_prompt(picked))
+    torch.testing.assert_close(torch.stack([table[t] for t in picked]), encoder.encode_prompt(picked), **ROUNDING)
 
 
 def test_samples_with_the_table_equal_samples_with_the_encoder():
@@ -55,7 +61,7 @@ def test_samples_with_the_table_equal_samples_with_the_encoder():
     texts = [all_prompts()[k] for k in (5, 300)]
     a = sample(fast, card, texts, None, seed=3)
     b = sample(slow, card, texts, None, seed=3)
-    assert torch.equal(a.video, b.video)
+    torch.testing.assert_close(a.video, b.video, rtol=0, atol=1e-3)  # measured <= 1e-4 across CPUs, in [-1, 1]
 
 
 def test_a_stale_table_warns_and_the_encoder_runs_then_rewriting_fixes_it(tmp_path, monkeypatch):
@@ -72,8 +78,11 @@ def test_a_stale_table_warns_and_the_encoder_runs_then_rewriting_fixes_it(tmp_pa
     assert write_embeddings(root / "distilled") == root / EMBEDDINGS_FILE
     _, components = load("distilled", root)  # no warning (warnings are errors in this suite)
     assert components.text_encoder is None and list(components.prompt_embeddings) == texts
+    encoded = load_components(root / "distilled", transformer=False, text_len=TEXT_LEN)
     shipped = load_embeddings(model_dir("distilled"))
-    assert all(torch.equal(components.prompt_embeddings[t], shipped[t]) for t in texts)
+    for t in texts:  # written here: bit for bit
+        assert torch.equal(components.prompt_embeddings[t], encoded.encode_prompt([t])[0]), t
+        torch.testing.assert_close(components.prompt_embeddings[t], shipped[t], **ROUNDING)
 
 
 def test_without_a_table_the_encoder_loads_silently(tmp_path):

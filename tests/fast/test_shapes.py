@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import replace
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -254,14 +255,16 @@ def test_make_sample_command_skips_the_text_encoder_and_samples_as_the_encoder_w
     assert "distilled (few-step 2-2-1)" in proc.stderr  # printed before the fast exit
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" in imported and not {m.split(".")[0] for m in imported} & {"transformers", "diffusers"}
-    # the same frames as with the text encoder loaded (the table holds its exact output)
+    # the frames of a run with the text encoder loaded, within one 8-bit level (the table holds its output,
+    # rounded by the CPU that wrote it)
     card = ModelCard.load(model_dir("distilled"))
     result = generate(
         load_components(model_dir("distilled")), text, card=card, solver="pyramid", seed=0,
         frames=FRAMES, height=SIZE, width=SIZE, progress=False,
     )  # fmt: skip
     write_strip([to_uint8(result.video[0].numpy())], tmp_path / "encoder.png", columns=FRAMES, scale=8)
-    assert (tmp_path / "encoder.png").read_bytes() == (tmp_path / "shapes.png").read_bytes()
+    a, b = (iio.imread(tmp_path / name).astype(int) for name in ("encoder.png", "shapes.png"))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1
     assert (tmp_path / "shapes.mp4").stat().st_size > 0
 
 
