@@ -47,6 +47,7 @@ __all__ = [
     "encoder_digest",
     "load_embeddings",
     "pixel_stats",
+    "table_error",
     "vocabulary",
     "write_components",
     "write_embeddings",
@@ -185,16 +186,37 @@ def load_embeddings(model_dir: str | Path, path: str | Path | None = None) -> di
     return dict(zip(texts, full.unbind(0), strict=True))
 
 
+def table_error(model_dir: str | Path, path: str | Path | None = None) -> float:
+    """Largest ``|table - encoder|`` over every prompt, relative to the table's largest entry: 0 on the CPU that
+    wrote the table, float32 rounding on another (its kernels round differently)."""
+    import torch
+
+    from ..pipeline import load_components
+
+    table = load_embeddings(model_dir, path)
+    if table is None:
+        raise ValueError(f"no valid prompt-embedding table for {model_dir}; write it with {WRITE_EMBEDDINGS}")
+    components = load_components(model_dir, transformer=False, text_len=TEXT_LEN)
+    err = max(float((components.encode_prompt([t])[0] - e).abs().max()) for t, e in table.items())
+    return err / float(torch.stack(list(table.values())).abs().max())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m pyrflow_fast.shapes.components",
-        description="Write the prompt-embedding table of the shapes models (after a change of text encoder).",
+        description="Write the prompt-embedding table of the shapes models (after a change of text encoder), "
+        "or compare it with the text encoder on this machine.",
     )
-    ap.add_argument("--write-embeddings", action="store_true", required=True, help="write the table")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write-embeddings", action="store_true", help="write the table")
+    mode.add_argument("--compare", action="store_true", help="print the table's largest relative error")
     ap.add_argument("--model-dir", type=Path, default=SHIPPED / "distilled", help="the model whose text encoder to run")
     ap.add_argument("--out", type=Path, default=None, help=f"default: {EMBEDDINGS_FILE} beside --model-dir")
     args = ap.parse_args(argv)
-    print(write_embeddings(args.model_dir, args.out))
+    if args.compare:
+        print(f"largest |table - encoder| / largest entry: {table_error(args.model_dir, args.out):.3g}")
+    else:
+        print(write_embeddings(args.model_dir, args.out))
     return 0
 
 

@@ -168,7 +168,7 @@ class LossConfig:
         1.0,
         "Shift s of each sample's uniform noise level rho -> s rho / (1 + (s - 1) rho) before its stage window "
         "(1: uniform, as before). s > 1 trains more at high noise, like the sampler's timestep shift (the shapes "
-        "cards sample at shift 5). Must be > 0.",
+        "cards sample at shift 5). Must be finite and > 0.",
     )
 
 

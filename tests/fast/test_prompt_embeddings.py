@@ -1,9 +1,9 @@
 """The shipped prompt-embedding table of the shapes models: equal to the text encoder, never used stale.
 
 The table holds the encoder's float32 output on the machine that wrote it; on another CPU the same
-encoder rounds differently (its matmul kernels differ: AVX2 against AVX-512 measured 6.1e-7 of the
-largest entry), so the shipped table is compared within :data:`ROUNDING` and a table written here bit
-for bit."""
+encoder rounds differently (its matmul kernels differ: ``python -m pyrflow_fast.shapes.components
+--compare`` measured 4.4e-7 of the largest entry on an AVX-512 machine), so the shipped table is
+compared within :data:`ROUNDING` and a table written here bit for bit."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from pyrflow_fast.shapes.components import (
     TEXT_LEN,
     all_prompts,
     load_embeddings,
+    main,
+    table_error,
     write_embeddings,
 )
 from pyrflow_fast.shapes.sampling import load, sample
@@ -83,6 +85,13 @@ def test_a_stale_table_warns_and_the_encoder_runs_then_rewriting_fixes_it(tmp_pa
     for t in texts:  # written here: bit for bit
         assert torch.equal(components.prompt_embeddings[t], encoded.encode_prompt([t])[0]), t
         torch.testing.assert_close(components.prompt_embeddings[t], shipped[t], **ROUNDING)
+    assert table_error(root / "distilled") == 0.0
+
+
+def test_compare_prints_the_shipped_tables_rounding(capsys):
+    assert main(["--compare"]) == 0
+    err = float(capsys.readouterr().out.rsplit(":", 1)[1])
+    assert 0.0 <= err <= ROUNDING["rtol"]
 
 
 def test_without_a_table_the_encoder_loads_silently(tmp_path):
