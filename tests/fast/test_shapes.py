@@ -185,9 +185,13 @@ def quick_models(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_recipe_writes_every_model(quick_models):
     models, info = quick_models
-    assert set(info["commands"]) == {"data", "conventional", "pyramidal", "distilled", "distilled-plain"}
-    assert any("pyrflow_fast.data.cache" in c for c in info["commands"]["data"])
+    assert set(info["commands"]) == {"data", "image", "conventional", "pyramidal", "distilled", "distilled-plain"}
+    assert sum("pyrflow_fast.data.cache" in c for c in info["commands"]["data"]) == 2
     assert info["configs"]["conventional"]["pyramid"]["num_stages"] == 1
+    # the clip phase starts from the single-frame phase, both at the sampling shift
+    assert info["configs"]["conventional"]["model"]["path"] == "WORK/image/export"
+    assert info["configs"]["conventional"]["loss"]["sigma_shift"] == QUICK.sigma_shift
+    assert LatentCache(models.parent / "work" / "cache-image")[0]["x0s"][0].shape[1] == 1
     assert info["configs"]["distilled"]["distill"]["variant"] == "dmd-pt*"
     assert json.loads((models / "recipe.json").read_text())["recipe"]["videos"] == QUICK.videos
     cache = LatentCache(models.parent / "work" / "cache")
