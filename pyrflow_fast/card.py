@@ -108,6 +108,8 @@ class ModelCard:
         on top of the directory's transformer: one per stage for per-stage LoRA (file ``i`` at stage ``i``,
         switched at every stage transition), one for a shared LoRA
         (:func:`pyrflow_fast.train.lora.load_card_lora`); empty: none.
+    :param shift: default timestep shift of pyrflow's stage grids for this checkpoint (set it to the
+        ``loss.sigma_shift`` it was trained with); ``None``: Wan's 5.0.
     """
 
     kind: str = "base"
@@ -122,6 +124,7 @@ class ModelCard:
     guidance: float = 5.0
     size: tuple[int, int, int] | None = None
     lora_files: tuple[str, ...] = ()
+    shift: float | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -159,6 +162,8 @@ class ModelCard:
                 f"lora_files must list one LoRA file (shared) or {self.num_stages} (one per stage), "
                 f"got {len(self.lora_files)}: {list(self.lora_files)}"
             )
+        if self.shift is not None and not (isinstance(self.shift, (int, float)) and 0 < self.shift < float("inf")):
+            raise ValueError(f"shift must be a positive finite number or null, got {self.shift!r}")
         if self.ppf_patches and len(self.ppf_patches) != self.num_stages:
             raise ValueError(
                 f"{self.num_stages} stages need {self.num_stages} PPF patches, got {list(self.ppf_patches)}"

@@ -229,7 +229,12 @@ def prepare(
     if shift is not None and not (math.isfinite(shift) and shift > 0):
         raise ValueError(f"the timestep shift must be a positive finite number, got {shift}")
     sampler, scale = resolve_sampler(card, options.sampler, options.guidance_scale)
-    grid_shift = shift if shift is not None else (schedule.shift if isinstance(schedule, Plan) else PYRAMID_SHIFT)
+    if shift is not None:
+        grid_shift = shift
+    elif isinstance(schedule, Plan):
+        grid_shift = schedule.shift
+    else:
+        grid_shift = card.shift if card.shift is not None else PYRAMID_SHIFT
     plan = card.plan(schedule, grid_shift)
     solver = resolve_solver(options.solver, sampler, plan, scheduler_config, ppf=bool(card.ppf_patches))
     if solver != "pyramid":

@@ -160,7 +160,7 @@ def generate(
     :param solver: ``auto``, ``pyramid``, ``unipc`` or ``euler`` (:data:`~pyrflow_fast.request.SOLVERS`).
     :param guidance_scale: guidance scale (default: the card's, 5.0 unless it says otherwise; distilled
         checkpoints: none).
-    :param shift: timestep shift (default: 5.0 on pyrflow's grids, the scheduler config's for
+    :param shift: timestep shift (default: the card's ``shift`` or 5.0 on pyrflow's grids, the scheduler config's for
         ``unipc``/``euler``: the components' ``scheduler_config`` or Wan's, 3.0).
     :param seed: seeds the starting noise and the transitions' noise (default: a random seed, in
         :attr:`Generation.seed`). ``unipc``/``euler`` draw the starting noise as diffusers does,
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shift",
         type=float,
         default=None,
-        help=f"timestep shift (default: the scheduler config's for unipc/euler, {PYRAMID_SHIFT} for pyramid)",
+        help=f"timestep shift (default: scheduler config's for unipc/euler; card's or {PYRAMID_SHIFT} for pyramid)",
     )
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
     ap.add_argument("--frames", type=int, default=None, help=f"pixel frames, 4k+1 (default: the card's, {WAN_SIZE[0]})")

@@ -64,7 +64,7 @@ class Recipe:
     conventional_steps: int = 800
     conventional_batch: int = 16
     conventional_lr: float = 1e-3
-    #: training's noise-level shift (the same shift sampling applies: ``--shift 3``)
+    #: the noise-level shift of training, distillation and the cards (sampling's default)
     sigma_shift: float = 3.0
     pyramidal_steps: int = 1200
     pyramidal_per_stage: int = 6
@@ -128,7 +128,7 @@ def train_config(r: Recipe, work: Path, stage: str) -> dict:
             # natural weighting: the coarse stages (gains up to 8) would otherwise dominate the gradient
             "loss": {
                 "weighting": "natural" if pyramidal else "sigma",
-                "sigma_shift": 1.0 if pyramidal else r.sigma_shift,
+                "sigma_shift": r.sigma_shift,
             },
             "ema": {"decay": 0.995 if steps >= 400 else 0.0},
             "train": {
@@ -166,7 +166,13 @@ def distill_config(r: Recipe, work: Path, stage: str = "distilled") -> dict:
         {
             "model": {"config": "shapes", "path": str(work / source / "export")},
             "pyramid": {"num_stages": stages, "boundaries": list(WAN_DEFAULT_BOUNDARIES)[: stages - 1]},
-            "distill": {**distill, "guidance": r.guidance, "lora_rank": 0},
+            "distill": {
+                **distill,
+                "guidance": r.guidance,
+                "lora_rank": 0,
+                "sample_shift": r.sigma_shift,
+                "score_shift": r.sigma_shift,
+            },
             "optim": {"lr": r.distill_lr, "warmup_steps": 0, "weight_decay": 0.0},
             "train": {
                 "output_dir": str(work / stage),
@@ -212,7 +218,8 @@ def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
             or parse_schedule(exported.schedule)[-1] != parse_schedule(cards[name].schedule)[-1]
         ):
             raise RuntimeError(f"{export}: unexpected card {exported}")
-        replace(cards[name], size=(FRAMES, SIZE, SIZE)).save(target)  # the size it was trained at
+        # the size and the noise-level shift it was trained at
+        replace(cards[name], size=(FRAMES, SIZE, SIZE), shift=r.sigma_shift).save(target)
     write_embeddings(out / "distilled")  # every model has the same frozen text encoder
     (out / "recipe.json").write_text(json.dumps(info, indent=2) + "\n")
 

@@ -57,6 +57,7 @@ def test_every_field_round_trips(tmp_path):
         ppf_patches=((1, 2, 2), (1, 4, 4)),
         uncond="zeros",
         guidance=2.5,
+        shift=3.0,
     )
     card.save(tmp_path)
     stored = json.loads((tmp_path / CARD_FILE).read_text())
@@ -150,3 +151,22 @@ def test_load_ppf(tmp_path):
     save_file({k: v for k, v in stage_layers.items() if k != "stage_embedding"}, str(tmp_path / PPF_FILE))
     with pytest.raises(ValueError, match=r"missing \['stage_embedding'\]"):
         load_ppf(tmp_path, base, card)
+
+
+def test_card_shift_is_the_default_grid_shift_and_an_explicit_one_wins():
+    from pyrflow_fast.pipeline.geometry import Geometry
+    from pyrflow_fast.request import PYRAMID_SHIFT, Options, prepare
+
+    geometry = Geometry((4, 8, 8), (1, 2, 2))
+    base = dict(negative_prompt=None, schedule="4-4-2", sampler="auto", solver="auto", guidance_scale=None)
+    size = dict(seed=0, frames=9, height=64, width=64, resampler=None, attention="auto")
+
+    def grid_shift(card, shift):
+        return prepare(card, geometry, Options(**base, shift=shift, **size)).plan.shift
+
+    card = ModelCard(kind="pyramidal", shift=3.0)
+    assert grid_shift(card, None) == 3.0 and grid_shift(card, 7.0) == 7.0
+    assert grid_shift(ModelCard(kind="pyramidal"), None) == PYRAMID_SHIFT
+    for bad in (0.0, -1.0, float("inf"), float("nan"), "3"):
+        with pytest.raises(ValueError, match="shift must be a positive finite number"):
+            ModelCard(shift=bad)

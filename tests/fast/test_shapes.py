@@ -199,7 +199,7 @@ def test_quick_recipe_writes_every_model(quick_models):
     kinds = {name: ModelCard.load(model_dir(name, models)) for name in MODELS}
     assert [kinds[n].kind for n in MODELS] == ["base", "pyramidal", "distilled", "distilled"]
     assert [kinds[n].schedule for n in MODELS] == ["0-0-50", "20-20-10", "2-2-1", "0-0-2"]
-    assert all(k.uncond == "zeros" for k in kinds.values())
+    assert all(k.uncond == "zeros" and k.shift == QUICK.sigma_shift for k in kinds.values())
     comps = load_components(model_dir("distilled", models))
     encoded = []
     encode = comps.encode_prompt
