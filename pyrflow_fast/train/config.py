@@ -167,8 +167,8 @@ class LossConfig:
     sigma_shift: float = _f(
         1.0,
         "Shift s of each sample's uniform noise level rho -> s rho / (1 + (s - 1) rho) before its stage window "
-        "(1: uniform, as before). s > 1 trains more at high noise, like the sampler's timestep shift (the shapes "
-        "cards sample at shift 5). Must be finite and > 0.",
+        "(1: uniform, as before). s > 1 trains more at high noise, like the sampler's timestep shift; an export "
+        "trained with s != 1 samples at shift s by default (its card's shift). Must be finite and > 0.",
     )
 
 

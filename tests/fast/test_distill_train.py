@@ -307,6 +307,7 @@ def test_distilled_export_samples_through_pyrflow_sample(tmp_path, variant, caps
     export = out / "export"
     card = ModelCard.load(export)
     assert card.kind == "distilled" and card.schedule == "2-2-1"
+    assert card.shift == 5.0  # distill.sample_shift: the grid the student learned its steps on
     import diffusers  # diffusers' own loader reads the export (a diffusers-layout source)
 
     assert isinstance(diffusers.WanPipeline.from_pretrained(export).transformer, diffusers.WanTransformer3DModel)

@@ -204,15 +204,21 @@ def test_per_stage_lora_with_distillation_exports_merged_stages(tmp_path, make_w
 
 
 def test_shared_lora_and_full_finetune_export_one_model_card(tmp_path):
-    for name, lora in (("shared", {"rank": 2}), ("full", {"rank": 0})):
+    # the full finetune trains at shifted noise levels: its card samples there by default
+    for name, lora, shift in (("shared", {"rank": 2}, None), ("full", {"rank": 0}, 2.0)):
         cfg = tiny_cfg(
-            tmp_path / name, lora=lora, train={"steps": 1, "precision": "bf16"}, checkpoint={"every": 1, "export": True}
+            tmp_path / name,
+            lora=lora,
+            loss={"sigma_shift": shift or 1.0},
+            train={"steps": 1, "precision": "bf16"},
+            checkpoint={"every": 1, "export": True},
         )
         trainer = Runner(cfg)
         hist = trainer.fit()
         assert np.isfinite(hist[0]["loss"])
         card = ModelCard.load(tmp_path / name / "export")
         assert (card.kind, card.num_stages, card.boundaries) == ("pyramidal", 3, tuple(WAN_DEFAULT_BOUNDARIES))
+        assert card.shift == shift
         model = load_wan(tmp_path / name / "export")
         x = torch.randn(1, 4, 3, 8, 8)
         with torch.no_grad():

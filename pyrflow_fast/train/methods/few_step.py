@@ -362,6 +362,8 @@ class FewStepDistillation(Method):
             factors=tuple(config.pyramid.factors),
             rope=config.model.rope,
             schedule=config.distill.schedule,
+            # the student learned its few steps on this grid
+            shift=config.distill.sample_shift,
             ppf_patches=self.card_patches,
         )
 

@@ -236,6 +236,8 @@ class PyramidalFinetune(Method):
             factors=tuple(config.pyramid.factors),
             rope=config.model.rope,
             uncond="zeros" if config.data.text_dropout > 0 else "prompt",
+            # trained at shifted noise levels: sample there by default (uniform training keeps Wan's 5)
+            shift=config.loss.sigma_shift if config.loss.sigma_shift != 1.0 else None,
         )
 
     def sampling(self) -> dict[str, Any]:
