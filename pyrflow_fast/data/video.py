@@ -36,6 +36,7 @@ A video that cannot be used raises :class:`VideoSkipped` with a short machine-re
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,12 +237,14 @@ def read_video(
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         video = torch.empty(3, frames, height, width, dtype=torch.float32)
+        reformatter = _reformatter()
         try:
             last = clip = None
             for i, frame in enumerate(_frames_at(container, path, [start + i / fps for i in range(frames)], info)):
                 if frame is not last:  # a source frame shown at several target times is resized once
                     _check_size(path, frame.width, frame.height, max_pixels, "a decoded frame has")
-                    clip = resize_center_crop(frame.to_ndarray(format="rgb24")[None], height, width)[:, 0]
+                    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+                    clip = resize_center_crop(rgb[None], height, width)[:, 0]
                     last = frame
                 video[:, i] = clip
         except MemoryError as err:  # before FFmpegError: PyAV's ENOMEM error is both
@@ -259,6 +262,19 @@ def read_video(
     finally:
         container.close()
     return video
+
+
+_THREAD = threading.local()
+
+
+def _reformatter():
+    """This thread's PyAV reformatter: ``frame.to_ndarray(format=...)`` sets up a new swscale context for
+    every frame (several times the decoding of a small frame); a kept one reuses it while sizes match."""
+    if not hasattr(_THREAD, "reformatter"):
+        from av.video.reformatter import VideoReformatter
+
+        _THREAD.reformatter = VideoReformatter()
+    return _THREAD.reformatter
 
 
 def _check_size(path: Path, width: int, height: int, max_pixels: int | None, what: str) -> None:
