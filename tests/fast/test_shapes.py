@@ -35,7 +35,7 @@ from pyrflow_fast.shapes.data import (
     render,
     write_dataset,
 )
-from pyrflow_fast.shapes.recipe import QUICK
+from pyrflow_fast.shapes.recipe import GPU, QUICK, Recipe, distill_config, train_config
 from pyrflow_fast.shapes.recipe import run as run_recipe
 from pyrflow_fast.shapes.results import run as run_results
 from pyrflow_fast.shapes.results import to_markdown
@@ -183,6 +183,18 @@ def quick_models(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_gpu_preset_runs_every_step_on_cuda_in_bf16_with_4x_batches(tmp_path):
+    for stage in ("image", "conventional", "pyramidal"):
+        train = train_config(GPU, tmp_path, stage)["train"]
+        cpu = train_config(Recipe(), tmp_path, stage)["train"]
+        assert (train["device"], train["precision"], cpu["device"], cpu["precision"]) == ("cuda", "bf16", "cpu", "fp32")
+        assert (train["samples_per_stage"], train["steps"]) == (4 * cpu["samples_per_stage"], cpu["steps"])
+    for stage in ("distilled", "distilled-plain"):
+        train = distill_config(GPU, tmp_path, stage)["train"]
+        want = ("cuda", "bf16", 4 * Recipe().distill_batch)
+        assert (train["device"], train["precision"], train["batch_size"]) == want
+
+
 def test_quick_recipe_writes_every_model(quick_models):
     models, info = quick_models
     assert set(info["commands"]) == {"data", "image", "conventional", "pyramidal", "distilled", "distilled-plain"}
