@@ -341,8 +341,13 @@ def run(
         log(f"[{time.perf_counter() - start:7.1f} s] {step} done in {info['seconds'][step]} s")
         state.write_text(json.dumps(info, indent=2) + "\n")
     info["recipe"] = asdict(recipe)
-    info["configs"] = {m: json.loads((work / f"{m}.json").read_text().replace(str(work), "WORK")) for m in MODELS}
     info["total_seconds"] = round(sum(info["seconds"].values()), 1)
+    missing = [m for m in MODELS if not (work / m / "export").is_dir()]
+    if missing:  # a partial run (tuning a phase): nothing to assemble yet
+        state.write_text(json.dumps(info, indent=2) + "\n")
+        log(f"not writing {out}: no export yet of {', '.join(missing)} (run --steps {' '.join(missing)})")
+        return info
+    info["configs"] = {m: json.loads((work / f"{m}.json").read_text().replace(str(work), "WORK")) for m in MODELS}
     state.write_text(json.dumps(info, indent=2) + "\n")
     assemble(work, out, recipe, info)
     log(f"wrote {', '.join(str(out / m) for m in MODELS)}")

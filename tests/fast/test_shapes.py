@@ -195,6 +195,12 @@ def test_gpu_preset_runs_every_step_on_cuda_in_bf16_with_4x_batches(tmp_path):
         assert (train["device"], train["precision"], train["batch_size"]) == want
 
 
+def test_a_partial_recipe_run_times_its_steps_and_writes_no_models(tmp_path):
+    info = run_recipe(tmp_path / "work", tmp_path / "models", QUICK, steps=("data", "image"), log=lambda m: None)
+    assert set(info["seconds"]) == {"data", "image"} and not (tmp_path / "models").exists()
+    assert (tmp_path / "work" / "image" / "export" / "pyrflow.json").is_file()
+
+
 def test_quick_recipe_writes_every_model(quick_models):
     models, info = quick_models
     assert set(info["commands"]) == {"data", "image", "conventional", "pyramidal", "distilled", "distilled-plain"}
