@@ -36,7 +36,6 @@ A video that cannot be used raises :class:`VideoSkipped` with a short machine-re
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +216,7 @@ def read_video(
     :raises ValueError: for invalid arguments (not a property of the video).
     """
     import av
+    from av.video.reformatter import VideoReformatter
 
     if frames < 1 or height < 1 or width < 1 or not fps > 0:
         raise ValueError(f"need frames, height, width >= 1 and fps > 0, got {frames}, {height}, {width}, {fps}")
@@ -237,7 +237,10 @@ def read_video(
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         video = torch.empty(3, frames, height, width, dtype=torch.float32)
-        reformatter = _reformatter()
+        # one reformatter per clip: frame.to_ndarray(format=...) sets up a new swscale context for every
+        # frame (several times the decoding of a small frame); not one per thread: a kept one inherited by a
+        # forked DataLoader worker hung the suite (the worker waiting on a futex)
+        reformatter = VideoReformatter()
         try:
             last = clip = None
             for i, frame in enumerate(_frames_at(container, path, [start + i / fps for i in range(frames)], info)):
@@ -262,19 +265,6 @@ def read_video(
     finally:
         container.close()
     return video
-
-
-_THREAD = threading.local()
-
-
-def _reformatter():
-    """This thread's PyAV reformatter: ``frame.to_ndarray(format=...)`` sets up a new swscale context for
-    every frame (several times the decoding of a small frame); a kept one reuses it while sizes match."""
-    if not hasattr(_THREAD, "reformatter"):
-        from av.video.reformatter import VideoReformatter
-
-        _THREAD.reformatter = VideoReformatter()
-    return _THREAD.reformatter
 
 
 def _check_size(path: Path, width: int, height: int, max_pixels: int | None, what: str) -> None:
