@@ -47,6 +47,7 @@ from pyrflow_ref.windows import format_schedule
 from .card import CARD_FILE, ModelCard, load_ppf
 from .cli_help import DefaultsFormatter
 from .contract import BackboneDenoiser, backbone_for
+from .parallel.plan import leave
 from .pipeline import WanComponents, check_device, load_components
 from .pipeline.components import run_device, running
 from .pipeline.geometry import Geometry, read_geometry, read_scheduler_config
@@ -450,12 +451,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_cli(ap: argparse.ArgumentParser, argv: list[str] | None, work: Callable[[argparse.Namespace], str]) -> int:
     """Run a generating CLI: ``work(args)`` returns the summary for stderr; bad input (ValueError,
-    FileNotFoundError: a size, schedule or model directory) becomes a usage error, not a traceback."""
+    FileNotFoundError: a size, schedule or model directory) becomes a usage error, not a traceback. A process
+    group ``work`` joins (under ``torchrun``) is left at the end."""
     args = ap.parse_args(argv)
+    joined = torch.distributed.is_initialized()  # a caller's process group stays the caller's
+    done = False
     try:
         summary = work(args)
+        done = True
     except (ValueError, FileNotFoundError) as err:
         ap.error(str(err))
+    finally:  # under torchrun: leave the group ``work`` joined (after a barrier when every rank got here)
+        if not joined:
+            leave(wait=done)
     print(summary, file=sys.stderr)
     return 0
 

@@ -11,7 +11,7 @@ See ``docs/multi_gpu_generation.md``.
 """
 
 from .context import METHODS, TokenShards, attend_lse, context_attention, ring_attention, shard_sizes, ulysses_attention
-from .plan import DEFAULT_MIN_TOKENS, ParallelGroups, ParallelPlan, join, make_groups, setup, shared_seed
+from .plan import DEFAULT_MIN_TOKENS, ParallelGroups, ParallelPlan, join, leave, make_groups, setup, shared_seed
 from .wan import ContextParallelWan, blocks_sharded, load_sharded_wan, shard_blocks
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "blocks_sharded",
     "context_attention",
     "join",
+    "leave",
     "load_sharded_wan",
     "make_groups",
     "ring_attention",

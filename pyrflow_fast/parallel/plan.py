@@ -17,7 +17,9 @@ import torch.distributed as dist
 
 from .context import METHODS
 
-__all__ = ["DEFAULT_MIN_TOKENS", "ParallelGroups", "ParallelPlan", "join", "make_groups", "setup", "shared_seed"]
+__all__ = [
+    "DEFAULT_MIN_TOKENS", "ParallelGroups", "ParallelPlan", "join", "leave", "make_groups", "setup", "shared_seed",
+]  # fmt: skip
 
 DEFAULT_MIN_TOKENS = 2048
 """Forwards with fewer video tokens per sample run replicated by default.
@@ -143,6 +145,17 @@ def join(backend: str | None = None) -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend)
+
+
+def leave(wait: bool = True) -> None:
+    """Tear down the process group if joined: after a last barrier with ``wait``, so no rank's backend threads
+    are still busy with another's collectives (gloo aborts a process that exits with them: "terminate called
+    without an active exception"); without it after an error, when the other ranks may be gone or stuck and
+    waiting for them would only hang."""
+    if dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def shared_seed(seed: int | None, device: torch.device | str = "cpu") -> int:

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..parallel.plan import leave
+
 __all__ = [
     "Distributed",
     "clip_grad_norm",
@@ -121,15 +123,13 @@ class Distributed:
 
     def close(self) -> None:
         """Tear down the process group (after a last barrier)."""
-        if self.parallel != "none" and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        if self.parallel != "none":
+            leave(wait=True)
 
     def abort(self) -> None:
-        """Tear down the process group without the last barrier: after an error the other ranks may be gone or
-        stuck, and waiting for them would only hang (or time out) once more."""
-        if self.parallel != "none" and dist.is_initialized():
-            dist.destroy_process_group()
+        """Tear down the process group without the last barrier (see :func:`~pyrflow_fast.parallel.plan.leave`)."""
+        if self.parallel != "none":
+            leave(wait=False)
 
 
 def collective_timeout_message(err: BaseException, timeout: float) -> str | None:

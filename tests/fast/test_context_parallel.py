@@ -94,9 +94,11 @@ class Report:
     def write(self, path: str) -> None:
         import torch.distributed as dist
 
+        from pyrflow_fast.parallel import leave
+
         if dist.get_rank() == 0:
             Path(path).write_text(json.dumps(self.errors, indent=1))
-        dist.destroy_process_group()
+        leave()
 
 
 def _worker(path: str) -> None:

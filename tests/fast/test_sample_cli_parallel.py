@@ -35,8 +35,10 @@ def _worker(spec: str, report: str) -> None:
 
     import pyrflow_fast.parallel.wan as cp_wan
     import pyrflow_fast.sample as sample
+    from pyrflow_fast.parallel import join, leave
 
     torch.set_num_threads(1)
+    join()  # the worker's group: every CLI run below samples in it and leaves it to the worker
     stored, splits = [], []
     real, attention = sample.generate, cp_wan.context_attention
     cp_wan.context_attention = lambda *args: (splits.append(args[0]), attention(*args))[1]
@@ -58,7 +60,7 @@ def _worker(spec: str, report: str) -> None:
         facts[name] = {"stored": float(share.max()), "splits": sorted(set(splits)), "split_forwards": len(splits)}
     if dist.get_rank() == 0:
         Path(report).write_text(json.dumps(facts))
-    dist.destroy_process_group()
+    leave()
 
 
 def write_tiny_ppf_dir(path: Path) -> Path:
@@ -189,3 +191,56 @@ def test_load_sharded_wan_reads_the_weights_load_wan_reads(layout, tmp_path, one
 
 if __name__ == "__main__":
     _worker(*sys.argv[1:])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_cli_leaves_the_process_group_it_joined_and_keeps_a_callers(fails, tmp_path, monkeypatch):
+    """A rank that exits with its gloo group still up can abort ("terminate called without an active exception"):
+    the CLI leaves the group it joined, after its run or its error, and leaves a caller's group up."""
+    import torch.distributed as dist
+    from launch_fixtures import sample_args
+    from pipeline_fixtures import write_tiny_wan_dir
+
+    import pyrflow_fast.sample as sample_mod
+
+    env = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if fails:
+
+        def generate(*args, **kwargs):  # joins as the real one does, then fails
+            from pyrflow_fast.parallel import join
+
+            join()
+            raise ValueError("refused after joining")
+
+        monkeypatch.setattr(sample_mod, "generate", generate)
+    argv = sample_args(write_tiny_wan_dir(tmp_path / "wan"), "a red car", tmp_path / "v.gif", "--schedule", "1-1-1")
+    argv += ["--context-parallel", "ulysses"]
+    for caller in (False, True):
+        if caller:
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        try:
+            if fails:
+                with pytest.raises(SystemExit):
+                    sample_mod.main(argv)
+            else:
+                assert sample_mod.main(argv) == 0
+            assert dist.is_initialized() == caller
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
