@@ -32,7 +32,7 @@ from ..sample import run_cli
 from . import MODELS
 from .analyze import analyze
 from .components import all_prompts
-from .data import BACKGROUNDS, COLORS, DIRECTIONS, FPS, FRAMES, SHAPES
+from .data import BACKGROUNDS, COLORS, DIRECTIONS, FPS, SHAPES
 from .sampling import load, sample
 
 DEFAULT_PROMPT = "a red circle moving right over grass"
@@ -89,7 +89,7 @@ def _sample(args: argparse.Namespace) -> str:
     frames = to_uint8(result.video[0].numpy())
     video = write_video(frames, args.out / "shapes.mp4", scale=SCALE, fps=FPS)
     strip = args.out / "shapes.png"
-    write_strip([frames], strip, columns=FRAMES, scale=SCALE)
+    write_strip([frames], strip, columns=len(frames), scale=SCALE)
     found = analyze(result.video[0].numpy())
     return (
         f"{args.model} ({result.sampler} {result.schedule}): {text!r}, seed {args.seed}\n"

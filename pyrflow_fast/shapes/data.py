@@ -75,8 +75,10 @@ BACKGROUNDS: dict[str, str] = {
     "brick": "brick",
 }
 _SUPER = 4  # supersampling per axis
-SIZE_RANGE = (8.0, 12.0)
-SPEED_RANGE = (1.25, 2.0)
+#: objects of 12-16 px (3-4 tokens of 4 x 4 pixels a side) moving 1.25-1.75 px per frame: large enough for
+#: the shapes model's patches to tell a shape (docs/shapes.md)
+SIZE_RANGE = (12.0, 16.0)
+SPEED_RANGE = (1.25, 1.75)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ printed and written to the model card):
    with captions; :func:`~pyrflow_fast.shapes.components.write_components` writes the frozen
    tokenizer, text encoder and pixel space;
 2. ``pyrflow-cache`` encodes it twice into latent caches (pixel space: the normalised pixels): the
-   first frame of every clip (``cache-image``) and the whole clip (``cache``);
+   first frame of every clip (``cache-image``) and its first ``Recipe.frames`` frames (``cache``: 5 of
+   the 9, where direction is learnt at a third of the time; ``docs/shapes.md``);
 3. ``pyrflow-train`` trains the ``shapes`` WanDiT **conventionally** (``pyramid.num_stages = 1``:
    Wan's flow-matching loss) from random initialisation on single frames (``image``: colour and
-   shape, 9x cheaper per sample than clips), then finetunes it on the clips (``conventional``:
+   shape, 5x cheaper per sample than clips), then finetunes it on the clips (``conventional``:
    motion), with 10% all-zero contexts for CFG and noise levels shifted as sampling shifts them;
 4. ``pyrflow-train`` finetunes it **pyramidally** (3 stages, Haar 2x2x2, Wan's boundaries,
    ``loss.weighting = "natural"``);
@@ -43,11 +44,11 @@ from ..card import ModelCard
 from ..wan.checkpoint import load_wan, save_wan
 from . import MODELS, SHIPPED
 from .components import TEXT_LEN, write_components, write_embeddings
-from .data import FPS, FRAMES, SIZE
+from .data import FPS, SIZE, SIZE_RANGE, SPEED_RANGE
 
 __all__ = ["GPU", "PRESETS", "QUICK", "STEPS", "Recipe", "main", "run"]
 
-GUIDANCE = 3.0
+GUIDANCE = 2.0  # CFG of the cards and the distillation teachers: subject consistency falls as it grows (docs/shapes.md)
 #: The recipe's steps in order; ``--steps`` runs a subset in an existing working folder.
 STEPS = ("data", "image", "conventional", "pyramidal", "distilled", "distilled-plain")
 
@@ -57,12 +58,13 @@ class Recipe:
     """Sizes and steps of the recipe (the defaults are the shipped one)."""
 
     videos: int = 20_000
-    #: objects of 12-16 px (3-4 tokens of 4 x 4 pixels a side) moving 1.25-1.75 px per frame
-    size_range: tuple[float, float] = (12.0, 16.0)
-    speed_range: tuple[float, float] = (1.25, 1.75)
+    size_range: tuple[float, float] = SIZE_RANGE
+    speed_range: tuple[float, float] = SPEED_RANGE
     image_steps: int = 6500
     image_batch: int = 32
-    conventional_steps: int = 800
+    #: the clip phases train on the first ``frames`` of the data's 9: direction at a third of the time of 9
+    frames: int = 5
+    conventional_steps: int = 2400
     conventional_batch: int = 16
     conventional_lr: float = 1e-3
     #: the noise-level shift of training, distillation and the cards (sampling's default)
@@ -105,7 +107,7 @@ GPU = replace(
 PRESETS = {"cpu": Recipe(), "gpu": GPU, "quick": QUICK}
 
 
-def _common(cache: Path, frames: int = FRAMES) -> dict:
+def _common(cache: Path, frames: int) -> dict:
     return {
         "data": {"kind": "cache", "path": str(cache), "latent_size": [frames, SIZE, SIZE], "text_dropout": 0.1},
         "checkpoint": {"every": 10_000, "keep_last": 1, "link_components": False},
@@ -125,7 +127,7 @@ def train_config(r: Recipe, work: Path, stage: str) -> dict:
         "conventional": str(work / "image" / "export"),
         "pyramidal": str(work / "conventional" / "export"),
     }
-    cfg = _common(work / ("cache-image" if image else "cache"), 1 if image else FRAMES)
+    cfg = _common(work / ("cache-image" if image else "cache"), 1 if image else r.frames)
     cfg.update(
         {
             "model": {"config": "shapes", "path": source[stage]},
@@ -165,7 +167,7 @@ def train_config(r: Recipe, work: Path, stage: str) -> dict:
 def distill_config(r: Recipe, work: Path, stage: str = "distilled") -> dict:
     """The ``pyrflow-distill`` config of the ``distilled`` (dmd-pt*, 2-2-1 from the pyramidal
     model) or ``distilled-plain`` (dmd-ot, 0-0-2 from the conventional model) step."""
-    cfg = _common(work / "cache")
+    cfg = _common(work / "cache", r.frames)
     if stage == "distilled":
         source, stages, distill = (
             "pyramidal",
@@ -236,7 +238,7 @@ def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
         ):
             raise RuntimeError(f"{export}: unexpected card {exported}")
         # the size and the noise-level shift it was trained at
-        replace(cards[name], size=(FRAMES, SIZE, SIZE), shift=r.sigma_shift).save(target)
+        replace(cards[name], size=(r.frames, SIZE, SIZE), shift=r.sigma_shift).save(target)
     write_embeddings(out / "distilled")  # every model has the same frozen text encoder
     (out / "recipe.json").write_text(json.dumps(info, indent=2) + "\n")
 
@@ -285,7 +287,7 @@ def run(
             write_components(work / "components", seed=recipe.seed)
             call = f'write_components("{work / "components"}", seed={recipe.seed})'
             commands.append(f"python -c 'from pyrflow_fast.shapes.components import write_components; {call}'")
-            for cache, frames in (("cache-image", 1), ("cache", FRAMES)):
+            for cache, frames in (("cache-image", 1), ("cache", recipe.frames)):
                 _run(
                     [
                         py,

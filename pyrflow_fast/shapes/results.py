@@ -59,9 +59,9 @@ def _quantised(videos: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.round((videos + 1) * 127.5) / 127.5 - 1).float()
 
 
-def reference_videos(split: int = REFERENCE_SPLIT, num: int = NUM_REFERENCE) -> torch.Tensor:
-    """``num`` held-out videos of ``split``, 8-bit quantised."""
-    return _quantised(np.stack([render(draw(split, i)) for i in range(num)]))
+def reference_videos(split: int = REFERENCE_SPLIT, num: int = NUM_REFERENCE, frames: int = FRAMES) -> torch.Tensor:
+    """``num`` held-out videos of ``split``, their first ``frames`` frames, 8-bit quantised."""
+    return _quantised(np.stack([render(draw(split, i), frames) for i in range(num)]))
 
 
 def _fd(
@@ -84,8 +84,13 @@ def _summary(videos: torch.Tensor, prompts: list[tuple[str, str, str]], ref_feat
     return out
 
 
+def _frames(card: ModelCard) -> int:
+    """The frames ``card``'s model samples (the data's ``FRAMES`` for a card without a size)."""
+    return card.size[0] if card.size else FRAMES
+
+
 def _cost(card: ModelCard, config, schedule: str, guided: bool) -> float:
-    sizes = card.pyramid().shapes((1, config.in_dim, FRAMES, SIZE, SIZE))
+    sizes = card.pyramid().shapes((1, config.in_dim, _frames(card), SIZE, SIZE))
     per_forward = [forward_flops(config, s[2:]).total for s in sizes]
     return schedule_flops(schedule, per_forward, forwards_per_step=2 if guided else 1)
 
@@ -104,18 +109,23 @@ def run(
     """Measure every row of the table; returns ``{"rows": {label: {...}}, "setup": {...}}``.
 
     :param rows: ``(label, model, schedule)`` per row; the first is the FLOPs baseline.
-    :param models: folder of the model directories (default: the shipped ones).
+    :param models: folder of the model directories (default: the shipped ones); their cards' frames, which
+        the held-out videos are cut to, must agree.
     """
     grid = prompt_grid(repeats)
     texts = [prompt(*g) for g in grid]
     asked = [(c, s, d) for c, s, d, _ in grid]
-    ref_features = features(reference_videos(num=num_reference))
+    frames = {name: _frames(ModelCard.load(Path(models) / name)) for _, name, _ in rows}
+    if len(set(frames.values())) != 1:
+        raise ValueError(f"the rows' models sample different numbers of frames {frames}: measure them apart")
+    num_frames = frames[rows[0][1]]
+    ref_features = features(reference_videos(num=num_reference, frames=num_frames))
     measured: dict[str, dict] = {}
     start = time.perf_counter()
     data = _quantised(
         np.stack(
             [
-                render(draw(DATA_SPLIT, i, color=c, shape=s, direction=d, background=b))
+                render(draw(DATA_SPLIT, i, color=c, shape=s, direction=d, background=b), num_frames)
                 for i, (c, s, d, b) in enumerate(grid)
             ]
         )

@@ -32,10 +32,10 @@ def sample(
     seed: int,
     *,
     shift: float | None = None,
-    frames: int = FRAMES,
+    frames: int | None = None,
 ) -> Generation:
     """:func:`~pyrflow_fast.sample.generate` of ``frames`` x ``SIZE`` x ``SIZE`` videos, without a progress bar
-    (``shift``: as ``generate``'s).
+    (``shift``: as ``generate``'s; ``frames``: default the card's, else the data's ``FRAMES``).
 
     Every schedule runs pyrflow's samplers (``solver="pyramid"``): the shipped results table was
     measured with them, plain schedules included.
@@ -48,7 +48,7 @@ def sample(
         solver="pyramid",
         shift=shift,
         seed=seed,
-        frames=frames,
+        frames=frames or (card.size[0] if card.size else FRAMES),
         height=SIZE,
         width=SIZE,
         progress=False,

@@ -39,6 +39,7 @@ from pyrflow_fast.shapes.recipe import GPU, QUICK, Recipe, distill_config, train
 from pyrflow_fast.shapes.recipe import run as run_recipe
 from pyrflow_fast.shapes.results import run as run_results
 from pyrflow_fast.shapes.results import to_markdown
+from pyrflow_fast.shapes.sampling import load, sample
 from pyrflow_ref.media import to_uint8, write_strip
 
 
@@ -218,6 +219,7 @@ def test_quick_recipe_writes_every_model(quick_models):
     assert [kinds[n].kind for n in MODELS] == ["base", "pyramidal", "distilled", "distilled"]
     assert [kinds[n].schedule for n in MODELS] == ["0-0-50", "20-20-10", "2-2-1", "0-0-2"]
     assert all(k.uncond == "zeros" and k.shift == QUICK.sigma_shift for k in kinds.values())
+    assert all(k.size == (QUICK.frames, SIZE, SIZE) for k in kinds.values())
     comps = load_components(model_dir("distilled", models))
     encoded = []
     encode = comps.encode_prompt
@@ -226,12 +228,12 @@ def test_quick_recipe_writes_every_model(quick_models):
         comps,
         "a red circle moving left over grass",
         card=kinds["distilled"],
-        frames=FRAMES,
+        frames=QUICK.frames,
         height=SIZE,
         width=SIZE,
         progress=False,
     )
-    assert out.video.shape == (1, 3, FRAMES, SIZE, SIZE) and torch.isfinite(out.video).all()
+    assert out.video.shape == (1, 3, QUICK.frames, SIZE, SIZE) and torch.isfinite(out.video).all()
     assert encoded == [["a red circle moving left over grass"]]  # no CFG: no unconditional prompt
     table = load_embeddings(model_dir("distilled", models))  # written by the recipe, valid for every model
     assert len(table) == 480 and all(load_embeddings(model_dir(n, models)) is not None for n in MODELS)
@@ -282,9 +284,9 @@ def test_make_sample_command_skips_the_text_encoder_and_samples_as_the_encoder_w
     card = ModelCard.load(model_dir("distilled"))
     result = generate(
         load_components(model_dir("distilled")), text, card=card, solver="pyramid", seed=0,
-        frames=FRAMES, height=SIZE, width=SIZE, progress=False,
+        frames=card.size[0], height=SIZE, width=SIZE, progress=False,
     )  # fmt: skip
-    write_strip([to_uint8(result.video[0].numpy())], tmp_path / "encoder.png", columns=FRAMES, scale=8)
+    write_strip([to_uint8(result.video[0].numpy())], tmp_path / "encoder.png", columns=card.size[0], scale=8)
     a, b = (iio.imread(tmp_path / name).astype(int) for name in ("encoder.png", "shapes.png"))
     assert a.shape == b.shape and np.abs(a - b).max() <= 1
     assert (tmp_path / "shapes.mp4").stat().st_size > 0
@@ -292,11 +294,9 @@ def test_make_sample_command_skips_the_text_encoder_and_samples_as_the_encoder_w
 
 @pytest.mark.slow
 def test_shipped_distilled_model_follows_prompts():
-    comps = load_components(model_dir("distilled"))
-    card = ModelCard.load(model_dir("distilled"))
+    card, components = load("distilled")
     grid = prompt_grid(1)
-    texts = [prompt(*g) for g in grid]
-    out = generate(comps, texts, card=card, seed=123, frames=FRAMES, height=SIZE, width=SIZE, progress=False)
+    out = sample(components, card, [prompt(*g) for g in grid], None, seed=123)
     found = analyze_batch(out.video, [g[:3] for g in grid])
     assert (
         found["color_ok"] >= COLOR_FLOOR
