@@ -40,7 +40,7 @@ from ..train.evidence import features, frechet_distance
 from . import SHIPPED
 from .analyze import analyze_batch
 from .data import FRAMES, SIZE, draw, prompt, prompt_grid, render
-from .sampling import load, sample
+from .sampling import card_frames, load, sample
 
 __all__ = ["ROWS", "main", "reference_videos", "run", "to_markdown"]
 
@@ -84,13 +84,8 @@ def _summary(videos: torch.Tensor, prompts: list[tuple[str, str, str]], ref_feat
     return out
 
 
-def _frames(card: ModelCard) -> int:
-    """The frames ``card``'s model samples (the data's ``FRAMES`` for a card without a size)."""
-    return card.size[0] if card.size else FRAMES
-
-
 def _cost(card: ModelCard, config, schedule: str, guided: bool) -> float:
-    sizes = card.pyramid().shapes((1, config.in_dim, _frames(card), SIZE, SIZE))
+    sizes = card.pyramid().shapes((1, config.in_dim, card_frames(card), SIZE, SIZE))
     per_forward = [forward_flops(config, s[2:]).total for s in sizes]
     return schedule_flops(schedule, per_forward, forwards_per_step=2 if guided else 1)
 
@@ -115,7 +110,7 @@ def run(
     grid = prompt_grid(repeats)
     texts = [prompt(*g) for g in grid]
     asked = [(c, s, d) for c, s, d, _ in grid]
-    frames = {name: _frames(ModelCard.load(Path(models) / name)) for _, name, _ in rows}
+    frames = {name: card_frames(ModelCard.load(Path(models) / name)) for _, name, _ in rows}
     if len(set(frames.values())) != 1:
         raise ValueError(f"the rows' models sample different numbers of frames {frames}: measure them apart")
     num_frames = frames[rows[0][1]]

@@ -24,6 +24,11 @@ def load(name: str, root: str | Path = SHIPPED) -> tuple[ModelCard, WanComponent
     return ModelCard.load(path), load_components(path, text_encoder=table is None, prompt_embeddings=table)
 
 
+def card_frames(card: ModelCard) -> int:
+    """The frames ``card``'s model samples: its size's, else the data's ``FRAMES``."""
+    return card.size[0] if card.size else FRAMES
+
+
 def sample(
     components: WanComponents,
     card: ModelCard,
@@ -48,7 +53,7 @@ def sample(
         solver="pyramid",
         shift=shift,
         seed=seed,
-        frames=frames or (card.size[0] if card.size else FRAMES),
+        frames=frames or card_frames(card),
         height=SIZE,
         width=SIZE,
         progress=False,
