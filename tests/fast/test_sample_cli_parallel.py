@@ -189,10 +189,6 @@ def test_load_sharded_wan_reads_the_weights_load_wan_reads(layout, tmp_path, one
             assert value.dtype == dtype and torch.equal(value, want[key]), key
 
 
-if __name__ == "__main__":
-    _worker(*sys.argv[1:])
-
-
 def _free_port() -> int:
     import socket
 
@@ -244,3 +240,7 @@ def test_cli_leaves_the_process_group_it_joined_and_keeps_a_callers(fails, tmp_p
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:])
