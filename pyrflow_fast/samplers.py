@@ -18,9 +18,9 @@ Stopped at an evaluation, the few-step sampler is the distillation roll-out:
 
 >>> from pyrflow_ref.windows import StageWindows
 >>> pyramid, windows = Pyramid.uniform("haar", (1, 2, 2), 2), StageWindows((0.5,))
->>> x0, stage, process = sample_few_step(lambda x, t, c: -x, torch.ones(1, 2, 1, 2, 2), pyramid, windows, "1-1", stop=0)
->>> stage, (process.sigma_c, process.sigma_n), tuple(x0.shape)
-(1, (0.5, 1.0), (1, 2, 1, 2, 2))
+>>> p = sample_few_step(lambda x, t, c: -x, torch.ones(1, 2, 1, 2, 2), pyramid, windows, "1-1", stop=0)
+>>> p.stage, (p.process.sigma_c, p.process.sigma_n), tuple(p.x0.shape), p.sigma
+(1, (0.5, 1.0), (1, 2, 1, 2, 2), 1.0)
 """
 
 from __future__ import annotations
@@ -155,6 +155,7 @@ def sample_euler(
     shift: float = 1.0,
     rng: NoiseSource = None,
     callback: Callback | None = None,
+    start: tuple[int, float] | None = None,
 ) -> torch.Tensor:
     """Pyramidal Euler sampling from pure noise to a stage-0 sample; see :func:`pyrflow_ref.samplers.sample_euler`.
 
@@ -164,7 +165,7 @@ def sample_euler(
     """
     plan = Plan.build(schedule, pyramid, windows, shift)
     x = torch.as_tensor(noise)
-    for sp in plan.stages:
+    for sp in plan.stages if start is None else plan.resumed(*start):
         i, grid = sp.stage, sp.grid
         g = _gain(stage_process(pyramid, plan, i, x.shape[-3]).frame_gain(x.shape[-3]), x)
         for k in range(sp.steps):
@@ -199,6 +200,8 @@ class Prediction(NamedTuple):
     x0: torch.Tensor
     stage: int
     process: Any  # a pyrflow_fast.process.StageProcess (see the reference's field)
+    x: torch.Tensor
+    sigma: float
 
 
 # twin: pyrflow_ref.samplers.sample_few_step
@@ -237,7 +240,7 @@ def sample_few_step(
             with torch.no_grad() if stop is not None and not last else contextlib.nullcontext():
                 x0 = process.denoise(_stage_model(model, i), x, float(grid[k]), cond)
                 if last:
-                    return Prediction(x0, i, process)
+                    return Prediction(x0, i, process, x, float(grid[k]))
                 count += 1
                 if k + 1 < n:
                     x = process.sample(x0, _draw(rng, tuple(x.shape), x), float(grid[k + 1]))

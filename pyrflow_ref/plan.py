@@ -120,6 +120,23 @@ class Plan:
             raise ValueError(f"stage {stage} out of range for {self.num_stages} stages")
         return self.steps[self.num_stages - 1 - stage]
 
+    def resumed(self, stage: int, sigma: float) -> tuple[StagePlan, ...]:
+        """The stages a sampler walks from a state of ``stage`` at noise level ``sigma``: that stage from
+        ``sigma`` down its grid (the levels below ``sigma``), then the finer stages whole.
+
+        >>> from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES
+        >>> [(sp.stage, sp.steps) for sp in Plan("4-4-2", StageWindows(WAN_DEFAULT_BOUNDARIES)).resumed(1, 0.5)]
+        [(1, 2), (0, 2)]
+        """
+        out = [sp for sp in self.stages if sp.stage < stage]
+        here = [sp for sp in self.stages if sp.stage == stage]
+        if not here or not here[0].sigma_c <= sigma <= here[0].sigma_n:
+            window = f"[{here[0].sigma_c:g}, {here[0].sigma_n:g}]" if here else "none: the stage takes no steps"
+            raise ValueError(f"cannot resume stage {stage} at sigma {sigma:g}: its window is {window}")
+        sp = here[0]
+        grid = np.concatenate(([float(sigma)], sp.grid[sp.grid < sigma]))
+        return (sp._replace(steps=len(grid) - 1, grid=grid), *out)
+
     def locate(self, index: int) -> tuple[int, int]:
         """``(stage, step)`` of global evaluation ``index`` (from 0, coarsest stage first)."""
         if not 0 <= index < self.total_steps:

@@ -106,6 +106,7 @@ def sample_euler(
     shift: float = 1.0,
     rng: NoiseSource = None,
     callback: Callback | None = None,
+    start: tuple[int, float] | None = None,
 ) -> np.ndarray:
     """Pyramidal Euler sampling from pure noise to a stage-0 sample.
 
@@ -117,11 +118,13 @@ def sample_euler(
     :param rng: a Generator, or a callable ``shape -> white noise`` (to feed identical noise to
         two implementations), for the high-band noise of each transition.
     :param callback: called as ``callback(stage, step, sigma, x)`` after every step.
+    :param start: ``(stage, sigma)``: ``noise`` is instead a state of that stage at noise level ``sigma``
+        (e.g. a few-step roll-out's :attr:`Prediction.x`), continued along :meth:`Plan.resumed`.
     """
     plan = Plan.build(schedule, pyramid, windows, shift)
     draw = _noise_fn(rng)
     x = np.asarray(noise, dtype=np.float64)
-    for sp in plan.stages:
+    for sp in plan.stages if start is None else plan.resumed(*start):
         i, grid = sp.stage, sp.grid
         g = stage_process(pyramid, plan, i, x.shape[-3]).frame_gain(x.shape[-3])
         for k in range(sp.steps):
@@ -161,6 +164,10 @@ class Prediction(NamedTuple):
     process: Any
     """The stage's :class:`pyrflow_ref.process.StageProcess` (effective windows of the schedule; plain without
     a pyramid; typed ``Any`` so the docs need not pick between the twins)."""
+    x: np.ndarray
+    """The state the model was evaluated at (fresh noise of the roll-out included), ``(B, C, F_i, H_i, W_i)``."""
+    sigma: float
+    """Its noise level."""
 
 
 # twin: pyrflow_fast.samplers.sample_few_step
@@ -188,7 +195,7 @@ def sample_few_step(
     :math:`(1 - \sigma) x_0 + \sigma \epsilon`). Returns the last clean prediction.
 
     :param stop: global index (from 0, coarsest stage first) of the evaluation to stop at: returns
-        its :class:`Prediction` ``(x0, stage, process)`` instead; with the last index ``x0`` is
+        its :class:`Prediction` ``(x0, stage, process, x, sigma)`` instead; with the last index ``x0`` is
         the sampler's output. Other arguments as in :func:`sample_euler`.
     """
     plan = Plan.build(schedule, pyramid, windows, shift)
@@ -203,7 +210,7 @@ def sample_few_step(
         for k in range(n):
             x0 = process.denoise(_stage_model(model, i), x, grid[k], cond)
             if count == stop:
-                return Prediction(x0, i, process)
+                return Prediction(x0, i, process, x, float(grid[k]))
             count += 1
             if k + 1 < n:
                 x = process.sample(x0, draw(x.shape), grid[k + 1])

@@ -1,5 +1,7 @@
 """Samplers: S = 1 is Wan's plain sampler, schedules, CFG, few-step sampling of a point mass."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -146,16 +148,46 @@ def test_few_step_stops_at_each_evaluation():
     sigmas = [float(s) for sp in plan.stages for s in sp.grid[:-1]]
     stages = []
     for k in range(5):
-        x0, stage, process = sample_few_step(
+        x0, stage, process, x, sigma = sample_few_step(
             model, noise, pyramid, WINDOWS, plan, shift=3.0, rng=np.random.default_rng(6), stop=k
         )
         stages.append(stage)
+        assert sigma == sigmas[k]
+        np.testing.assert_array_equal(x, states[k])
         assert (process.sigma_c, process.sigma_n) == (WINDOWS.sigma_c(stage), WINDOWS.sigma_n(stage))
         np.testing.assert_array_equal(x0, process.denoise(model, states[k], sigmas[k]))
     assert stages == [2, 2, 1, 1, 0]
     np.testing.assert_array_equal(x0, out)
     with pytest.raises(ValueError, match="stop 5 outside the 5 evaluations"):
         sample_few_step(model, noise, pyramid, WINDOWS, "2-2-1", stop=5)
+
+
+def test_euler_resumes_from_any_state_of_its_run():
+    """``start=(stage, sigma)`` from the state a full run reaches at ``sigma`` finishes that run exactly."""
+    pyramid = Pyramid.uniform("haar", (2, 2, 2), 3)
+    noise = np.random.default_rng(3).standard_normal((2, 1, *pyramid.shapes(SHAPE)[-1][-3:]))
+    draws = []
+
+    def record(shape):
+        draws.append(np.random.default_rng(len(draws)).standard_normal(shape))
+        return draws[-1]
+
+    states = []
+    out = sample_euler(
+        toy_model, noise, pyramid, WINDOWS, "3-3-2", cond=2.0, shift=3.0, rng=record,
+        callback=lambda i, k, s, x: states.append((i, s, x)),
+    )  # fmt: skip
+    for n, (i, sigma, x) in enumerate(states[:-1]):
+        rest = iter(draws[2 - i :])  # the transitions after stage i
+        got = sample_euler(
+            toy_model, x, pyramid, WINDOWS, "3-3-2", cond=2.0, shift=3.0, rng=lambda shape, rest=rest: next(rest),
+            start=(i, sigma),
+        )  # fmt: skip
+        np.testing.assert_allclose(got, out, rtol=0, atol=1e-12, err_msg=f"resumed after step {n}")
+    with pytest.raises(ValueError, match=re.escape("cannot resume stage 1 at sigma 0.9: its window is [")):
+        sample_euler(toy_model, noise, pyramid, WINDOWS, "3-3-2", start=(1, 0.9))
+    with pytest.raises(ValueError, match="cannot resume stage 2 at sigma 0.9: its window is none"):
+        sample_euler(toy_model, noise, pyramid, WINDOWS, "0-3-2", start=(2, 0.9))
 
 
 def test_samplers_accept_a_plan():

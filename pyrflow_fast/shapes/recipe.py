@@ -60,11 +60,11 @@ class Recipe:
     videos: int = 20_000
     size_range: tuple[float, float] = SIZE_RANGE
     speed_range: tuple[float, float] = SPEED_RANGE
-    image_steps: int = 6500
+    image_steps: int = 5500
     image_batch: int = 32
     #: the clip phases train on the first ``frames`` of the data's 9: direction at a third of the time of 9
     frames: int = 5
-    conventional_steps: int = 2400
+    conventional_steps: int = 3200
     conventional_batch: int = 16
     conventional_lr: float = 1e-3
     #: the noise-level shift of training, distillation and the cards (sampling's default)

@@ -37,7 +37,7 @@ def test_rollout_to_the_last_step_is_the_few_step_sampler(schedule):
     ref = sample_few_step(
         affine_model, noise, PYRAMID, WINDOWS, schedule, shift=5.0, rng=torch.Generator().manual_seed(1)
     )
-    x0, stage, _ = sample_few_step(
+    x0, stage, _, _, _ = sample_few_step(
         affine_model,
         noise,
         PYRAMID,
@@ -60,7 +60,7 @@ def test_rollout_stages_and_gradient():
 
     stages = []
     for k in range(5):
-        x0, stage, process = sample_few_step(
+        x0, stage, process, _, _ = sample_few_step(
             model, noise, PYRAMID, WINDOWS, "2-2-1", rng=torch.Generator().manual_seed(0), stop=k
         )
         stages.append(stage)
@@ -68,7 +68,7 @@ def test_rollout_stages_and_gradient():
         assert x0.requires_grad
     assert stages == [2, 2, 1, 1, 0]
     with torch.no_grad():
-        x0, _, _ = sample_few_step(model, noise, PYRAMID, WINDOWS, "2-2-1", stop=3)
+        x0 = sample_few_step(model, noise, PYRAMID, WINDOWS, "2-2-1", stop=3).x0
     assert not x0.requires_grad
     with pytest.raises(ValueError, match="outside"):
         sample_few_step(model, noise, PYRAMID, WINDOWS, "2-2-1", stop=5)
@@ -84,7 +84,7 @@ def test_ppf_rollout_to_the_last_step_is_sample_ppf(tiny_model):
         ref = sample_ppf(
             ppf, noise, ctx, WINDOWS, "2-2-1", shift=5.0, few_step=True, rng=torch.Generator().manual_seed(1)
         )
-    x0, stage, process = sample_few_step(
+    x0, stage, process, _, _ = sample_few_step(
         ppf_stages(ppf),
         noise,
         None,
@@ -444,3 +444,25 @@ def test_fsdp_resume_matches_a_straight_run(tmp_path, model_path):
     )
     torchrun("pyrflow_fast.distill", full, tmp_path, "--resume")
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+
+
+def test_adversarial_target_continues_the_state_the_student_denoised(tmp_path, model_path):
+    """adv-*: the reconstruction target is the teacher's continuation of the roll-out's state, its fresh
+    in-stage noise included (a target from the initial noise alone ignores that noise and pulls the student
+    to a blurred mean): at evaluation 0 the two coincide; at evaluation 1 another draw of the roll-out's
+    noise gives another target, and the generator's reconstruction term is measured against it."""
+    from pyrflow_fast.distill.adversarial import reconstruction_loss
+
+    cfg = tiny_cfg(tmp_path, model_path, distill={"variant": "adv-pd", "regression_schedule": "2-2-2"})
+    d = Runner(cfg).method
+    base = d.draws(0)[0]
+    preds, targets = [], []
+    for k, seed in ((0, 1), (1, 1), (1, 2)):
+        dr = {**base, "k": k, "rng": torch.Generator().manual_seed(seed)}
+        preds.append(d.rollout(dr, grad=False))
+        targets.append(d.teacher_target(dr, 0, preds[-1].stage, start=preds[-1]))
+    assert [p.stage for p in preds] == [2, 2, 2]
+    torch.testing.assert_close(targets[0], d.teacher_target(base, 0, 2), rtol=0, atol=0)
+    assert not torch.allclose(preds[1].x, preds[2].x) and not torch.allclose(targets[1], targets[2], atol=1e-4)
+    _, parts = d.generator_loss(dr, 0, preds[2])
+    torch.testing.assert_close(parts["reconstruction"], reconstruction_loss(preds[2].x0, targets[2]))

@@ -44,7 +44,7 @@ def test_pyramid_rollout(family, schedule, stop):
     noise = mk.initial_noise(pyramid, schedule, mk.SCHEDULES.index(schedule))
     rng = torch.Generator().manual_seed(10 + mk.SCHEDULES.index(schedule))
     with torch.no_grad():
-        x0, stage, process = sample_few_step(
+        x0, stage, process, _, _ = sample_few_step(
             mk.model, noise, pyramid, WINDOWS, schedule, cond=2.0, shift=mk.SHIFT, rng=rng, stop=stop
         )
     key = f"{family}/{schedule}/{stop}"
@@ -58,7 +58,7 @@ def test_ppf_rollout(schedule, stop):
     noise, ctx = mk.ppf_inputs(mk.SCHEDULES.index(schedule))
     rng = torch.Generator().manual_seed(20 + mk.SCHEDULES.index(schedule))
     with torch.no_grad():
-        x0, stage, process = sample_few_step(
+        x0, stage, process, _, _ = sample_few_step(
             ppf_stages(mk.StageModel()), noise, None, WINDOWS, schedule, cond=ctx, shift=mk.SHIFT, rng=rng, stop=stop
         )
     assert stage == int(GOLDEN[f"ppf/{schedule}/{stop}/stage"])
@@ -94,7 +94,7 @@ def test_only_the_stopped_evaluation_carries_a_gradient(stop):
             model, noise, pyramid, WINDOWS, "2-2-1", rng=torch.Generator().manual_seed(1),
             callback=lambda i, k, s, x: states.append(x),
         )  # fmt: skip
-    x0, _, process = sample_few_step(
+    x0, _, process, _, _ = sample_few_step(
         model, noise, pyramid, WINDOWS, "2-2-1", rng=torch.Generator().manual_seed(1), stop=stop
     )
     (grad,) = torch.autograd.grad(x0.sum(), w)

@@ -280,6 +280,16 @@ def test_sample_euler(family, factors, first_frame, schedule, dtype):
     close(got, want, dtype)
 
 
+def test_sample_euler_resumed():
+    ref, fast, f = sampler_pair("haar", (2, 2, 2), True)
+    noise_np, noise = data(ref.shapes((2, 2, f, 8, 8))[1], torch.float64, seed=8)
+    start = (1, (WINDOWS.sigma_c(1) + WINDOWS.sigma_n(1)) / 2)
+    gen, draw = numpy_noise(6)
+    want = rs.sample_euler(ref_model, noise_np, ref, WINDOWS, "3-3-2", cond=2.0, shift=3.0, rng=gen, start=start)
+    got = fs.sample_euler(fast_model, noise, fast, WINDOWS, "3-3-2", cond=2.0, shift=3.0, rng=draw, start=start)
+    close(got, want, torch.float64)
+
+
 @pytest.mark.parametrize(("family", "factors", "first_frame", "schedule"), SAMPLER_CASES)
 def test_sample_few_step(family, factors, first_frame, schedule):
     ref, fast, f = sampler_pair(family, factors, first_frame)
@@ -392,3 +402,5 @@ def test_sample_few_step_stop(stop):
     assert got.stage == want.stage
     assert (got.process.sigma_c, got.process.sigma_n) == (want.process.sigma_c, want.process.sigma_n)
     close(got.x0, want.x0, torch.float64)
+    close(got.x, want.x, torch.float64)
+    assert got.sigma == want.sigma

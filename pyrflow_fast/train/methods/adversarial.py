@@ -5,7 +5,8 @@ frozen block features of the original Wan (OD) or of the pyramidal teacher (PD);
 dataset stage signals, fake ones the student's :math:`\hat x_0`, both re-noised with the stage's
 pyramidal process at one score level. Hinge loss for the head,
 ``adv_weight * adversarial + rec_weight * reconstruction`` for the generator (reconstruction
-target: the pyramidal teacher's multi-step sample from the same noise at the rolled-out stage).
+target: the pyramidal teacher's multi-step continuation of the state the student denoised, fresh
+roll-out noise included, at the rolled-out stage).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from ...distill import adversarial
 from ...distill.dmd import score_sigmas
 from ...process import StageProcess
+from ...samplers import Prediction
 from ..distributed import Distributed
 from .few_step import FewStepDistillation
 
@@ -73,15 +75,19 @@ class AdversarialDistillation(FewStepDistillation):
         return adversarial.hinge_loss(self.disc(xr, tr, dr["ctx"]), self.disc(xf, tf, dr["ctx"]))
 
     def generator_loss(
-        self, dr: dict[str, Any], step: int, x0: torch.Tensor, stage: int, process: StageProcess
+        self, dr: dict[str, Any], step: int, pred: Prediction
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         d = self.config.distill
-        target = self.teacher_target(dr, step, stage)
+        # the teacher continues the state the student denoised (its fresh in-stage noise included): a
+        # target from the initial noise alone is not a function of the student's input, and regressing on
+        # it pulls the student to a blurred mean
+        target = self.teacher_target(dr, step, pred.stage, start=pred)
         head = self.roles["critic"].params
         for p in head:
             p.requires_grad_(False)
         try:
-            xf, tf = self._disc_inputs(x0, process, dr)
+            x0 = pred.x0
+            xf, tf = self._disc_inputs(x0, pred.process, dr)
             out = adversarial.generator_loss(self.disc(xf, tf, dr["ctx"]), x0, target, d.adv_weight, d.rec_weight)
         finally:
             for p in head:

@@ -25,7 +25,7 @@ from ...contract import BackboneDenoiser, FrozenDenoiser, WanBackbone
 from ...distill.dmd import DMD, DMDVariant, critic_loss
 from ...process import StageProcess, clean_pyramid_latent
 from ...resample import Pyramid
-from ...samplers import guided, sample_plain
+from ...samplers import Prediction, guided, sample_plain
 from ..distributed import Distributed
 from ..loss import sample_seed
 from .few_step import FewStepDistillation
@@ -185,11 +185,13 @@ class DMDDistillation(FewStepDistillation):
         return self.dmd.critic_loss(x0, self._score_process(process), dr["ctx"], rng=dr["rng"])
 
     def generator_loss(
-        self, dr: dict[str, Any], step: int, x0: torch.Tensor, stage: int, process: StageProcess
+        self, dr: dict[str, Any], step: int, pred: Prediction
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self.dmd.uncond = torch.zeros_like(dr["ctx"])  # CFG's unconditional branch: the all-zero context
-        target = self.teacher_target(dr, step, stage) if self.config.distill.regression_weight > 0 else None
-        out = self.dmd.generator_loss(x0, self._score_process(process), dr["ctx"], x_teacher=target, rng=dr["rng"])
+        target = self.teacher_target(dr, step, pred.stage) if self.config.distill.regression_weight > 0 else None
+        out = self.dmd.generator_loss(
+            pred.x0, self._score_process(pred.process), dr["ctx"], x_teacher=target, rng=dr["rng"]
+        )
         parts = {"dmd": out.dmd}
         if out.regression is not None:
             parts["regression"] = out.regression

@@ -260,14 +260,18 @@ class FewStepDistillation(Method):
             )
 
     @torch.no_grad()
-    def teacher_target(self, dr: dict[str, Any], step: int, stage: int) -> torch.Tensor:
+    def teacher_target(
+        self, dr: dict[str, Any], step: int, stage: int, start: Prediction | None = None
+    ) -> torch.Tensor:
         """The pyramidal teacher's multi-step sample (pyramidal Euler, CFG) from the iteration's noise,
-        brought to ``stage`` by Definition 1."""
+        brought to ``stage`` by Definition 1; with ``start`` (a roll-out's prediction), the teacher's
+        continuation of the student's state ``start.x`` from its noise level instead (the regression
+        schedule's levels below it), so the target shares the roll-out's fresh noise."""
         d = self.config.distill
         plan = Plan.build(d.regression_schedule, self.pyramid, self.windows, d.sample_shift)
         model = self.pyr_teacher.fn
         teacher = model if d.guidance == 1.0 else guided(model, d.guidance, torch.zeros_like(dr["ctx"]))
-        noise = clean_pyramid_latent(dr["eps0"], self.pyramid)[plan.top]
+        noise = clean_pyramid_latent(dr["eps0"], self.pyramid)[plan.top] if start is None else start.x
         x = sample_euler(
             teacher,
             noise,
@@ -277,6 +281,7 @@ class FewStepDistillation(Method):
             cond=dr["ctx"],
             shift=d.sample_shift,
             rng=self._target_rng(dr, step),
+            start=None if start is None else (start.stage, start.sigma),
         )
         return clean_pyramid_latent(x, self.pyramid)[stage]
 
@@ -287,9 +292,9 @@ class FewStepDistillation(Method):
 
     @abc.abstractmethod
     def generator_loss(
-        self, dr: dict[str, Any], step: int, x0: torch.Tensor, stage: int, process: StageProcess
+        self, dr: dict[str, Any], step: int, pred: Prediction
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The generator's loss on the roll-out ``x0`` (with gradient) and its logged parts."""
+        """The generator's loss on the roll-out ``pred`` (its ``x0`` with gradient) and its logged parts."""
 
     def _global_mean(self, values: dict[str, float]) -> dict[str, float]:
         """Average per-rank metric values over the ranks (every rank has the same number of samples)."""
@@ -310,7 +315,7 @@ class FewStepDistillation(Method):
         sums = {"critic_loss": 0.0}
         for dr in drs:
             with self.autocast():
-                x0, stage, process = self.rollout(dr, grad=False)
+                x0, stage, process, _, _ = self.rollout(dr, grad=False)
                 loss = self.critic_loss(dr, x0.detach(), stage, process)
             (loss / nb).backward()
             sums["critic_loss"] += float(loss.detach()) / nb
@@ -320,8 +325,9 @@ class FewStepDistillation(Method):
             sums["generator_loss"] = 0.0
             for dr in drs:
                 with self.autocast():
-                    x0, stage, process = self.rollout(dr, grad=True)
-                    loss, parts = self.generator_loss(dr, step, x0, stage, process)
+                    pred = self.rollout(dr, grad=True)
+                    loss, parts = self.generator_loss(dr, step, pred)
+                    stage = pred.stage
                 (loss / nb).backward()
                 sums["generator_loss"] += float(loss.detach()) / nb
                 for name, v in parts.items():
