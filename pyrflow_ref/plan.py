@@ -125,7 +125,7 @@ class Plan:
         ``sigma`` down its grid (the levels below ``sigma``), then the finer stages whole.
 
         >>> from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES
-        >>> [(sp.stage, sp.steps) for sp in Plan("4-4-2", StageWindows(WAN_DEFAULT_BOUNDARIES)).resumed(1, 0.5)]
+        >>> [(sp.stage, sp.steps) for sp in Plan("4-4-2", StageWindows(WAN_DEFAULT_BOUNDARIES)).resumed(1, 0.7)]
         [(1, 2), (0, 2)]
         """
         out = [sp for sp in self.stages if sp.stage < stage]
