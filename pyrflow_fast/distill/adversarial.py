@@ -20,7 +20,8 @@ Losses, with :math:`D` the summed logits of a batch (means over the batch):
           + \lambda_{rec}\,\operatorname{mean}(\hat x_0 - x_0^{target})^2,
     \qquad \lambda_{adv} = 1,\ \lambda_{rec} = 2,
 
-where the reconstruction target is e.g. the teacher's multi-step sample from the same noise.
+where the reconstruction target is the teacher's continuation of the state the student denoised
+(:meth:`~pyrflow_fast.train.methods.few_step.FewStepDistillation.teacher_target` with ``start``).
 Gradients of :math:`L_G` reach the generator *through* the frozen backbone (its parameters get
 none); gradients of :math:`L_D` reach only the head.
 

@@ -35,7 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, parse_schedule
@@ -46,7 +46,7 @@ from . import MODELS, SHIPPED
 from .components import TEXT_LEN, write_components, write_embeddings
 from .data import FPS, SIZE, SIZE_RANGE, SPEED_RANGE
 
-__all__ = ["GPU", "PRESETS", "QUICK", "STEPS", "Recipe", "main", "run"]
+__all__ = ["GPU", "PRESETS", "QUICK", "STEPS", "Recipe", "main", "override", "run"]
 
 GUIDANCE = 2.0  # CFG of the cards and the distillation teachers: subject consistency falls as it grows (docs/shapes.md)
 #: The recipe's steps in order; ``--steps`` runs a subset in an existing working folder.
@@ -105,6 +105,26 @@ GPU = replace(
     distill_batch=4 * Recipe.distill_batch,
 )
 PRESETS = {"cpu": Recipe(), "gpu": GPU, "quick": QUICK}
+
+
+def override(r: Recipe, items: list[str]) -> Recipe:
+    """``r`` with ``field=value`` items applied (``--set``; a range as ``lo,hi``).
+
+    >>> override(QUICK, ["distill_steps=7", "size_range=10,12"]).distill_steps
+    7
+    """
+    names = {f.name for f in fields(Recipe)}
+    changes = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or key not in names:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        old = getattr(r, key)
+        try:
+            changes[key] = tuple(float(v) for v in value.split(",")) if isinstance(old, tuple) else type(old)(value)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {key} expects {type(old).__name__}, like {old!r}") from None
+    return replace(r, **changes)
 
 
 def _common(cache: Path, frames: int) -> dict:
@@ -378,8 +398,19 @@ def main(argv: list[str] | None = None) -> int:
         default=list(STEPS),
         help="run only these steps (the others must have run in --work before)",
     )
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change the preset's fields, e.g. distill_steps=200 (see Recipe)",
+    )
     args = ap.parse_args(argv)
-    info = run(args.work, args.out, PRESETS[args.preset], tuple(args.steps))
+    try:
+        recipe = override(PRESETS[args.preset], args.set)
+    except ValueError as e:
+        ap.error(str(e))
+    info = run(args.work, args.out, recipe, tuple(args.steps))
     print(json.dumps(info["seconds"]), file=sys.stderr)
     return 0
 

@@ -35,7 +35,8 @@ from pyrflow_fast.shapes.data import (
     render,
     write_dataset,
 )
-from pyrflow_fast.shapes.recipe import GPU, QUICK, Recipe, distill_config, train_config
+from pyrflow_fast.shapes.recipe import GPU, QUICK, Recipe, distill_config, override, train_config
+from pyrflow_fast.shapes.recipe import main as recipe_main
 from pyrflow_fast.shapes.recipe import run as run_recipe
 from pyrflow_fast.shapes.results import run as run_results
 from pyrflow_fast.shapes.results import to_markdown
@@ -194,6 +195,16 @@ def test_gpu_preset_runs_every_step_on_cuda_in_bf16_with_4x_batches(tmp_path):
         train = distill_config(GPU, tmp_path, stage)["train"]
         want = ("cuda", "bf16", 4 * Recipe().distill_batch)
         assert (train["device"], train["precision"], train["batch_size"]) == want
+
+
+def test_recipe_set_changes_fields_and_names_them_on_error(capsys):
+    r = override(QUICK, ["distill_steps=9", "distill_lr=5e-4", "device=cuda", "speed_range=1,2"])
+    assert (r.distill_steps, r.distill_lr, r.device, r.speed_range) == (9, 5e-4, "cuda", (1.0, 2.0))
+    with pytest.raises(ValueError, match="distill_steps"):
+        override(QUICK, ["distil_steps=9"])
+    with pytest.raises(SystemExit):
+        recipe_main(["--set", "distill_steps=many"])
+    assert "distill_steps expects int, like 500" in capsys.readouterr().err
 
 
 def test_a_partial_recipe_run_times_its_steps_and_writes_no_models(tmp_path):

@@ -31,7 +31,7 @@ Every iteration updates the **critic** once on the detached :math:`\hat x_0`; ev
   are dataset stage signals, fake ones the student's :math:`\hat x_0`, both re-noised with the
   stage's pyramidal process at one score level; hinge loss for the head, ``adv_weight *
   adversarial + rec_weight * reconstruction`` for the generator (reconstruction target: the
-  teacher's multi-step sample as above).
+  teacher's continuation of the state the student denoised, its fresh noise included).
 - ``ppf`` (:mod:`~pyrflow_fast.train.methods.ppf`): pyramidal patchification
   (:mod:`pyrflow_fast.ppf`). A :class:`~pyrflow_fast.ppf.PPFWan` built on the teacher is first
   finetuned by flow matching with patch sizes as stages
