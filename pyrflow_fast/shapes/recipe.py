@@ -23,8 +23,8 @@ printed and written to the model card):
 
 ``--preset quick`` runs every step with a handful of optimizer steps (tests); ``--preset gpu`` runs the
 same curriculum on one CUDA GPU in bf16 with 4x the batches. The defaults are the
-image-first curriculum of ``docs/shapes.md``; the checkpoints shipped today were made by the earlier
-recipe that their ``recipe.json`` records (9-frame clips from the start, 3,000 videos).
+image-first curriculum of ``docs/shapes.md`` that made the shipped checkpoints (their ``recipe.json``
+records the commands and times).
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ class Recipe:
     image_batch: int = 32
     #: the clip phases train on the first ``frames`` of the data's 9: direction at a third of the time of 9
     frames: int = 5
-    conventional_steps: int = 3200
+    conventional_steps: int = 4400
     conventional_batch: int = 16
     conventional_lr: float = 1e-3
     #: the noise-level shift of training, distillation and the cards (sampling's default)
     sigma_shift: float = 3.0
-    pyramidal_steps: int = 1200
-    pyramidal_per_stage: int = 6
+    pyramidal_steps: int = 2400
+    pyramidal_per_stage: int = 8
     pyramidal_lr: float = 3e-4
     distill_steps: int = 500
     distill_batch: int = 8
@@ -260,7 +260,19 @@ def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
         # the size and the noise-level shift it was trained at
         replace(cards[name], size=(r.frames, SIZE, SIZE), shift=r.sigma_shift).save(target)
     write_embeddings(out / "distilled")  # every model has the same frozen text encoder
+    info = {**info, "losses": {step: losses(work / step / "metrics.jsonl") for step in STEPS[1:]}}
     (out / "recipe.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def losses(metrics: Path) -> dict[str, list[list[float]]]:
+    """Every logged loss of a run's ``metrics.jsonl``: ``{name: [[step, value], ...]}``."""
+    out: dict[str, list[list[float]]] = {}
+    for line in metrics.read_text().splitlines():
+        record = json.loads(line)
+        for key, value in record.items():
+            if "loss" in key and isinstance(value, (int, float)):
+                out.setdefault(key, []).append([record["step"], round(value, 6)])
+    return out
 
 
 def run(

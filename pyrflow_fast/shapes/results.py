@@ -1,10 +1,10 @@
 r"""The quality / speed table of the shipped shapes models: ``python -m pyrflow_fast.shapes.results``.
 
 Rows: held-out data (the measurement floor), conventional ``0-0-50``, pyramidal ``20-20-10``, DMD
-``0-0-2`` (the conventional model distilled at full resolution) and DMD ``2-2-1`` (the pyramidal
-model distilled). Each model generates one video per evaluation prompt
-(:func:`~pyrflow_fast.shapes.data.prompt_grid`: every colour x shape x direction ``--repeats``
-times, backgrounds in turn; seeds fixed). Columns:
+``0-0-2`` (the conventional model distilled at full resolution), DMD ``2-2-1`` (the pyramidal
+model distilled), and the undistilled conventional ``0-0-2`` and pyramidal ``2-2-1``. Each model
+generates one video per evaluation prompt (:func:`~pyrflow_fast.shapes.data.prompt_grid`: every
+colour x shape x direction ``--repeats`` times, backgrounds in turn; seeds fixed). Columns:
 
 - **colour / shape / direction / all**: accuracy of the pixel analyzers against the prompt
   (:mod:`pyrflow_fast.shapes.analyze`); **subject**: subject consistency; **flicker**: background
@@ -20,6 +20,9 @@ times, backgrounds in turn; seeds fixed). Columns:
 
 ``±`` is one standard error: per-video values over ``sqrt(n)``; for FD the standard deviation of
 100 bootstrap resamples of the generated videos.
+
+``--figure PATH`` also writes the picture of the docs: for each of :data:`FIGURE_PROMPTS`, the held-out
+video of that prompt, then every row's video, one per line, frames left to right.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyrflow_ref.media import to_uint8, write_strip
+
 from ..card import ModelCard
 from ..flops import forward_flops, schedule_flops
 from ..train.evidence import features, frechet_distance
@@ -42,7 +47,7 @@ from .analyze import analyze_batch
 from .data import FRAMES, SIZE, draw, prompt, prompt_grid, render
 from .sampling import card_frames, load, sample
 
-__all__ = ["ROWS", "main", "reference_videos", "run", "to_markdown"]
+__all__ = ["FIGURE_PROMPTS", "ROWS", "main", "reference_videos", "run", "to_markdown"]
 
 #: (row label, shipped model, schedule)
 ROWS = (
@@ -50,8 +55,14 @@ ROWS = (
     ("pyramidal 20-20-10", "pyramidal", "20-20-10"),
     ("DMD 0-0-2", "distilled-plain", "0-0-2"),
     ("DMD 2-2-1", "distilled", "2-2-1"),
+    # the undistilled models at the distilled schedules: what distillation has to beat
+    ("conventional 0-0-2", "conventional", "0-0-2"),
+    ("pyramidal 2-2-1", "pyramidal", "2-2-1"),
 )
 REFERENCE_SPLIT, DATA_SPLIT, NUM_REFERENCE = 2, 1, 1000
+#: indices into ``prompt_grid`` of the figure's prompts: red circle right, green square up, blue triangle
+#: down, yellow circle left (every colour and direction, each shape)
+FIGURE_PROMPTS = (5, 14, 35, 40)
 
 
 def _quantised(videos: np.ndarray) -> torch.Tensor:
@@ -99,6 +110,7 @@ def run(
     rows: tuple[tuple[str, str, str], ...] = ROWS,
     models: str | Path = SHIPPED,
     num_reference: int = NUM_REFERENCE,
+    figure: str | Path | None = None,
     log=print,
 ) -> dict:
     """Measure every row of the table; returns ``{"rows": {label: {...}}, "setup": {...}}``.
@@ -106,6 +118,7 @@ def run(
     :param rows: ``(label, model, schedule)`` per row; the first is the FLOPs baseline.
     :param models: folder of the model directories (default: the shipped ones); their cards' frames, which
         the held-out videos are cut to, must agree.
+    :param figure: where to write the picture of :data:`FIGURE_PROMPTS` (PNG), if anywhere.
     """
     grid = prompt_grid(repeats)
     texts = [prompt(*g) for g in grid]
@@ -126,6 +139,7 @@ def run(
         )
     )
     measured["held-out data"] = _summary(data, asked, ref_features, seed)
+    shown = {"held-out data": data[list(FIGURE_PROMPTS)]}
     log(f"[{time.perf_counter() - start:6.1f} s] held-out data")
     for label, name, schedule in rows:
         card, components = load(name, models)
@@ -133,7 +147,9 @@ def run(
         for k in range(0, len(texts), batch):
             result = sample(components, card, texts[k : k + batch], schedule, seed + k)
             videos.append(result.video)
-        row = _summary(torch.cat(videos), asked, ref_features, seed)
+        videos = torch.cat(videos)
+        shown[label] = videos[list(FIGURE_PROMPTS)]
+        row = _summary(videos, asked, ref_features, seed)
         guided = result.info["guidance_scale"] != 1.0
         row["gflops"] = _cost(card, components.transformer.config, schedule, guided) / 1e9
         row["guidance"] = result.info["guidance_scale"]
@@ -147,6 +163,9 @@ def run(
             f"[{time.perf_counter() - start:6.1f} s] {label}: all {row['all_ok'][0]:.3f}, FD {row['fd'][0]:.3f}, "
             f"{row['gflops']:.1f} GFLOPs, {row['cpu_s']:.3f} s"
         )
+    if figure is not None:
+        lines = [to_uint8(shown[label][i].numpy()) for i in range(len(FIGURE_PROMPTS)) for label in shown]
+        write_strip(lines, Path(figure), columns=num_frames, scale=2)
     base = measured[rows[0][0]]["gflops"]
     for label, *_ in rows:
         measured[label]["flops_ratio"] = measured[label]["gflops"] / base
@@ -192,10 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=48, help="videos per generate() call")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    ap.add_argument("--figure", type=Path, default=None, help="also write the picture of the docs (PNG)")
+    ap.add_argument("--models", type=Path, default=SHIPPED, help="folder of the model directories (default: shipped)")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.batch < 1:
         ap.error("--repeats and --batch must be >= 1")
-    results = run(args.repeats, args.batch, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    results = run(
+        args.repeats,
+        args.batch,
+        seed=args.seed,
+        models=args.models,
+        figure=args.figure,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

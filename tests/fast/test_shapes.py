@@ -223,7 +223,11 @@ def test_quick_recipe_writes_every_model(quick_models):
     assert info["configs"]["conventional"]["loss"]["sigma_shift"] == QUICK.sigma_shift
     assert LatentCache(models.parent / "work" / "cache-image")[0]["x0s"][0].shape[1] == 1
     assert info["configs"]["distilled"]["distill"]["variant"] == "dmd-pt*"
-    assert json.loads((models / "recipe.json").read_text())["recipe"]["videos"] == QUICK.videos
+    shipped = json.loads((models / "recipe.json").read_text())
+    assert shipped["recipe"]["videos"] == QUICK.videos
+    # the logged losses of every training run (QUICK logs its last step only)
+    assert shipped["losses"]["image"]["loss"][-1][0] == QUICK.image_steps
+    assert "critic_loss" in shipped["losses"]["distilled"]
     cache = LatentCache(models.parent / "work" / "cache")
     assert len(cache) == QUICK.videos
     kinds = {name: ModelCard.load(model_dir(name, models)) for name in MODELS}
@@ -255,7 +259,12 @@ def test_quick_recipe_writes_every_model(quick_models):
 def test_results_table_on_quick_models(quick_models):
     models, _ = quick_models
     rows = (("conv", "conventional", "0-0-3"), ("pyr", "pyramidal", "2-2-1"), ("dmd", "distilled", "1-1-1"))
-    res = run_results(1, batch=48, timing_runs=1, rows=rows, models=models, num_reference=64, log=lambda m: None)
+    figure = models.parent / "grid.png"
+    res = run_results(
+        1, batch=48, timing_runs=1, rows=rows, models=models, num_reference=64, figure=figure, log=lambda m: None
+    )
+    # one line per prompt and row (data first), the cards' frames across, 2x upscaled
+    assert iio.imread(figure).shape == (2 * SIZE * 4 * 4, 2 * SIZE * QUICK.frames, 3)
     data = res["rows"]["held-out data"]
     assert data["all_ok"] == (1.0, 0.0) and data["n"] == 48
     assert res["rows"]["conv"]["guidance"] == QUICK.guidance and res["rows"]["dmd"]["guidance"] == 1.0
@@ -273,7 +282,8 @@ def test_shipped_models_fit_the_budget():
     files = [p for p in SHIPPED.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 25 * 2**20
     info = json.loads((SHIPPED / "recipe.json").read_text())
-    assert set(info["commands"]) == set(MODELS) | {"data"}
+    assert set(info["commands"]) == set(MODELS) | {"data", "image"}
+    assert set(info["losses"]) == set(MODELS) | {"image"}
     for name in MODELS:
         card = ModelCard.load(model_dir(name))
         assert card.uncond == "zeros"
@@ -303,21 +313,23 @@ def test_make_sample_command_skips_the_text_encoder_and_samples_as_the_encoder_w
     assert (tmp_path / "shapes.mp4").stat().st_size > 0
 
 
+#: The quality test's 24 prompts: half of the 48-prompt grid (colour, shape and direction indices of even
+#: sum), so every colour, shape and direction appears equally often.
+QUALITY_PROMPTS = [g for k, g in enumerate(prompt_grid(1)) if (k + k // 4) % 2 == 0]
+
+
+def test_quality_prompts_are_balanced():
+    assert len(QUALITY_PROMPTS) == 24
+    for i, words in enumerate((COLORS, SHAPES, DIRECTIONS)):
+        counts = {w: sum(g[i] == w for g in QUALITY_PROMPTS) for w in words}
+        assert set(counts.values()) == {24 // len(words)}, counts
+
+
 @pytest.mark.slow
-def test_shipped_distilled_model_follows_prompts():
-    card, components = load("distilled")
-    grid = prompt_grid(1)
-    out = sample(components, card, [prompt(*g) for g in grid], None, seed=123)
-    found = analyze_batch(out.video, [g[:3] for g in grid])
-    assert (
-        found["color_ok"] >= COLOR_FLOOR
-        and found["direction_ok"] >= DIRECTION_FLOOR
-        and found["shape_ok"] >= SHAPE_FLOOR
-    )
-
-
-# Floors for the shipped distilled model on the 48 grid prompts, seed 123: the accuracies the
-# results table measured (colour 1.00, shape 0.36, direction 0.24 on 144 videos) minus about four
-# standard errors of a 48-video estimate. Shape and direction are near chance (1/3, 1/4) for this
-# model, so their floors only catch a collapse; the colour floor catches a broken text path.
-COLOR_FLOOR, SHAPE_FLOOR, DIRECTION_FLOOR = 0.9, 0.1, 0.05
+@pytest.mark.parametrize("name", ["conventional", "distilled"])
+def test_shipped_model_follows_prompts(name):
+    card, components = load(name)
+    out = sample(components, card, [prompt(*g) for g in QUALITY_PROMPTS], None, seed=123)
+    found = analyze_batch(out.video, [g[:3] for g in QUALITY_PROMPTS])
+    # on 144 videos conventional scores 0.98 and distilled 0.90 (models/README.md)
+    assert found["all_ok"] >= 0.8, {k: found[k] for k in ("color_ok", "shape_ok", "direction_ok", "all_ok")}
