@@ -412,10 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--set",
-        nargs="+",
+        action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="change the preset's fields, e.g. distill_steps=200 (see Recipe)",
+        help="change a field of the preset, e.g. distill_steps=200 (see Recipe; repeatable, as pyrflow-train's)",
     )
     args = ap.parse_args(argv)
     try:
