@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MODELS", "SHIPPED", "model_dir"]
+__all__ = ["MODELS", "ROUTES", "SHIPPED", "model_dir"]
 
 SHIPPED = Path(__file__).parent / "models"
 #: Shipped checkpoints: name -> what it is.
@@ -31,15 +31,26 @@ MODELS: dict[str, str] = {
         "the conventional model distilled with DMD (dmd-ot) to 0-0-2 at full resolution (few-step, no CFG)"
     ),
 }
+#: The paper's other distillation routes, all to 2-2-1 from the same models: the rows of the results table that
+#: are not shipped (``python -m pyrflow_fast.shapes.recipe --steps dmd-ot ...`` writes them to ``WORK/routes``).
+ROUTES: dict[str, str] = {
+    "dmd-ot": "the pyramidal model distilled with DMD against the conventional model (multi-resolution finetuned), "
+    "plain re-noising",
+    "dmd-pt": "as distilled, with the band-weighted DMD gradient",
+    "adv-od": "the pyramidal model distilled adversarially, discriminator on the conventional model's features",
+    "adv-pd": "the pyramidal model distilled adversarially, discriminator on the pyramidal model's features",
+    "ppf": "the conventional model finetuned with pyramidal patchification (4, 8, 16 pixel patches as stages), "
+    "then distilled with DMD",
+}
 
 
 def model_dir(name: str, root: str | Path = SHIPPED) -> Path:
-    """The model directory ``name`` (one of :data:`MODELS`) under ``root`` (default: the shipped ones)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown shapes model {name!r}; expected one of {', '.join(MODELS)}")
+    """The model directory ``name`` (one of :data:`MODELS` or :data:`ROUTES`) under ``root`` (default: the
+    shipped ones)."""
+    if name not in MODELS and name not in ROUTES:
+        raise ValueError(f"unknown shapes model {name!r}; expected one of {', '.join([*MODELS, *ROUTES])}")
     path = Path(root) / name
     if not (path / "pyrflow.json").is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: rebuild the shipped checkpoints with python -m pyrflow_fast.shapes.recipe"
-        )
+        how = f"--steps {name}" if name in ROUTES else "(the shipped checkpoints)"
+        raise FileNotFoundError(f"{path} is missing: build it with python -m pyrflow_fast.shapes.recipe {how}")
     return path

@@ -21,6 +21,11 @@ printed and written to the model card):
 7. the four transformers are assembled with the frozen components into complete model
    directories (:data:`pyrflow_fast.shapes.MODELS`) with their ``pyrflow.json`` cards.
 
+The paper's other routes (:data:`pyrflow_fast.shapes.ROUTES`: DMD-OT, DMD-PT, adversarial OD and PD,
+PPF; all to ``2-2-1`` from the same models) are steps of their own, left out of the default run and of
+the package: ``--steps dmd-ot dmd-pt adv-od adv-pd ppf`` writes their model directories to
+``WORK/routes`` for the results table (``python -m pyrflow_fast.shapes.results --routes WORK/routes``).
+
 ``--preset quick`` runs every step with a handful of optimizer steps (tests); ``--preset gpu`` runs the
 same curriculum on one CUDA GPU in bf16 with 4x the batches. The defaults are the
 image-first curriculum of ``docs/shapes.md`` that made the shipped checkpoints (their ``recipe.json``
@@ -40,17 +45,21 @@ from pathlib import Path
 
 from pyrflow_ref.windows import WAN_DEFAULT_BOUNDARIES, parse_schedule
 
-from ..card import ModelCard
+from ..card import PPF_FILE, ModelCard
 from ..wan.checkpoint import load_wan, save_wan
-from . import MODELS, SHIPPED
+from . import MODELS, ROUTES, SHIPPED
 from .components import TEXT_LEN, write_components, write_embeddings
 from .data import FPS, SIZE, SIZE_RANGE, SPEED_RANGE
 
-__all__ = ["GPU", "PRESETS", "QUICK", "STEPS", "Recipe", "main", "override", "run"]
+__all__ = ["GPU", "PPF_PATCHES", "PRESETS", "QUICK", "ROUTE_STEPS", "STEPS", "Recipe", "main", "override", "run"]
 
 GUIDANCE = 2.0  # CFG of the cards and the distillation teachers: subject consistency falls as it grows (docs/shapes.md)
 #: The recipe's steps in order; ``--steps`` runs a subset in an existing working folder.
 STEPS = ("data", "image", "conventional", "pyramidal", "distilled", "distilled-plain")
+#: The steps of the routes that are not shipped (after ``STEPS``; they need its exports).
+ROUTE_STEPS = tuple(ROUTES)
+#: PPF's patches per stage, finest first: the pyramid's token grids of each frame (Haar 2x2 per stage)
+PPF_PATCHES = ((1, 4, 4), (1, 8, 8), (1, 16, 16))
 
 
 @dataclass(frozen=True)
@@ -72,9 +81,14 @@ class Recipe:
     pyramidal_steps: int = 2400
     pyramidal_per_stage: int = 8
     pyramidal_lr: float = 3e-4
-    distill_steps: int = 500
+    #: DMD iterations to 2-2-1 (also of every route): 500 left DMD-PT* at the undistilled model's 2-2-1
+    distill_steps: int = 1000
+    #: DMD iterations of the 0-0-2 model at full resolution
+    plain_steps: int = 250
     distill_batch: int = 8
     distill_lr: float = 2e-4
+    #: dmd-ot's multi-resolution and ppf's patch finetune of their teachers (steps, at ``pyramidal_lr``)
+    route_finetune_steps: int = 600
     guidance: float = GUIDANCE
     seed: int = 0
     #: where every training and distillation step runs, and its precision (``train.precision``)
@@ -91,7 +105,9 @@ QUICK = Recipe(
     pyramidal_steps=2,
     pyramidal_per_stage=1,
     distill_steps=2,
+    plain_steps=2,
     distill_batch=1,
+    route_finetune_steps=1,
 )
 #: ``--preset gpu``: the same curriculum on one CUDA GPU in bf16 with 4x the batches (the same steps, so each
 #: phase sees 4x the samples); not yet run on a GPU
@@ -185,24 +201,28 @@ def train_config(r: Recipe, work: Path, stage: str) -> dict:
 
 
 def distill_config(r: Recipe, work: Path, stage: str = "distilled") -> dict:
-    """The ``pyrflow-distill`` config of the ``distilled`` (dmd-pt*, 2-2-1 from the pyramidal
-    model) or ``distilled-plain`` (dmd-ot, 0-0-2 from the conventional model) step."""
+    """The ``pyrflow-distill`` config of the ``distilled`` (dmd-pt*, 2-2-1 from the pyramidal model),
+    ``distilled-plain`` (dmd-ot, 0-0-2 from the conventional model) or a route's step (:data:`ROUTE_STEPS`)."""
     cfg = _common(work / "cache", r.frames)
-    if stage == "distilled":
-        source, stages, distill = (
-            "pyramidal",
-            3,
-            {"variant": "dmd-pt*", "schedule": "2-2-1", "regression_schedule": "10-10-10"},
-        )
-    else:  # one stage (0-0-2 is the same grid); its teacher needs no multi-resolution finetune
-        source, stages, distill = (
-            "conventional",
-            1,
-            {"variant": "dmd-ot", "schedule": "2", "regression_schedule": "20", "teacher_finetune_steps": 0},
-        )
+    conventional = str(work / "conventional" / "export")
+    model = {"config": "shapes", "path": str(work / "pyramidal" / "export")}
+    if stage == "distilled-plain":  # one stage (0-0-2 is the same grid); its teacher needs no multi-resolution finetune
+        model["path"], stages, steps = conventional, 1, r.plain_steps
+        distill = {"variant": "dmd-ot", "schedule": "2", "regression_schedule": "20", "teacher_finetune_steps": 0}
+    else:
+        stages, steps = 3, r.distill_steps
+        variant = "dmd-pt*" if stage == "distilled" else stage
+        distill = {"variant": variant, "schedule": "2-2-1", "regression_schedule": "10-10-10"}
+        if variant in ("dmd-ot", "adv-od"):  # the "original Wan" of these routes: the conventional model
+            model["original_path"] = conventional
+        if variant in ("dmd-ot", "ppf"):
+            distill.update(teacher_finetune_steps=r.route_finetune_steps, teacher_finetune_lr=r.pyramidal_lr)
+        if variant == "ppf":  # PPF finetunes the conventional model: patches, not resolutions, as stages
+            model["path"] = conventional
+            distill["ppf_patches"] = [list(p) for p in PPF_PATCHES]
     cfg.update(
         {
-            "model": {"config": "shapes", "path": str(work / source / "export")},
+            "model": model,
             "pyramid": {"num_stages": stages, "boundaries": list(WAN_DEFAULT_BOUNDARIES)[: stages - 1]},
             "distill": {
                 **distill,
@@ -214,7 +234,7 @@ def distill_config(r: Recipe, work: Path, stage: str = "distilled") -> dict:
             "optim": {"lr": r.distill_lr, "warmup_steps": 0, "weight_decay": 0.0},
             "train": {
                 "output_dir": str(work / stage),
-                "steps": r.distill_steps,
+                "steps": steps,
                 "batch_size": r.distill_batch,
                 "seed": r.seed,
                 "gradient_checkpointing": False,
@@ -234,34 +254,60 @@ def _run(cmd: list[str], log, commands: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def assemble(work: Path, out: Path, r: Recipe, info: dict) -> None:
-    """Copy each exported transformer and the frozen components into ``out/<model>`` with its card."""
-    components = work / "components"
-    cards = {
+def _cards(r: Recipe) -> dict[str, ModelCard]:
+    """The card of every model and route (before its size and shift)."""
+    distilled = ModelCard(kind="distilled", schedule="2-2-1", uncond="zeros", guidance=r.guidance)
+    return {
         "conventional": ModelCard(
             kind="base", boundaries=WAN_DEFAULT_BOUNDARIES, schedule="0-0-50", uncond="zeros", guidance=r.guidance
         ),
         "pyramidal": ModelCard(kind="pyramidal", schedule="20-20-10", uncond="zeros", guidance=r.guidance),
-        "distilled": ModelCard(kind="distilled", schedule="2-2-1", uncond="zeros", guidance=r.guidance),
-        "distilled-plain": ModelCard(kind="distilled", schedule="0-0-2", uncond="zeros", guidance=r.guidance),
+        "distilled": distilled,
+        "distilled-plain": replace(distilled, schedule="0-0-2"),
+        **{name: distilled for name in ROUTES},
+        "ppf": replace(distilled, ppf_patches=PPF_PATCHES),
     }
-    for name in MODELS:
+
+
+def assemble(
+    work: Path,
+    out: Path,
+    r: Recipe,
+    info: dict,
+    names: tuple[str, ...] = tuple(MODELS),
+    steps: tuple[str, ...] = STEPS,
+) -> None:
+    """Copy each exported transformer of ``names`` and the frozen components into ``out/<name>`` with its card,
+    and the commands, times, configs and logged losses of ``steps`` (from ``info``) into ``out/recipe.json``."""
+    components = work / "components"
+    cards = _cards(r)
+    for name in names:
         target = out / name
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(components, target)
         export = work / name / "export"
         save_wan(load_wan(export), target, layout="diffusers")
+        if (export / PPF_FILE).is_file():
+            shutil.copy2(export / PPF_FILE, target / PPF_FILE)
         exported = ModelCard.load(export)
         if (
             exported.kind != cards[name].kind
             or parse_schedule(exported.schedule)[-1] != parse_schedule(cards[name].schedule)[-1]
+            or exported.ppf_patches != cards[name].ppf_patches
         ):
             raise RuntimeError(f"{export}: unexpected card {exported}")
         # the size and the noise-level shift it was trained at
         replace(cards[name], size=(r.frames, SIZE, SIZE), shift=r.sigma_shift).save(target)
-    write_embeddings(out / "distilled")  # every model has the same frozen text encoder
-    info = {**info, "losses": {step: losses(work / step / "metrics.jsonl") for step in STEPS[1:]}}
-    (out / "recipe.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_embeddings(out / names[-1])  # every model has the same frozen text encoder
+    kept = {key: {s: v for s, v in info.get(key, {}).items() if s in steps} for key in ("commands", "seconds")}
+    kept["configs"] = {s: v for s, v in info.get("configs", {}).items() if s in names}
+    record = {
+        **info,
+        **kept,
+        "total_seconds": round(sum(kept["seconds"].values()), 1),
+        "losses": {s: losses(work / s / "metrics.jsonl") for s in steps if s != "data"},
+    }
+    (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def losses(metrics: Path) -> dict[str, list[list[float]]]:
@@ -285,14 +331,14 @@ def run(
     """
     work, out = Path(work), Path(out)
     work.mkdir(parents=True, exist_ok=True)
-    unknown = sorted(set(steps) - set(STEPS))
+    unknown = sorted(set(steps) - set(STEPS) - set(ROUTE_STEPS))
     if unknown:
-        raise ValueError(f"unknown recipe steps {unknown}; expected some of {STEPS}")
+        raise ValueError(f"unknown recipe steps {unknown}; expected some of {(*STEPS, *ROUTE_STEPS)}")
     state = work / "recipe.json"
     info = json.loads(state.read_text()) if state.is_file() else {"commands": {}, "seconds": {}}
     py = sys.executable
     start = time.perf_counter()
-    for step in (s for s in STEPS if s in steps):
+    for step in (s for s in (*STEPS, *ROUTE_STEPS) if s in steps):
         t0 = time.perf_counter()
         commands: list[str] = []
         if step == "data":
@@ -356,6 +402,7 @@ def run(
             trains = step in ("image", "conventional", "pyramidal")
             cfg = train_config(recipe, work, step) if trains else distill_config(recipe, work, step)
             path.write_text(json.dumps(cfg, indent=2) + "\n")
+            info.setdefault("configs", {})[step] = json.loads(path.read_text().replace(str(work), "WORK"))
             shutil.rmtree(work / step, ignore_errors=True)
             _run(
                 [
@@ -375,14 +422,18 @@ def run(
         log(f"[{time.perf_counter() - start:7.1f} s] {step} done in {info['seconds'][step]} s")
         state.write_text(json.dumps(info, indent=2) + "\n")
     info["recipe"] = asdict(recipe)
-    info["total_seconds"] = round(sum(info["seconds"].values()), 1)
+    info["total_seconds"] = round(sum(info["seconds"].get(s, 0.0) for s in STEPS), 1)  # the shipped recipe's
+    state.write_text(json.dumps(info, indent=2) + "\n")
+    if set(steps) & set(ROUTE_STEPS):  # every route built so far, for the results table
+        routes = tuple(n for n in ROUTE_STEPS if (work / n / "export").is_dir())
+        assemble(work, work / "routes", recipe, info, routes, routes)
+        log(f"wrote {', '.join(str(work / 'routes' / n) for n in routes)}")
+    if not set(steps) & set(STEPS):
+        return info
     missing = [m for m in MODELS if not (work / m / "export").is_dir()]
     if missing:  # a partial run (tuning a phase): nothing to assemble yet
-        state.write_text(json.dumps(info, indent=2) + "\n")
         log(f"not writing {out}: no export yet of {', '.join(missing)} (run --steps {' '.join(missing)})")
         return info
-    info["configs"] = {m: json.loads((work / f"{m}.json").read_text().replace(str(work), "WORK")) for m in MODELS}
-    state.write_text(json.dumps(info, indent=2) + "\n")
     assemble(work, out, recipe, info)
     log(f"wrote {', '.join(str(out / m) for m in MODELS)}")
     return info
@@ -406,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--steps",
         nargs="+",
-        choices=STEPS,
+        choices=(*STEPS, *ROUTE_STEPS),
         default=list(STEPS),
-        help="run only these steps (the others must have run in --work before)",
+        help="run only these steps (the others must have run in --work before); the routes "
+        f"({', '.join(ROUTE_STEPS)}) run only when named, into WORK/routes",
     )
     ap.add_argument(
         "--set",

@@ -1,8 +1,10 @@
 r"""The quality / speed table of the shipped shapes models: ``python -m pyrflow_fast.shapes.results``.
 
 Rows: held-out data (the measurement floor), conventional ``0-0-50``, pyramidal ``20-20-10``, DMD
-``0-0-2`` (the conventional model distilled at full resolution), DMD ``2-2-1`` (the pyramidal
-model distilled), and the undistilled conventional ``0-0-2`` and pyramidal ``2-2-1``. Each model
+``0-0-2`` (the conventional model distilled at full resolution), DMD-PT* ``2-2-1`` (the pyramidal
+model distilled), and the undistilled conventional ``0-0-2`` and pyramidal ``2-2-1``; with
+``--routes WORK/routes`` (the recipe's route steps) also every other route of the paper at ``2-2-1``
+(:data:`ROUTE_ROWS`). Each model
 generates one video per evaluation prompt (:func:`~pyrflow_fast.shapes.data.prompt_grid`: every
 colour x shape x direction ``--repeats`` times, backgrounds in turn; seeds fixed). Columns:
 
@@ -39,26 +41,29 @@ import torch
 
 from pyrflow_ref.media import to_uint8, write_strip
 
-from ..card import ModelCard
+from ..card import ModelCard, load_ppf
 from ..flops import forward_flops, schedule_flops
+from ..ppf import ppf_schedule_flops
 from ..train.evidence import features, frechet_distance
-from . import SHIPPED
+from . import ROUTES, SHIPPED, model_dir
 from .analyze import analyze_batch
 from .data import FRAMES, SIZE, draw, prompt, prompt_grid, render
 from .sampling import card_frames, load, sample
 
-__all__ = ["FIGURE_PROMPTS", "ROWS", "main", "reference_videos", "run", "to_markdown"]
+__all__ = ["FIGURE_PROMPTS", "ROUTE_ROWS", "ROWS", "main", "reference_videos", "run", "to_markdown"]
 
 #: (row label, shipped model, schedule)
 ROWS = (
     ("conventional 0-0-50", "conventional", "0-0-50"),
     ("pyramidal 20-20-10", "pyramidal", "20-20-10"),
     ("DMD 0-0-2", "distilled-plain", "0-0-2"),
-    ("DMD 2-2-1", "distilled", "2-2-1"),
+    ("DMD-PT* 2-2-1", "distilled", "2-2-1"),
     # the undistilled models at the distilled schedules: what distillation has to beat
     ("conventional 0-0-2", "conventional", "0-0-2"),
     ("pyramidal 2-2-1", "pyramidal", "2-2-1"),
 )
+#: the routes that are not shipped (:data:`pyrflow_fast.shapes.ROUTES`), read from ``--routes``
+ROUTE_ROWS = tuple((f"{name.upper()} 2-2-1", name, "2-2-1") for name in ROUTES)
 REFERENCE_SPLIT, DATA_SPLIT, NUM_REFERENCE = 2, 1, 1000
 #: indices into ``prompt_grid`` of the figure's prompts: red circle right, green square up, blue triangle
 #: down, yellow circle left (every colour and direction, each shape)
@@ -96,6 +101,9 @@ def _summary(videos: torch.Tensor, prompts: list[tuple[str, str, str]], ref_feat
 
 
 def _cost(card: ModelCard, config, schedule: str, guided: bool) -> float:
+    if card.ppf_patches:  # every stage on the full latent, with its own patch
+        size = (card_frames(card), SIZE, SIZE)
+        return ppf_schedule_flops(schedule, config, size, card.ppf_patches, forwards_per_step=2 if guided else 1)
     sizes = card.pyramid().shapes((1, config.in_dim, card_frames(card), SIZE, SIZE))
     per_forward = [forward_flops(config, s[2:]).total for s in sizes]
     return schedule_flops(schedule, per_forward, forwards_per_step=2 if guided else 1)
@@ -109,6 +117,7 @@ def run(
     *,
     rows: tuple[tuple[str, str, str], ...] = ROWS,
     models: str | Path = SHIPPED,
+    routes: str | Path | None = None,
     num_reference: int = NUM_REFERENCE,
     figure: str | Path | None = None,
     log=print,
@@ -118,12 +127,20 @@ def run(
     :param rows: ``(label, model, schedule)`` per row; the first is the FLOPs baseline.
     :param models: folder of the model directories (default: the shipped ones); their cards' frames, which
         the held-out videos are cut to, must agree.
+    :param routes: folder of the route directories (the recipe's ``WORK/routes``): rows of :data:`ROUTES`
+        models are read there.
     :param figure: where to write the picture of :data:`FIGURE_PROMPTS` (PNG), if anywhere.
     """
     grid = prompt_grid(repeats)
     texts = [prompt(*g) for g in grid]
     asked = [(c, s, d) for c, s, d, _ in grid]
-    frames = {name: card_frames(ModelCard.load(Path(models) / name)) for _, name, _ in rows}
+
+    def root(name: str) -> Path:
+        if name in ROUTES and routes is None:
+            raise ValueError(f"row of route {name!r}: pass routes=, the folder the recipe's route steps wrote")
+        return Path(routes if name in ROUTES else models)
+
+    frames = {name: card_frames(ModelCard.load(model_dir(name, root(name)))) for _, name, _ in rows}
     if len(set(frames.values())) != 1:
         raise ValueError(f"the rows' models sample different numbers of frames {frames}: measure them apart")
     num_frames = frames[rows[0][1]]
@@ -142,10 +159,11 @@ def run(
     shown = {"held-out data": data[list(FIGURE_PROMPTS)]}
     log(f"[{time.perf_counter() - start:6.1f} s] held-out data")
     for label, name, schedule in rows:
-        card, components = load(name, models)
+        card, components = load(name, root(name))
+        ppf = load_ppf(model_dir(name, root(name)), components.transformer, card) if card.ppf_patches else None
         videos = []
         for k in range(0, len(texts), batch):
-            result = sample(components, card, texts[k : k + batch], schedule, seed + k)
+            result = sample(components, card, texts[k : k + batch], schedule, seed + k, ppf=ppf)
             videos.append(result.video)
         videos = torch.cat(videos)
         shown[label] = videos[list(FIGURE_PROMPTS)]
@@ -155,7 +173,8 @@ def run(
         row["guidance"] = result.info["guidance_scale"]
         # the first run warms up
         times = [
-            sample(components, card, texts[r % len(texts)], schedule, seed + r).seconds for r in range(timing_runs + 1)
+            sample(components, card, texts[r % len(texts)], schedule, seed + r, ppf=ppf).seconds
+            for r in range(timing_runs + 1)
         ]
         row["cpu_s"] = float(np.median(times[1:]))
         measured[label] = row
@@ -213,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     ap.add_argument("--figure", type=Path, default=None, help="also write the picture of the docs (PNG)")
     ap.add_argument("--models", type=Path, default=SHIPPED, help="folder of the model directories (default: shipped)")
+    ap.add_argument(
+        "--routes",
+        type=Path,
+        default=None,
+        help="also the rows of the routes that are not shipped, from this folder (the recipe's WORK/routes)",
+    )
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.batch < 1:
         ap.error("--repeats and --batch must be >= 1")
@@ -220,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats,
         args.batch,
         seed=args.seed,
+        rows=ROWS + (ROUTE_ROWS if args.routes else ()),
         models=args.models,
+        routes=args.routes,
         figure=args.figure,
         log=lambda m: print(m, file=sys.stderr),
     )

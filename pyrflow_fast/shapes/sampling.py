@@ -38,9 +38,10 @@ def sample(
     *,
     shift: float | None = None,
     frames: int | None = None,
+    ppf=None,
 ) -> Generation:
     """:func:`~pyrflow_fast.sample.generate` of ``frames`` x ``SIZE`` x ``SIZE`` videos, without a progress bar
-    (``shift``: as ``generate``'s; ``frames``: default the card's, else the data's ``FRAMES``).
+    (``shift``, ``ppf``: as ``generate``'s; ``frames``: default the card's, else the data's ``FRAMES``).
 
     Every schedule runs pyrflow's samplers (``solver="pyramid"``): the shipped results table was
     measured with them, plain schedules included.
@@ -57,4 +58,5 @@ def sample(
         height=SIZE,
         width=SIZE,
         progress=False,
+        ppf=ppf,
     )

@@ -19,7 +19,7 @@ from pyrflow_fast.data.video import read_video
 from pyrflow_fast.pipeline import find_layout, load_components
 from pyrflow_fast.pipeline.pixel import PixelSpace
 from pyrflow_fast.sample import generate
-from pyrflow_fast.shapes import MODELS, SHIPPED, model_dir
+from pyrflow_fast.shapes import MODELS, ROUTES, SHIPPED, model_dir
 from pyrflow_fast.shapes.analyze import analyze, analyze_batch, max_3x3, shift_linear
 from pyrflow_fast.shapes.components import load_embeddings, pixel_stats, write_components
 from pyrflow_fast.shapes.data import (
@@ -35,11 +35,20 @@ from pyrflow_fast.shapes.data import (
     render,
     write_dataset,
 )
-from pyrflow_fast.shapes.recipe import GPU, QUICK, Recipe, distill_config, override, train_config
+from pyrflow_fast.shapes.recipe import (
+    GPU,
+    PPF_PATCHES,
+    QUICK,
+    ROUTE_STEPS,
+    Recipe,
+    distill_config,
+    override,
+    train_config,
+)
 from pyrflow_fast.shapes.recipe import main as recipe_main
 from pyrflow_fast.shapes.recipe import run as run_recipe
+from pyrflow_fast.shapes.results import ROUTE_ROWS, to_markdown
 from pyrflow_fast.shapes.results import run as run_results
-from pyrflow_fast.shapes.results import to_markdown
 from pyrflow_fast.shapes.sampling import load, sample
 from pyrflow_ref.media import to_uint8, write_strip
 
@@ -275,6 +284,44 @@ def test_results_table_on_quick_models(quick_models):
     assert res["rows"]["conv"]["fd"][0] > data["fd"][0] + 3 * res["rows"]["conv"]["fd"][1]
     table = to_markdown(res)
     assert table.count("\n") == 2 + 4 and "held-out data" in table
+
+
+def test_route_configs_start_from_the_recipes_models(tmp_path):
+    r = Recipe()
+    cfg = {name: distill_config(r, tmp_path, name) for name in ROUTE_STEPS}
+    assert [c["distill"]["variant"] for c in cfg.values()] == list(ROUTES)
+    assert all(c["distill"]["schedule"] == "2-2-1" and c["train"]["steps"] == r.distill_steps for c in cfg.values())
+    conventional, pyramidal = str(tmp_path / "conventional" / "export"), str(tmp_path / "pyramidal" / "export")
+    assert [c["model"]["path"] for c in cfg.values()] == [pyramidal] * 4 + [conventional]
+    # the "original Wan" of the OT and OD routes is the conventional model
+    assert [c["model"].get("original_path") for c in cfg.values()] == [conventional, None, conventional, None, None]
+    assert cfg["ppf"]["distill"]["ppf_patches"] == [list(p) for p in PPF_PATCHES]
+    assert distill_config(r, tmp_path, "distilled-plain")["train"]["steps"] == r.plain_steps
+
+
+@pytest.mark.slow
+def test_quick_recipe_routes_build_model_directories_the_results_read(quick_models):
+    models, _ = quick_models
+    work = models.parent / "work"
+    info = run_recipe(work, models, QUICK, steps=ROUTE_STEPS, log=lambda m: None)
+    routes = work / "routes"
+    record = json.loads((routes / "recipe.json").read_text())
+    assert set(record["commands"]) == set(record["losses"]) == set(ROUTES) == set(record["configs"])
+    assert record["total_seconds"] == round(sum(info["seconds"][n] for n in ROUTES), 1)
+    # the shipped recipe's time leaves the routes out
+    assert info["total_seconds"] == round(sum(info["seconds"][s] for s in info["seconds"] if s not in ROUTES), 1)
+    assert json.loads((models / "recipe.json").read_text())["commands"].keys() == set(MODELS) | {"data", "image"}
+    cards = {n: ModelCard.load(model_dir(n, routes)) for n in ROUTES}
+    assert all(c.kind == "distilled" and c.schedule == "2-2-1" for c in cards.values())
+    assert cards["ppf"].ppf_patches == PPF_PATCHES and not cards["dmd-ot"].ppf_patches
+    rows = tuple(row for row in ROUTE_ROWS if row[1] in ("dmd-ot", "ppf"))
+    res = run_results(1, timing_runs=1, rows=rows, models=models, routes=routes, num_reference=64, log=lambda m: None)
+    ppf, ot = res["rows"]["PPF 2-2-1"], res["rows"]["DMD-OT 2-2-1"]
+    assert ppf["n"] == ot["n"] == 48 and ot["flops_ratio"] == 1.0
+    # PPF's coarse stages keep every frame (patches 1 x 8 x 8 and 1 x 16 x 16), the pyramid's halve them
+    assert ppf["gflops"] > ot["gflops"]
+    with pytest.raises(ValueError, match="routes="):
+        run_results(1, rows=rows, models=models, log=lambda m: None)
 
 
 # ------------------------------------------------------------------------ shipped models

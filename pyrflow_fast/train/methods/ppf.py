@@ -68,6 +68,10 @@ class PPFDistillation(DMDDistillation):
     def __init__(self, config, dist: Distributed, dataset=None) -> None:
         super().__init__(config, dist, dataset, variant=DMDVariant.OT)
 
+    def _check_card(self, path: str) -> None:
+        """Any checkpoint starts a PPF run: its stages are patches on the full latent, which every checkpoint
+        denoises (the paper's PPF finetunes the original, one-stage model)."""
+
     def _scores(self):
         """The finetuned PPF teacher (real score), the critic (a float32 copy of it) and the student (a PPFWan on
         the student holding the teacher's weights). Under FSDP each PPFWan is a root over its sharded blocks."""
