@@ -23,8 +23,8 @@ colour x shape x direction ``--repeats`` times, backgrounds in turn; seeds fixed
 ``±`` is one standard error: per-video values over ``sqrt(n)``; for FD the standard deviation of
 100 bootstrap resamples of the generated videos.
 
-``--figure PATH`` also writes the picture of the docs: for each of :data:`FIGURE_PROMPTS`, the held-out
-video of that prompt, then every row's video, one per line, frames left to right.
+``--figure PATH`` also writes the picture of the docs: one line per row (the held-out data first), on it
+the videos of :data:`FIGURE_PROMPTS` side by side, frames left to right.
 """
 
 from __future__ import annotations
@@ -183,8 +183,9 @@ def run(
             f"{row['gflops']:.1f} GFLOPs, {row['cpu_s']:.3f} s"
         )
     if figure is not None:
-        lines = [to_uint8(shown[label][i].numpy()) for i in range(len(FIGURE_PROMPTS)) for label in shown]
-        write_strip(lines, Path(figure), columns=num_frames, scale=2)
+        # one line per row, the prompts' videos side by side
+        lines = [np.concatenate([to_uint8(video.numpy()) for video in shown[label]]) for label in shown]
+        write_strip(lines, Path(figure), columns=len(FIGURE_PROMPTS) * num_frames, scale=2)
     base = measured[rows[0][0]]["gflops"]
     for label, *_ in rows:
         measured[label]["flops_ratio"] = measured[label]["gflops"] / base

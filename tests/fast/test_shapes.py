@@ -213,7 +213,7 @@ def test_recipe_set_changes_fields_and_names_them_on_error(capsys):
         override(QUICK, ["distil_steps=9"])
     with pytest.raises(SystemExit):
         recipe_main(["--set", "distill_steps=many"])
-    assert "distill_steps expects int, like 500" in capsys.readouterr().err
+    assert f"distill_steps expects int, like {Recipe().distill_steps}" in capsys.readouterr().err
 
 
 def test_a_partial_recipe_run_times_its_steps_and_writes_no_models(tmp_path):
@@ -272,8 +272,8 @@ def test_results_table_on_quick_models(quick_models):
     res = run_results(
         1, batch=48, timing_runs=1, rows=rows, models=models, num_reference=64, figure=figure, log=lambda m: None
     )
-    # one line per prompt and row (data first), the cards' frames across, 2x upscaled
-    assert iio.imread(figure).shape == (2 * SIZE * 4 * 4, 2 * SIZE * QUICK.frames, 3)
+    # one line per row (data first), the 4 prompts' videos across, 2x upscaled
+    assert iio.imread(figure).shape == (2 * SIZE * 4, 2 * SIZE * 4 * QUICK.frames, 3)
     data = res["rows"]["held-out data"]
     assert data["all_ok"] == (1.0, 0.0) and data["n"] == 48
     assert res["rows"]["conv"]["guidance"] == QUICK.guidance and res["rows"]["dmd"]["guidance"] == 1.0
