@@ -201,17 +201,20 @@ class AdversarialLoss:
 
     total: torch.Tensor
     adversarial: torch.Tensor
-    reconstruction: torch.Tensor
+    reconstruction: torch.Tensor | None
 
 
 def generator_loss(
     fake_logits: torch.Tensor,
     x_gen: torch.Tensor,
-    target: torch.Tensor,
+    target: torch.Tensor | None,
     adv_weight: float = 1.0,
     rec_weight: float = 2.0,
 ) -> AdversarialLoss:
-    """The generator's loss ``1.0 * adversarial + 2.0 * reconstruction`` (weights as in the paper)."""
+    """The generator's loss ``1.0 * adversarial + 2.0 * reconstruction`` (weights as in the paper); without a
+    ``target`` the adversarial term alone (``reconstruction`` is None)."""
     adv = generator_adversarial_loss(fake_logits)
+    if target is None:
+        return AdversarialLoss(adv_weight * adv, adv, None)
     rec = reconstruction_loss(x_gen, target)
     return AdversarialLoss(adv_weight * adv + rec_weight * rec, adv, rec)

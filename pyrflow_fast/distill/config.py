@@ -135,8 +135,14 @@ class DistillSection:
     )
     rec_weight: float = _f(
         2.0,
-        "adv-*: weight of the reconstruction term (MSE to the teacher's multi-step sample from the same noise, at "
-        "the rolled-out stage).",
+        "adv-*: weight of the reconstruction term (MSE to the pyramidal teacher's multi-step continuation of the "
+        "state the student denoised, at the rolled-out stage); 0: off.",
+    )
+    dmd_weight: float = _f(
+        0.0,
+        "adv-*: weight of a DMD-PT* term added to the generator loss (DMD2's GAN term added to DMD: the pyramidal "
+        "teacher as real score, a fake score trained beside the discriminator head, its regression term at "
+        "distill.regression_weight); 0: the adversarial and reconstruction terms alone.",
     )
 
 
@@ -232,7 +238,10 @@ class DistillConfig(RunConfig):
                 ),
                 (d.teacher_finetune_steps >= 0, "distill.teacher_finetune_steps must be >= 0"),
                 (d.disc_hidden >= 1, "distill.disc_hidden must be >= 1"),
-                (d.adv_weight >= 0 and d.rec_weight >= 0, "distill.adv_weight and distill.rec_weight must be >= 0"),
+                (
+                    min(d.adv_weight, d.rec_weight, d.dmd_weight) >= 0,
+                    "distill.adv_weight, distill.rec_weight and distill.dmd_weight must be >= 0",
+                ),
                 (
                     d.variant != "ppf" or len(d.ppf_patches) == self.pyramid.num_stages,
                     f"distill.ppf_patches must have one patch per pyramid stage ({self.pyramid.num_stages}), got "

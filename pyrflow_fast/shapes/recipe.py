@@ -51,13 +51,28 @@ from . import MODELS, ROUTES, SHIPPED
 from .components import TEXT_LEN, write_components, write_embeddings
 from .data import FPS, SIZE, SIZE_RANGE, SPEED_RANGE
 
-__all__ = ["GPU", "PPF_PATCHES", "PRESETS", "QUICK", "ROUTE_STEPS", "STEPS", "Recipe", "main", "override", "run"]
+__all__ = [
+    "ADV_DMD2",
+    "GPU",
+    "PPF_PATCHES",
+    "PRESETS",
+    "QUICK",
+    "ROUTE_STEPS",
+    "STEPS",
+    "Recipe",
+    "main",
+    "override",
+    "run",
+]
 
 GUIDANCE = 2.0  # CFG of the cards and the distillation teachers: subject consistency falls as it grows (docs/shapes.md)
 #: The recipe's steps in order; ``--steps`` runs a subset in an existing working folder.
 STEPS = ("data", "image", "conventional", "pyramidal", "distilled", "distilled-plain")
 #: The steps of the routes that are not shipped (after ``STEPS``; they need its exports).
 ROUTE_STEPS = tuple(ROUTES)
+#: adv-od / adv-pd as DMD2 runs them: the GAN term added to DMD-PT*, without the reconstruction term, whose
+#: gradient is ~100x the hinge term's at the start and made the students regress to a blurred mean (FD 0.6)
+ADV_DMD2 = {"dmd_weight": 1.0, "adv_weight": 3.0, "rec_weight": 0.0}
 #: PPF's patches per stage, finest first: the pyramid's token grids of each frame (Haar 2x2 per stage)
 PPF_PATCHES = ((1, 4, 4), (1, 8, 8), (1, 16, 16))
 
@@ -215,6 +230,8 @@ def distill_config(r: Recipe, work: Path, stage: str = "distilled") -> dict:
         distill = {"variant": variant, "schedule": "2-2-1", "regression_schedule": "10-10-10"}
         if variant in ("dmd-ot", "adv-od"):  # the "original Wan" of these routes: the conventional model
             model["original_path"] = conventional
+        if variant.startswith("adv"):
+            distill.update(ADV_DMD2)
         if variant in ("dmd-ot", "ppf"):
             distill.update(teacher_finetune_steps=r.route_finetune_steps, teacher_finetune_lr=r.pyramidal_lr)
         if variant == "ppf":  # PPF finetunes the conventional model: patches, not resolutions, as stages
@@ -240,7 +257,9 @@ def distill_config(r: Recipe, work: Path, stage: str = "distilled") -> dict:
                 "gradient_checkpointing": False,
                 "precision": r.precision,
                 "device": r.device,
-                "log_every": 10,
+                # every iteration: the generator updates on iterations 0, 5, 10, ... (critic ratio 5), which a
+                # line every 10th step (1-based) never shows
+                "log_every": 1,
             },
         }
     )

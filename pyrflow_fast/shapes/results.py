@@ -24,7 +24,9 @@ colour x shape x direction ``--repeats`` times, backgrounds in turn; seeds fixed
 100 bootstrap resamples of the generated videos.
 
 ``--figure PATH`` also writes the picture of the docs: one line per row (the held-out data first), on it
-the videos of :data:`FIGURE_PROMPTS` side by side, frames left to right.
+the videos of :data:`FIGURE_PROMPTS` side by side, frames left to right. ``--only ROW ...`` measures those
+rows again and updates them in an earlier run's ``--json`` and ``--figure`` (:func:`update`), e.g. after
+one route was rebuilt.
 """
 
 from __future__ import annotations
@@ -50,7 +52,17 @@ from .analyze import analyze_batch
 from .data import FRAMES, SIZE, draw, prompt, prompt_grid, render
 from .sampling import card_frames, load, sample
 
-__all__ = ["FIGURE_PROMPTS", "ROUTE_ROWS", "ROWS", "main", "reference_videos", "run", "to_markdown"]
+__all__ = [
+    "FIGURE_PROMPTS",
+    "ROUTE_ROWS",
+    "ROWS",
+    "main",
+    "reference_videos",
+    "run",
+    "to_markdown",
+    "update",
+    "update_figure",
+]
 
 #: (row label, shipped model, schedule)
 ROWS = (
@@ -222,6 +234,39 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def update(old: dict, new: dict) -> dict:
+    """``old`` results with the rows of ``new`` measured again (``--only``): its rows in their order, the FLOPs
+    ratios against its first costed row, and ``setup["updates"]`` listing the re-measured rows and their setup."""
+    unknown = sorted(set(new["rows"]) - set(old["rows"]))
+    if unknown:
+        raise ValueError(f"rows {unknown} are not in the results to update; measure every row once first")
+    rows = {
+        label: new["rows"].get(label, row) if label != "held-out data" else row for label, row in old["rows"].items()
+    }
+    base = next(r["gflops"] for r in rows.values() if "gflops" in r)
+    for r in rows.values():
+        if "gflops" in r:
+            r["flops_ratio"] = r["gflops"] / base
+    measured = [label for label in new["rows"] if label != "held-out data"]
+    setup = {**old["setup"], "updates": [*old["setup"].get("updates", []), {"rows": measured, **new["setup"]}]}
+    return {"rows": rows, "setup": setup}
+
+
+def update_figure(path: Path, labels: list[str], new: Path, new_labels: list[str]) -> None:
+    """Redraw, in the figure at ``path`` (one line per label of ``labels``), the lines of ``new_labels[1:]`` with
+    those of the figure ``new`` (one line per label of ``new_labels``, the held-out data first)."""
+    from PIL import Image
+
+    old, part = np.asarray(Image.open(path).convert("RGB")).copy(), np.asarray(Image.open(new).convert("RGB"))
+    height = part.shape[0] // len(new_labels)
+    if old.shape[0] != height * len(labels) or old.shape[1] != part.shape[1]:
+        raise ValueError(f"{path}: {old.shape[:2]} is not {len(labels)} lines of {part.shape[:2]} / {len(new_labels)}")
+    for k, label in enumerate(new_labels[1:], start=1):
+        i = labels.index(label)
+        old[i * height : (i + 1) * height] = part[k * height : (k + 1) * height]
+    Image.fromarray(old).save(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m pyrflow_fast.shapes.results",
@@ -239,19 +284,42 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also the rows of the routes that are not shipped, from this folder (the recipe's WORK/routes)",
     )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        metavar="ROW",
+        choices=[label for label, *_ in ROWS + ROUTE_ROWS],
+        help="measure only these rows (labels as in the table) and update them in --json, which holds every row "
+        "from an earlier run, and their lines in --figure",
+    )
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.batch < 1:
         ap.error("--repeats and --batch must be >= 1")
+    rows = ROWS + (ROUTE_ROWS if args.routes else ())
+    if args.only:
+        if args.json is None or not args.json.is_file():
+            ap.error("--only updates the rows of an earlier run: pass its results as --json")
+        rows = tuple(row for row in ROWS + ROUTE_ROWS if row[0] in args.only)
+    partial = args.figure.with_suffix(".part.png") if args.only and args.figure else None
     results = run(
         args.repeats,
         args.batch,
         seed=args.seed,
-        rows=ROWS + (ROUTE_ROWS if args.routes else ()),
+        rows=rows,
         models=args.models,
         routes=args.routes,
-        figure=args.figure,
+        figure=partial or args.figure,
         log=lambda m: print(m, file=sys.stderr),
     )
+    if args.only:
+        old = json.loads(args.json.read_text())
+        try:
+            results = update(old, results)
+        except ValueError as e:
+            ap.error(f"--json {args.json}: {e}")
+        if partial is not None:
+            update_figure(args.figure, list(old["rows"]), partial, ["held-out data", *(r[0] for r in rows)])
+            partial.unlink()
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

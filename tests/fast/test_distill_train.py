@@ -466,3 +466,41 @@ def test_adversarial_target_continues_the_state_the_student_denoised(tmp_path, m
     assert not torch.allclose(preds[1].x, preds[2].x) and not torch.allclose(targets[1], targets[2], atol=1e-4)
     _, parts = d.generator_loss(dr, 0, preds[2])
     torch.testing.assert_close(parts["reconstruction"], reconstruction_loss(preds[2].x0, targets[2]))
+
+
+@pytest.mark.parametrize("variant", ["adv-od", "adv-pd"])
+def test_adversarial_with_dmd_trains_a_fake_score_beside_the_head(tmp_path, model_path, variant):
+    """adv-* with distill.dmd_weight (DMD2: the GAN term added to DMD): the critic role trains the head and a fake
+    score, whose flow-matching loss adds to the hinge; the generator loss is adv_weight * adversarial plus
+    dmd_weight * DMD-PT*'s (its regression included), the reconstruction term left out at rec_weight = 0."""
+    from pyrflow_fast.distill import adversarial
+
+    distill = {"variant": variant, "dmd_weight": 0.5, "rec_weight": 0.0, "adv_weight": 3.0, "lora_rank": 0}
+    run = Runner(tiny_cfg(tmp_path, model_path, distill=distill))
+    d = run.method
+    assert d.dmd is not None and d.dmd.real is d.pyr_teacher
+    critic = d.roles["critic"].module
+    head, fake = ({k: v.clone() for k, v in m.state_dict().items()} for m in (critic["head"], critic["fake"]))
+    teacher = {k: v.clone() for k, v in d.teacher_model.state_dict().items()}
+    dr = d.draws(0)[0]
+    pred = d.rollout(dr, grad=True)
+    rng_state = dr["rng"].get_state()
+    total, parts = d.generator_loss(dr, 0, pred)
+    assert set(parts) == {"adversarial", "dmd", "regression"}
+    dmd_total = parts["dmd"] + d.config.distill.regression_weight * parts["regression"]
+    torch.testing.assert_close(total, 3.0 * parts["adversarial"] + 0.5 * dmd_total)
+    # the critic loss is the hinge plus DMD's critic loss, each on its own draws of dr's generator
+    dr["rng"].set_state(rng_state)
+    x0 = pred.x0.detach()
+    loss = d.critic_loss(dr, x0, pred.stage, pred.process)
+    dr["rng"].set_state(rng_state)
+    with torch.no_grad():
+        xr, tr = d._disc_inputs(torch.stack([torch.as_tensor(dr["items"][0]["x0s"][pred.stage])]), pred.process, dr)
+        xf, tf = d._disc_inputs(x0, pred.process, dr)
+    hinge = adversarial.hinge_loss(d.disc(xr, tr, dr["ctx"]), d.disc(xf, tf, dr["ctx"]))
+    torch.testing.assert_close(loss, hinge + d.dmd.critic_loss(x0, pred.process, dr["ctx"], rng=dr["rng"]))
+    history = run.fit()
+    assert "dmd" in history[0] and "reconstruction" not in history[0]
+    for before, module in ((head, critic["head"]), (fake, critic["fake"])):
+        assert any(not torch.equal(v, module.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, d.teacher_model.state_dict()[k]) for k, v in teacher.items())  # the real score frozen

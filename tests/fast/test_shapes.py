@@ -36,6 +36,7 @@ from pyrflow_fast.shapes.data import (
     write_dataset,
 )
 from pyrflow_fast.shapes.recipe import (
+    ADV_DMD2,
     GPU,
     PPF_PATCHES,
     QUICK,
@@ -47,7 +48,7 @@ from pyrflow_fast.shapes.recipe import (
 )
 from pyrflow_fast.shapes.recipe import main as recipe_main
 from pyrflow_fast.shapes.recipe import run as run_recipe
-from pyrflow_fast.shapes.results import ROUTE_ROWS, to_markdown
+from pyrflow_fast.shapes.results import ROUTE_ROWS, to_markdown, update, update_figure
 from pyrflow_fast.shapes.results import run as run_results
 from pyrflow_fast.shapes.sampling import load, sample
 from pyrflow_ref.media import to_uint8, write_strip
@@ -284,6 +285,23 @@ def test_results_table_on_quick_models(quick_models):
     assert res["rows"]["conv"]["fd"][0] > data["fd"][0] + 3 * res["rows"]["conv"]["fd"][1]
     table = to_markdown(res)
     assert table.count("\n") == 2 + 4 and "held-out data" in table
+    # --only: one row measured again (sampling is seeded) updates the table and its figure line in place
+    part = models.parent / "part.png"
+    again = run_results(
+        1, timing_runs=1, rows=rows[1:2], models=models, num_reference=64, figure=part, log=lambda m: None
+    )
+    before = iio.imread(figure)
+    iio.imwrite(figure, np.zeros_like(before))
+    update_figure(figure, list(res["rows"]), part, ["held-out data", "pyr"])
+    line = slice(2 * SIZE * 2, 2 * SIZE * 3)  # the third line: data, conv, pyr
+    assert np.array_equal(iio.imread(figure)[line], before[line]) and not iio.imread(figure)[: line.start].any()
+    updated = update(res, again)
+    assert list(updated["rows"]) == list(res["rows"]) and updated["setup"]["updates"][0]["rows"] == ["pyr"]
+    assert {k: v for k, v in updated["rows"]["pyr"].items() if k != "cpu_s"} == {
+        k: v for k, v in res["rows"]["pyr"].items() if k != "cpu_s"
+    }
+    with pytest.raises(ValueError, match="not in the results"):
+        update(again, res)
 
 
 def test_route_configs_start_from_the_recipes_models(tmp_path):
@@ -296,7 +314,12 @@ def test_route_configs_start_from_the_recipes_models(tmp_path):
     # the "original Wan" of the OT and OD routes is the conventional model
     assert [c["model"].get("original_path") for c in cfg.values()] == [conventional, None, conventional, None, None]
     assert cfg["ppf"]["distill"]["ppf_patches"] == [list(p) for p in PPF_PATCHES]
+    # the adversarial routes add their GAN term to DMD (DMD2), without the reconstruction term
+    assert all(cfg[n]["distill"].items() >= ADV_DMD2.items() for n in ("adv-od", "adv-pd"))
+    assert ADV_DMD2["dmd_weight"] > 0 and ADV_DMD2["rec_weight"] == 0
     assert distill_config(r, tmp_path, "distilled-plain")["train"]["steps"] == r.plain_steps
+    # the generator's losses reach the logs (it updates on iterations 0, 5, ...: 1-based steps 1, 6, ...)
+    assert all(c["train"]["log_every"] == 1 for c in cfg.values())
 
 
 @pytest.mark.slow

@@ -7,6 +7,11 @@ pyramidal process at one score level. Hinge loss for the head,
 ``adv_weight * adversarial + rec_weight * reconstruction`` for the generator (reconstruction
 target: the pyramidal teacher's multi-step continuation of the state the student denoised, fresh
 roll-out noise included, at the rolled-out stage).
+
+With ``distill.dmd_weight > 0`` the GAN term is added to DMD, as DMD2 does: a fake score (a copy of
+the pyramidal teacher) trains beside the head (the critic loss is the sum of the hinge and DMD's
+flow-matching loss) and the generator loss gains ``dmd_weight`` times DMD-PT*'s (pyramidal teacher and
+process, its regression term at ``distill.regression_weight``).
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from ...distill import adversarial
-from ...distill.dmd import score_sigmas
+from ...distill.dmd import DMD, DMDVariant, score_sigmas
 from ...process import StageProcess
 from ...samplers import Prediction
 from ..distributed import Distributed
@@ -48,11 +54,19 @@ class AdversarialDistillation(FewStepDistillation):
         n = len(backbone.blocks)
         blocks = list(d.feature_blocks) or sorted({n // 2, n - 1})
         self.disc = adversarial.Discriminator(backbone, blocks, d.disc_hidden).to(self.device)
-        self._finish(self.disc.head)
+        critic: nn.Module = self.disc.head
+        self.dmd: DMD | None = None
+        if d.dmd_weight > 0:  # DMD2: the GAN term added to DMD-PT*, its fake score trained beside the head
+            self.fake_model, fake_fn = self._fake_score()
+            self.dmd = DMD(self.pyr_teacher, fake_fn, DMDVariant.PT_STAR, d)
+            critic = nn.ModuleDict({"head": self.disc.head, "fake": self.fake_model})
+        self._finish(critic)
 
     def _shard(self) -> None:
         super()._shard()
         self.shard_root(self.disc.head)
+        if self.dmd is not None:
+            self.shard_root(self.fake_model)
 
     def _disc_inputs(self, x0: torch.Tensor, process: StageProcess, dr: dict[str, Any]):
         """Natural-scale re-noised input (and score levels) for the discriminator."""
@@ -72,7 +86,10 @@ class AdversarialDistillation(FewStepDistillation):
         with torch.no_grad():
             xr, tr = self._disc_inputs(real.to(self.device), process, dr)
             xf, tf = self._disc_inputs(x0, process, dr)
-        return adversarial.hinge_loss(self.disc(xr, tr, dr["ctx"]), self.disc(xf, tf, dr["ctx"]))
+        loss = adversarial.hinge_loss(self.disc(xr, tr, dr["ctx"]), self.disc(xf, tf, dr["ctx"]))
+        if self.dmd is not None:
+            loss = loss + self.dmd.critic_loss(x0, process, dr["ctx"], rng=dr["rng"])
+        return loss
 
     def generator_loss(
         self, dr: dict[str, Any], step: int, pred: Prediction
@@ -81,8 +98,8 @@ class AdversarialDistillation(FewStepDistillation):
         # the teacher continues the state the student denoised (its fresh in-stage noise included): a
         # target from the initial noise alone is not a function of the student's input, and regressing on
         # it pulls the student to a blurred mean
-        target = self.teacher_target(dr, step, pred.stage, start=pred)
-        head = self.roles["critic"].params
+        target = self.teacher_target(dr, step, pred.stage, start=pred) if d.rec_weight > 0 else None
+        head = list(self.disc.head.parameters())
         for p in head:
             p.requires_grad_(False)
         try:
@@ -92,4 +109,10 @@ class AdversarialDistillation(FewStepDistillation):
         finally:
             for p in head:
                 p.requires_grad_(True)
-        return out.total, {"adversarial": out.adversarial, "reconstruction": out.reconstruction}
+        total, parts = out.total, {"adversarial": out.adversarial}
+        if out.reconstruction is not None:
+            parts["reconstruction"] = out.reconstruction
+        if self.dmd is not None:
+            dmd, dmd_parts = self._dmd_generator_loss(self.dmd, dr, step, pred, pred.process)
+            total, parts = total + d.dmd_weight * dmd, {**parts, **dmd_parts}
+        return total, parts

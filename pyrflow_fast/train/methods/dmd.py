@@ -117,26 +117,20 @@ class DMDDistillation(FewStepDistillation):
     def _scores(self):
         """``(real score, critic module, critic score)`` in the samplers' contract; the critic starts as the teacher
         (float32, trained; the frozen teachers are in :attr:`frozen_dtype`)."""
-        config, ckpt = self.config, self.config.train.gradient_checkpointing
-        rope = config.model.rope
         if self.variant.pyramidal:
             self._pyramidal_teacher()
-            path = config.model.teacher_path
-            critic = self._load(path) if path else self._copy(self.student)
-            real = self.pyr_teacher
-        else:
-            d = config.distill
-            finetune = d.teacher_finetune_steps > 0
-            path = config.model.original_path or config.model.path
-            self.original = self._load(path, torch.float32 if finetune else self.frozen_dtype)
-            self.shard_root(self.original)
-            self._finetune_teacher(self.original, multires_finetune, self.pyramid, rope=rope)
-            critic = self._copy(self.original) if finetune else self._load(path)
-            self.original.to(self.frozen_dtype)
-            self._frozen(self.original)
-            real = FrozenDenoiser(BackboneDenoiser(WanBackbone(self.original, rope=rope)))
-        critic.requires_grad_(True).train().set_gradient_checkpointing(ckpt)
-        return real, critic, BackboneDenoiser(WanBackbone(critic, rope=rope))
+            return self.pyr_teacher, *self._fake_score()
+        config, d = self.config, self.config.distill
+        finetune = d.teacher_finetune_steps > 0
+        path = config.model.original_path or config.model.path
+        self.original = self._load(path, torch.float32 if finetune else self.frozen_dtype)
+        self.shard_root(self.original)
+        self._finetune_teacher(self.original, multires_finetune, self.pyramid, rope=config.model.rope)
+        critic = self._copy(self.original) if finetune else self._load(path)
+        self.original.to(self.frozen_dtype)
+        self._frozen(self.original)
+        real = FrozenDenoiser(BackboneDenoiser(WanBackbone(self.original, rope=config.model.rope)))
+        return real, *self._fake_score(critic)
 
     def _finetune_teacher(self, model: nn.Module, finetune: Callable, *args: Any, **kwargs: Any) -> None:
         """Run the config's teacher finetune ``finetune(model, batches, *args, steps, lr, ...)`` when it has
@@ -187,12 +181,4 @@ class DMDDistillation(FewStepDistillation):
     def generator_loss(
         self, dr: dict[str, Any], step: int, pred: Prediction
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        self.dmd.uncond = torch.zeros_like(dr["ctx"])  # CFG's unconditional branch: the all-zero context
-        target = self.teacher_target(dr, step, pred.stage) if self.config.distill.regression_weight > 0 else None
-        out = self.dmd.generator_loss(
-            pred.x0, self._score_process(pred.process), dr["ctx"], x_teacher=target, rng=dr["rng"]
-        )
-        parts = {"dmd": out.dmd}
-        if out.regression is not None:
-            parts["regression"] = out.regression
-        return out.total, parts
+        return self._dmd_generator_loss(self.dmd, dr, step, pred, self._score_process(pred.process))

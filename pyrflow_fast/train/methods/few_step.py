@@ -31,7 +31,8 @@ Every iteration updates the **critic** once on the detached :math:`\hat x_0`; ev
   are dataset stage signals, fake ones the student's :math:`\hat x_0`, both re-noised with the
   stage's pyramidal process at one score level; hinge loss for the head, ``adv_weight *
   adversarial + rec_weight * reconstruction`` for the generator (reconstruction target: the
-  teacher's continuation of the state the student denoised, its fresh noise included).
+  teacher's continuation of the state the student denoised, its fresh noise included); with
+  ``distill.dmd_weight > 0`` a DMD-PT* term is added (DMD2), its fake score trained with the head.
 - ``ppf`` (:mod:`~pyrflow_fast.train.methods.ppf`): pyramidal patchification
   (:mod:`pyrflow_fast.ppf`). A :class:`~pyrflow_fast.ppf.PPFWan` built on the teacher is first
   finetuned by flow matching with patch sizes as stages
@@ -71,6 +72,7 @@ from pyrflow_ref.plan import Plan
 
 from ...card import CARD_FILE, ModelCard, write_model_dir
 from ...contract import BackboneDenoiser, FrozenDenoiser, WanBackbone
+from ...distill.dmd import DMD
 from ...distill.lora import AdaptersOff, student_lora
 from ...process import StageProcess, clean_pyramid_latent
 from ...samplers import Prediction, guided, sample_euler, sample_few_step
@@ -166,6 +168,29 @@ class FewStepDistillation(Method):
             self.pyr_teacher = FrozenDenoiser(BackboneDenoiser(WanBackbone(self.teacher_model, rope=config.model.rope)))
         else:
             self.pyr_teacher = FrozenDenoiser(AdaptersOff(self.lora, self.student_fn))
+
+    def _fake_score(self, model: WanDiT | None = None) -> tuple[WanDiT, BackboneDenoiser]:
+        """DMD's fake score: ``model`` (float32) set to train, and its denoiser; ``model=None``: a float32 copy of
+        the pyramidal teacher (``model.teacher_path``, else the initial student)."""
+        if model is None:
+            path = self.config.model.teacher_path
+            model = self._load(path) if path else self._copy(self.student)
+        model.requires_grad_(True).train().set_gradient_checkpointing(self.config.train.gradient_checkpointing)
+        return model, BackboneDenoiser(WanBackbone(model, rope=self.config.model.rope))
+
+    def _dmd_generator_loss(
+        self, dmd: DMD, dr: dict[str, Any], step: int, pred: Prediction, process: StageProcess
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """DMD's generator loss on the roll-out ``pred``, the scores re-noising with ``process`` and, when
+        ``distill.regression_weight > 0``, its regression term towards :meth:`teacher_target`; with the logged
+        parts (``dmd``, ``regression``)."""
+        dmd.uncond = torch.zeros_like(dr["ctx"])  # CFG's unconditional branch: the all-zero context
+        target = self.teacher_target(dr, step, pred.stage) if self.config.distill.regression_weight > 0 else None
+        out = dmd.generator_loss(pred.x0, process, dr["ctx"], x_teacher=target, rng=dr["rng"])
+        parts = {"dmd": out.dmd}
+        if out.regression is not None:
+            parts["regression"] = out.regression
+        return out.total, parts
 
     def _shard(self) -> None:
         """Under FSDP, ``fully_shard`` the roots of the trained modules (their blocks are sharded already)."""
