@@ -121,6 +121,11 @@ class DistillSection:
         "The critic, and for ppf the student, start from the finetuned teacher; 0: skip.",
     )
     teacher_finetune_lr: float = _f(1e-5, "dmd-ot and ppf: learning rate of the teacher finetune (AdamW, no warm-up).")
+    teacher_finetune_shift: float = _f(
+        1.0,
+        "dmd-ot and ppf: shift of the teacher finetune's noise levels (uniform in the unshifted variable over the "
+        "stage's range, then shifted, as the DMD score levels); 1: uniform sigma, plain flow matching.",
+    )
     feature_blocks: list[int] = _f(
         [],
         "adv-*: indices of the frozen backbone's blocks whose features the discriminator head reads; []: the block "
@@ -227,7 +232,10 @@ class DistillConfig(RunConfig):
                     d.sigma_min >= 0 and d.sigma_min < d.sigma_max <= 1,
                     "need 0 <= distill.sigma_min < distill.sigma_max <= 1",
                 ),
-                (d.score_shift > 0 and d.sample_shift > 0, "distill.score_shift and distill.sample_shift must be > 0"),
+                (
+                    min(d.score_shift, d.sample_shift, d.teacher_finetune_shift) > 0,
+                    "distill.score_shift, distill.sample_shift and distill.teacher_finetune_shift must be > 0",
+                ),
                 (d.critic_ratio >= 1, "distill.critic_ratio must be >= 1"),
                 (d.regression_weight >= 0, "distill.regression_weight must be >= 0"),
                 (d.band_norm in ("low", "none"), "distill.band_norm must be 'low' or 'none'"),

@@ -70,9 +70,10 @@ GUIDANCE = 2.0  # CFG of the cards and the distillation teachers: subject consis
 STEPS = ("data", "image", "conventional", "pyramidal", "distilled", "distilled-plain")
 #: The steps of the routes that are not shipped (after ``STEPS``; they need its exports).
 ROUTE_STEPS = tuple(ROUTES)
-#: adv-od / adv-pd as DMD2 runs them: the GAN term added to DMD-PT*, without the reconstruction term, whose
-#: gradient is ~100x the hinge term's at the start and made the students regress to a blurred mean (FD 0.6)
-ADV_DMD2 = {"dmd_weight": 1.0, "adv_weight": 3.0, "rec_weight": 0.0}
+#: adv-od / adv-pd as DMD2 runs them: a small GAN term added to DMD-PT*, without the reconstruction term, whose
+#: gradient is ~100x the hinge term's at the start and made the students regress to a blurred mean (FD 0.6);
+#: adv_weight 3 let the hinge term dominate DMD's (all-correct 0.42 / 0.64, docs/shapes.md)
+ADV_DMD2 = {"dmd_weight": 1.0, "adv_weight": 0.1, "rec_weight": 0.0}
 #: PPF's patches per stage, finest first: the pyramid's token grids of each frame (Haar 2x2 per stage)
 PPF_PATCHES = ((1, 4, 4), (1, 8, 8), (1, 16, 16))
 
@@ -233,7 +234,11 @@ def distill_config(r: Recipe, work: Path, stage: str = "distilled") -> dict:
         if variant.startswith("adv"):
             distill.update(ADV_DMD2)
         if variant in ("dmd-ot", "ppf"):
-            distill.update(teacher_finetune_steps=r.route_finetune_steps, teacher_finetune_lr=r.pyramidal_lr)
+            distill.update(
+                teacher_finetune_steps=r.route_finetune_steps,
+                teacher_finetune_lr=r.pyramidal_lr,
+                teacher_finetune_shift=r.sigma_shift,
+            )
         if variant == "ppf":  # PPF finetunes the conventional model: patches, not resolutions, as stages
             model["path"] = conventional
             distill["ppf_patches"] = [list(p) for p in PPF_PATCHES]

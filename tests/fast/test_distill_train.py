@@ -12,8 +12,11 @@ from pyrflow_fast.card import ModelCard
 from pyrflow_fast.contract import FrozenDenoiser
 from pyrflow_fast.distill.cli import main as distill_main
 from pyrflow_fast.distill.config import VARIANTS, DistillConfig
+from pyrflow_fast.distill.dmd import score_sigmas
 from pyrflow_fast.resample import Pyramid
 from pyrflow_fast.samplers import sample_few_step
+from pyrflow_fast.train.methods import dmd as dmd_methods
+from pyrflow_fast.train.methods import ppf as ppf_methods
 from pyrflow_fast.train.methods.ppf import ppf_finetune
 from pyrflow_fast.train.runner import Runner
 from pyrflow_fast.wan.checkpoint import load_wan, save_wan
@@ -235,6 +238,23 @@ def test_every_variant_trains_the_student_only(tmp_path, model_path, variant):
         assert not any(p.requires_grad for p in d.disc.features.model.parameters())
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("variant, module", [("dmd-ot", dmd_methods), ("ppf", ppf_methods)])
+def test_teacher_finetunes_draw_noise_levels_at_their_shift(tmp_path, model_path, monkeypatch, variant, module):
+    # the finetuned teacher is queried at DMD's shifted score levels; teacher_finetune_shift trains it there
+    drawn = []
+
+    def record(batch, **kw):
+        sigma = score_sigmas(batch, **kw)
+        drawn.append((kw["shift"], kw.get("window", (0.0, 1.0)), sigma))
+        return sigma
+
+    monkeypatch.setattr(module, "score_sigmas", record)
+    run = Runner(tiny_cfg(tmp_path, model_path, distill={"variant": variant, "teacher_finetune_shift": 3.0}))
+    assert len(run.method.teacher_losses) == 2
+    assert len(drawn) == 2 * 3  # every step, every stage
+    assert all(shift == 3.0 and lo <= s.min() and s.max() <= hi for shift, (lo, hi), s in drawn)
 
 
 def test_full_finetune_student_and_bit_exact_resume(tmp_path, model_path):

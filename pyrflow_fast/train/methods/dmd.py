@@ -22,7 +22,7 @@ from torch import nn
 from pyrflow_ref.windows import parse_schedule
 
 from ...contract import BackboneDenoiser, FrozenDenoiser, WanBackbone
-from ...distill.dmd import DMD, DMDVariant, critic_loss
+from ...distill.dmd import DMD, DMDVariant, critic_loss, score_sigmas
 from ...process import StageProcess, clean_pyramid_latent
 from ...resample import Pyramid
 from ...samplers import Prediction, guided, sample_plain
@@ -43,14 +43,17 @@ def multires_finetune(
     seed: int = 0,
     rope: str = "integer",
     grad_clip: float = 1.0,
+    shift: float = 1.0,
 ) -> list[float]:
     r"""Brief multi-resolution flow-matching finetune of a plain (original) teacher, in place.
 
     Step ``n`` takes ``batches(n) = (x0s, context)``, clean stage signals finest first and
     contexts, and trains every stage ``i`` with the **plain** process at its resolution
     :math:`x = (1 - \sigma) x_0^{(i)} + \sigma \epsilon` (:meth:`~pyrflow_fast.process.StageProcess.plain` with the
-    stage's gain, i.e. Wan's own process on the natural latent), :math:`\sigma \sim U(0, 1)`:
-    the process ``dmd-ot`` re-noises with. Returns the per-step losses.
+    stage's gain, i.e. Wan's own process on the natural latent), the process ``dmd-ot`` re-noises
+    with; :math:`\sigma` is uniform in the unshifted variable, then shifted by ``shift``
+    (:func:`~pyrflow_fast.distill.dmd.score_sigmas`; 1: :math:`\sigma \sim U(0, 1)`). Returns the
+    per-step losses.
     """
     fn = BackboneDenoiser(WanBackbone(model, rope=rope))
 
@@ -58,7 +61,7 @@ def multires_finetune(
         for i in range(pyramid.num_stages):
             x0 = x0s[i]
             process = StageProcess.plain(pyramid.gain(i, x0.shape[-3]))
-            sigma = torch.rand(x0.shape[0], generator=rng, dtype=torch.float64)
+            sigma = score_sigmas(x0.shape[0], shift=shift, clamp=(0.0, 1.0), rng=rng)
             eps = torch.randn(x0.shape, generator=rng)
             x = process.sample(x0, eps, sigma)
             yield critic_loss(process.velocity(fn, x, sigma, ctx), process.target(x0, eps)) / pyramid.num_stages
@@ -147,6 +150,7 @@ class DMDDistillation(FewStepDistillation):
                 d.teacher_finetune_lr,
                 seed=config.train.seed,
                 grad_clip=config.optim.grad_clip,
+                shift=d.teacher_finetune_shift,
                 **kwargs,
             )
             if not self.dist.fsdp:

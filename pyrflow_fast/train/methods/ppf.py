@@ -21,7 +21,7 @@ from pyrflow_ref.windows import StageWindows, parse_schedule
 
 from ...card import PPF_FILE
 from ...contract import FrozenDenoiser, PPFDenoiser, check_ppf_windows
-from ...distill.dmd import DMDVariant, critic_loss
+from ...distill.dmd import DMDVariant, critic_loss, score_sigmas
 from ...ppf import PPFWan, ppf_stages, sample_ppf
 from ...samplers import Prediction
 from ..distributed import Distributed, full_state
@@ -40,20 +40,22 @@ def ppf_finetune(
     *,
     seed: int = 0,
     grad_clip: float = 1.0,
+    shift: float = 1.0,
 ) -> list[float]:
     r"""Diffusion (flow-matching) finetune of a :class:`~pyrflow_fast.ppf.PPFWan`, in place: stages as stages.
 
     Step ``n`` takes ``batches(n) = (x0s, context)`` and trains every stage ``l`` on the
     full-resolution ``x0s[0]`` with the plain process :math:`x = (1 - \sigma) x_0 + \sigma\epsilon`,
-    :math:`\sigma \sim U(	ext{window } l)` of ``windows``, target :math:`\epsilon - x_0` (Wan's
+    :math:`\sigma` in window ``l`` of ``windows`` (uniform in the unshifted variable, then shifted by
+    ``shift``, :func:`~pyrflow_fast.distill.dmd.score_sigmas`), target :math:`\epsilon - x_0` (Wan's
     loss at gain 1). Returns the per-step losses.
     """
 
     def stage_losses(x0s: list[torch.Tensor], ctx: torch.Tensor, rng: torch.Generator):
         x0 = x0s[0]
         for stage in range(ppf.num_stages):
-            lo, hi = windows.sigma_c(stage), windows.sigma_n(stage)
-            sigma = (lo + (hi - lo) * torch.rand(x0.shape[0], generator=rng, dtype=torch.float64)).to(x0.device)
+            window = (windows.sigma_c(stage), windows.sigma_n(stage))
+            sigma = score_sigmas(x0.shape[0], shift=shift, window=window, clamp=(0.0, 1.0), rng=rng).to(x0.device)
             eps = torch.randn(x0.shape, generator=rng).to(x0)
             s = sigma.to(x0.dtype).reshape(-1, 1, 1, 1, 1)
             v = ppf((1 - s) * x0 + s * eps, 1000.0 * sigma.float(), ctx, stage=stage)
