@@ -85,7 +85,7 @@ def test_score_sigmas_are_shifted_uniform_and_clamped():
     ulo, uhi = 0.3 / (0.3 + 5 * 0.7), 0.7 / (0.7 + 5 * 0.3)
     uu = ulo + (uhi - ulo) * u
     np.testing.assert_allclose(w, 5 * uu / (1 + 4 * uu), rtol=1e-13)
-    # shift 1, no clamp: exactly the uniform draw the teacher finetunes made before they had a shift
+    # shift 1 (the clamp to [0, 1] a no-op): exactly the uniform draw the teacher finetunes made before they had a shift
     one = score_sigmas(4000, shift=1.0, window=(0.3, 0.7), clamp=(0.0, 1.0), rng=torch.Generator().manual_seed(3))
     assert np.array_equal(one.numpy(), 0.3 + (0.7 - 0.3) * u)
     with pytest.raises(ValueError, match="no admissible"):
